@@ -1,0 +1,252 @@
+"""The `edgetl` command line: a thin typer layer over the library API.
+
+Each command parses options into a config dataclass, calls the library, prints the result. An
+``EdgetlError`` becomes one line on stderr and its exit code (2 bad input, 1 failed check or
+unusable artifact, 3 no device); a usage error of the parser is one line and exit 2 as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import EdgetlError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
+                  help="Fine-tune an ImageNet backbone and take it to an edge device: "
+                       "finetune, export, prune, bench, predict, run.")
+
+
+def _quiet_frameworks() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    for noisy in ("tensorflow", "absl", "tf2onnx", "nncf", "h5py", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _load_tensorflow() -> None:
+    """Import TensorFlow with C++ start-up chatter (CUDA probing, oneDNN banners) silenced: absl
+    writes it to fd 2 before any log level applies, so stderr is pointed at /dev/null meanwhile."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow
+
+        tensorflow.config.list_physical_devices()  # CUDA probing happens here, also noisily
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _split(values: Optional[List[str]]) -> list[str]:
+    """Accept both `--format onnx --format tflite` and `--format onnx,tflite`."""
+    out: list[str] = []
+    for value in values or []:
+        out += [v.strip() for v in value.split(",") if v.strip()]
+    return out
+
+
+@app.command()
+def finetune(
+    data: Path = typer.Argument(..., help="Image folder: DATA/<class>/* or DATA/{train,val}/<class>/*."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output model directory (written atomically)."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Backbone name (see `edgetl backbones`)."),
+    backbones: Optional[str] = typer.Option(None, help="Comma-separated backbones for --strategy stack."),
+    weights: str = typer.Option("imagenet", help="imagenet | none | PATH to a .weights.h5 file."),
+    strategy: str = typer.Option("features", help="features | freeze | full | stack."),
+    unfreeze_top: int = typer.Option(20, help="Weighted backbone layers to unfreeze (strategy freeze)."),
+    epochs: int = typer.Option(5, help="Epochs of head training."),
+    fine_tune_epochs: Optional[int] = typer.Option(None, help="Epochs of the second phase (freeze/full)."),
+    batch_size: int = typer.Option(16),
+    lr: float = typer.Option(1e-3, help="Learning rate of the head phase."),
+    fine_tune_lr: Optional[float] = typer.Option(None, help="Second-phase rate (default lr/10 freeze, lr/100 full)."),
+    dropout: float = typer.Option(0.2),
+    val_split: float = typer.Option(0.2, help="Validation fraction when DATA is not pre-split."),
+    seed: int = typer.Option(0),
+    input_size: Optional[int] = typer.Option(None, help="Override the backbone's input size."),
+):
+    """Fine-tune a backbone with a new classification head on an image folder."""
+    _load_tensorflow()
+    from .finetune import FinetuneConfig
+    from .finetune import finetune as run_finetune
+
+    config = FinetuneConfig(data=data, out=out, backbone=backbone,
+                            backbones=tuple(_split([backbones])) if backbones else (), weights=weights,
+                            strategy=strategy, unfreeze_top=unfreeze_top, epochs=epochs,
+                            fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, lr=lr,
+                            fine_tune_lr=fine_tune_lr, dropout=dropout, val_split=val_split, seed=seed,
+                            input_size=input_size)
+    result = run_finetune(config)
+    typer.echo(f"model: {result.model_dir}  val_accuracy: {result.val_accuracy}")
+
+
+@app.command()
+def run(
+    data: Optional[Path] = typer.Argument(None, help="Image folder (default: the embedded ant/bee sample)."),
+    out: Path = typer.Option(Path("runs/edgetl"), "--out", "-o", help="Output directory, one sub-directory per stage."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Backbone name (see `edgetl backbones`)."),
+    weights: str = typer.Option("imagenet", help="imagenet | none | PATH."),
+    strategy: str = typer.Option("features", help="features | freeze | full."),
+    epochs: int = typer.Option(5),
+    batch_size: int = typer.Option(16),
+    input_size: Optional[int] = typer.Option(None, help="Override the backbone's input size."),
+    formats: List[str] = typer.Option(["onnx,tflite,openvino"], "--formats", help="Comma-separated formats."),
+    quantize: List[str] = typer.Option(["int8"], "--quantize", help="Quantized modes besides FP32."),
+    target: str = typer.Option("cpu", help="cpu | gpu | npu."),
+    runs: int = typer.Option(30, help="Timed runs per artifact in the bench."),
+    force: bool = typer.Option(False, "--force", help="Redo every stage even when its inputs are unchanged."),
+):
+    """The whole road: fine-tune, export FP32 + INT8 of each format, bench, print the summary."""
+    _load_tensorflow()
+    from .pipeline import RunConfig
+    from .pipeline import run as run_pipeline
+
+    config = RunConfig(out=out, data=data, backbone=backbone, weights=weights, strategy=strategy,
+                       epochs=epochs, batch_size=batch_size, input_size=input_size,
+                       formats=tuple(_split(formats)), quantize=tuple(q for q in _split(quantize) if q != "none"),
+                       target=target, runs=runs, force=force)
+    result = run_pipeline(config)
+    typer.echo(result.summary)
+    reused = f" (reused: {', '.join(result.reused)})" if result.reused else ""
+    typer.echo(f"\nall stages in {result.out} after {result.seconds:.0f} s{reused}")
+
+
+@app.command("backbones")
+def list_backbones():
+    """List the registered backbones with input size, feature width and preprocessing."""
+    from . import zoo
+
+    for name in zoo.names():
+        spec = zoo.get(name)
+        p = spec.preprocessing
+        typer.echo(f"{name:22s} input {spec.input_size:3d}  features {spec.feature_dim:4d}  "
+                   f"mean {p.mean} std {p.std} {p.channel_order}  weights: {spec.imagenet_source}")
+
+
+@app.command("bench")
+def bench_command(
+    artifacts: List[Path] = typer.Argument(..., help="Artifacts (.onnx/.tflite/.xml with sidecars) or folders of them."),
+    target: str = typer.Option("cpu", help="cpu | gpu | npu (exit 3 when this machine has no such device)."),
+    data: Path = typer.Option(..., "--data", help="Labelled image folder DATA/<class>/* for accuracy."),
+    out: Path = typer.Option(..., "--out", "-o", help="Report directory (bench.json, bench.csv, report.md/.html)."),
+    reference: Optional[Path] = typer.Option(None, help="FP32 Keras model dir (default: the sidecars' source model)."),
+    runs: int = typer.Option(50, help="Timed runs per artifact and batch size."),
+    warmup: int = typer.Option(5, help="Untimed warm-up runs before timing."),
+    batch_sizes: str = typer.Option("1,8", help="Comma-separated batch sizes."),
+    threads: Optional[int] = typer.Option(None, help="Runtime threads (default: each runtime's own)."),
+    runtime: str = typer.Option("auto", help="auto | onnxruntime | tflite | openvino (only that runtime's artifacts)."),
+    strict: bool = typer.Option(False, "--strict", help="Any CPU fallback on gpu/npu is an error (exit 1)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+):
+    """Latency, memory, size and accuracy of artifacts vs their FP32 Keras reference."""
+    from .errors import UsageError
+
+    try:
+        sizes = tuple(int(b) for b in _split([batch_sizes]))
+    except ValueError:
+        raise UsageError(f"--batch-sizes takes comma-separated integers, got {batch_sizes!r}") from None
+    _load_tensorflow()  # the reference is Keras; loading it quietly here keeps CUDA probing off stderr
+    from .bench import BenchConfig
+    from .bench import bench as run_bench
+
+    result = run_bench(BenchConfig(artifacts=tuple(artifacts), data=data, out=out, target=target,
+                                   reference=reference, runs=runs, warmup=warmup, batch_sizes=sizes,
+                                   threads=threads, runtime=runtime, strict=strict, overwrite=overwrite))
+    typer.echo(result.markdown)
+    typer.echo(f"report: {result.out}")
+
+
+@app.command()
+def predict(
+    artifact: Path = typer.Argument(..., help="Exported artifact (.onnx, .tflite or .xml) with its sidecar .json."),
+    images: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively, sorted)."),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="How many labels to print per image."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of text."),
+    device: str = typer.Option("cpu", help="cpu | gpu | npu (the runtime's own providers/devices)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="Intra-op threads of the runtime."),
+):
+    """Classify images with an exported artifact (no TensorFlow needed)."""
+    # Device path: only edgetl.runtime (numpy, Pillow, one runtime); never _load_tensorflow() here.
+    import json
+
+    from .errors import UsageError
+    from .preprocess import ImageDecodeError, open_image
+    from .runtime import EdgeModel
+    from .runtime.model import iter_image_files
+
+    model = EdgeModel.load(artifact, device=device, threads=threads)
+    results = []
+    for path, named in iter_image_files(images):
+        try:
+            image = open_image(path)
+        except ImageDecodeError as exc:
+            if named:
+                raise UsageError(str(exc)) from None
+            typer.echo(f"edgetl: warning: skipped {exc}", err=True)
+            continue
+        ranked = model.predict(image, top_k=top_k)
+        results.append((path, ranked))
+        if not as_json:
+            typer.echo(f"{path}: " + ", ".join(f"{label} {score:.4f}" for label, score in ranked))
+    if not results:
+        raise UsageError("none of the given images could be decoded")
+    if as_json:
+        typer.echo(json.dumps([{"image": str(path), "predictions": [{"label": label, "score": score}
+                                                                    for label, score in ranked]}
+                               for path, ranked in results], indent=2))
+
+
+def _usage_error_types() -> tuple[type, ...]:
+    # typer >= 0.22 vendors click as typer._click; older typer uses click itself.
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        from click import ClickException
+    return (ClickException,)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Console entry point: one line and a non-zero code for every failure the user can fix."""
+    _quiet_frameworks()
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgetl",
+                              standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("edgetl: aborted", err=True)
+        return 130
+    except _usage_error_types() as exc:  # bad arguments: one line, exit 2
+        typer.echo(f"edgetl: error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except EdgetlError as exc:
+        typer.echo(f"edgetl: error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("edgetl: interrupted; nothing half-written was left", err=True)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,319 @@
+"""`edgetl finetune`: a backbone from the zoo plus a new head, trained on an image folder.
+
+Strategies (TFLite Model Maker / Keras transfer-learning guide semantics):
+
+* ``features``: frozen backbone, new head (global pooling, dropout, dense, softmax).
+* ``freeze``: head first, then the top ``unfreeze_top`` weighted layers of the backbone at a lower rate.
+* ``full``: head first, then the whole network at a low rate.
+* ``stack``: frozen features of several backbones, each with its own small classifier, probabilities
+  averaged; one Keras model taking raw 0..255 pixels (each branch normalises/resizes in-graph).
+
+The backbone is always called with ``training=False``: its BatchNormalization layers stay in inference
+mode even once unfrozen, which is what keeps fine-tuning on a small data set from wrecking the
+pretrained statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import zoo
+from .data import ImageSet, load_pixels, load_splits, make_dataset
+from .errors import UsageError
+from .metadata import (MODEL_FILE, MODEL_METADATA, MODEL_SCHEMA, atomic_directory, sha256_file,
+                       software_versions, write_json)
+from .preprocess import Preprocessing
+
+log = logging.getLogger("edgetl")
+
+STRATEGIES = ("features", "freeze", "full", "stack")
+LOGITS_LAYER = "logits"
+BACKBONE_LAYER = "backbone"
+
+
+@dataclass
+class FinetuneConfig:
+    data: Path
+    out: Path
+    backbone: str = zoo.DEFAULT_BACKBONE
+    backbones: tuple[str, ...] = ()  # for strategy="stack"
+    weights: str = "imagenet"
+    strategy: str = "features"
+    unfreeze_top: int = 20
+    epochs: int = 5
+    fine_tune_epochs: int | None = None  # second phase of freeze/full; default: epochs
+    batch_size: int = 16
+    lr: float = 1e-3
+    fine_tune_lr: float | None = None  # default: lr/10 (freeze), lr/100 (full)
+    dropout: float = 0.2
+    val_split: float = 0.2
+    seed: int = 0
+    input_size: int | None = None
+    verbose: bool = True
+
+    def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise UsageError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if self.strategy == "stack" and len(self.backbones) < 2:
+            raise UsageError("strategy 'stack' needs --backbones with at least two names")
+        for name in self.backbones or (self.backbone,):
+            zoo.get(name)
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise UsageError("epochs and batch size must be >= 1 and the learning rate > 0")
+        if self.strategy == "freeze" and self.unfreeze_top < 1:
+            raise UsageError("--unfreeze-top must be >= 1 for strategy 'freeze'")
+
+
+@dataclass
+class TrainedModel:
+    model_dir: Path
+    model: Any
+    metadata: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return self.metadata.get("metrics", {}).get("val_accuracy")
+
+
+# -- model assembly ---------------------------------------------------------------------------------
+def build_classifier(backbone_model, recipe: Preprocessing, n_classes: int, dropout: float, seed: int = 0):
+    """Input -> backbone (inference-mode BN) -> pooling -> dropout -> logits -> softmax."""
+    import keras
+
+    inputs = keras.Input((*recipe.input_size, 3), name="image")
+    features = backbone_model(inputs, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    x = keras.layers.Dropout(dropout, seed=seed, name="dropout")(x)
+    logits = keras.layers.Dense(n_classes, name=LOGITS_LAYER)(x)
+    outputs = keras.layers.Softmax(name="probabilities")(logits)
+    return keras.Model(inputs, outputs, name="classifier")
+
+
+def build_stack(names: list[str], weights: str, n_classes: int, dropout: float, seed: int = 0):
+    """Several frozen backbones, one classifier each, probabilities averaged; raw-pixel input."""
+    import keras
+
+    from .layers import normalization_layer
+
+    specs = [zoo.get(n) for n in names]
+    size = max(s.input_size for s in specs)
+    recipe = dataclasses.replace(specs[0].recipe(size), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                                 channel_order="RGB")
+    inputs = keras.Input((size, size, 3), name="image")
+    branch_outputs = []
+    for spec in specs:
+        x = inputs
+        if spec.input_size != size:
+            x = keras.layers.Resizing(spec.input_size, spec.input_size, name=f"{spec.name}_resize")(x)
+        x = normalization_layer(spec.preprocessing, name=f"{spec.name}_normalize")(x)
+        base = spec.build(weights)
+        base.name = f"{spec.name}_backbone"
+        base.trainable = False
+        x = base(x, training=False)
+        x = keras.layers.GlobalAveragePooling2D(name=f"{spec.name}_pool")(x)
+        x = keras.layers.Dropout(dropout, seed=seed, name=f"{spec.name}_dropout")(x)
+        x = keras.layers.Dense(n_classes, name=f"{spec.name}_logits")(x)
+        branch_outputs.append(keras.layers.Softmax(name=f"{spec.name}_probabilities")(x))
+    outputs = keras.layers.Average(name="probabilities")(branch_outputs)
+    return keras.Model(inputs, outputs, name="stack"), recipe
+
+
+def weighted_layers(model) -> list:
+    return [layer for layer in model.layers if layer.weights]
+
+
+def set_trainable_top(backbone_model, top: int) -> list[str]:
+    """Unfreeze the last ``top`` layers that hold weights; return their names."""
+    backbone_model.trainable = True
+    layers = weighted_layers(backbone_model)
+    chosen = layers[-top:] if top < len(layers) else layers
+    chosen_ids = {id(layer) for layer in chosen}
+    for layer in backbone_model.layers:
+        layer.trainable = id(layer) in chosen_ids
+    return [layer.name for layer in chosen]
+
+
+# -- training ---------------------------------------------------------------------------------------
+class _EpochPrinter:
+    """Keras callback printing one line per epoch to stderr (progress for long runs)."""
+
+    def __new__(cls, phase: str, total: int, verbose: bool):
+        import keras
+
+        class Printer(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                if not verbose:
+                    return
+                logs = logs or {}
+                print(f"[{phase}] epoch {epoch + 1}/{total}  loss {logs.get('loss', float('nan')):.4f}  "
+                      f"acc {logs.get('accuracy', float('nan')):.3f}  "
+                      f"val_loss {logs.get('val_loss', float('nan')):.4f}  "
+                      f"val_acc {logs.get('val_accuracy', float('nan')):.3f}  "
+                      f"({time.perf_counter() - self.start:.1f}s)", file=sys.stderr, flush=True)
+
+        return Printer()
+
+
+def _fit(model, train_ds, val_ds, epochs: int, lr: float, phase: str, verbose: bool, history: list):
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    result = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0,
+                       callbacks=[_EpochPrinter(phase, epochs, verbose)])
+    keys = list(result.history)
+    for epoch in range(epochs):
+        history.append({"phase": phase, "epoch": len(history) + 1,
+                        **{k: float(result.history[k][epoch]) for k in keys}})
+
+
+def finetune(config: FinetuneConfig) -> TrainedModel:
+    """Train, evaluate and write ``model.keras`` + ``edgetl.json`` + ``training.png`` atomically."""
+    import keras
+
+    config.validate()
+    keras.utils.set_random_seed(config.seed)
+    started = time.perf_counter()
+    train_set, val_set = load_splits(config.data, config.val_split, config.seed)
+    n_classes = len(train_set.classes)
+
+    if config.strategy == "stack":
+        model, recipe = build_stack(list(config.backbones), config.weights, n_classes, config.dropout,
+                                    config.seed)
+        base = None
+    else:
+        spec = zoo.get(config.backbone)
+        recipe = spec.recipe(config.input_size)
+        base = spec.build(config.weights, recipe.input_size[0])
+        base.name = BACKBONE_LAYER
+        base.trainable = False
+        model = build_classifier(base, recipe, n_classes, config.dropout, config.seed)
+
+    _log(config, f"{len(train_set)} training / {len(val_set)} validation images, classes "
+                 f"{train_set.classes}; strategy {config.strategy}")
+    train_ds = make_dataset(train_set, recipe, config.batch_size, True, config.seed,
+                            pixels=load_pixels(train_set.paths, recipe, training=True))
+    val_ds = make_dataset(val_set, recipe, config.batch_size, False) if len(val_set) else None
+
+    history: list[dict[str, float]] = []
+    _fit(model, train_ds, val_ds, config.epochs, config.lr, "head", config.verbose, history)
+    unfrozen: list[str] = []
+    if config.strategy in ("freeze", "full"):
+        if config.strategy == "freeze":
+            unfrozen = set_trainable_top(base, config.unfreeze_top)
+            default_lr = config.lr / 10
+        else:
+            base.trainable = True
+            unfrozen = [layer.name for layer in weighted_layers(base)]
+            default_lr = config.lr / 100
+        _fit(model, train_ds, val_ds, config.fine_tune_epochs or config.epochs,
+             config.fine_tune_lr or default_lr, config.strategy, config.verbose, history)
+
+    metrics = _evaluate(model, val_ds) if val_ds is not None else {}
+    metadata = _metadata(config, train_set, val_set, recipe, history, metrics, unfrozen,
+                         time.perf_counter() - started)
+    with atomic_directory(config.out) as tmp:
+        model.save(tmp / MODEL_FILE)
+        metadata["model_sha256"] = sha256_file(tmp / MODEL_FILE)
+        write_json(tmp / MODEL_METADATA, metadata)
+        plot_history(history, tmp / "training.png", title=f"{metadata['backbone']} ({config.strategy})")
+    _log(config, f"wrote {config.out} (val accuracy {metrics.get('val_accuracy', float('nan')):.3f})")
+    return TrainedModel(Path(config.out), model, metadata, history)
+
+
+def _evaluate(model, val_ds) -> dict[str, float]:
+    loss, accuracy = model.evaluate(val_ds, verbose=0)
+    return {"val_loss": float(loss), "val_accuracy": float(accuracy)}
+
+
+def weights_source(weights: str, names: list[str]) -> dict[str, Any]:
+    if weights == "imagenet":
+        return {"kind": "imagenet", "source": sorted({zoo.get(n).imagenet_source for n in names})}
+    if weights in (None, "none"):
+        return {"kind": "none"}
+    return {"kind": "file", "path": str(Path(weights).resolve()), "sha256": sha256_file(weights)}
+
+
+def _metadata(config: FinetuneConfig, train_set: ImageSet, val_set: ImageSet, recipe: Preprocessing,
+              history, metrics, unfrozen, seconds: float) -> dict[str, Any]:
+    names = list(config.backbones) if config.strategy == "stack" else [config.backbone]
+    return {
+        "schema": MODEL_SCHEMA,
+        "labels": train_set.classes,
+        "input": {"name": "image", "shape": [None, *recipe.input_size, 3], "layout": "NHWC",
+                  "dtype": "float32"},
+        "output": {"kind": "probabilities", "logits_layer": None if config.strategy == "stack" else LOGITS_LAYER},
+        "preprocessing": recipe.to_dict(),
+        "backbone": "+".join(names),
+        "backbones": names,
+        "weights": weights_source(config.weights, names),
+        "strategy": config.strategy,
+        "unfrozen_layers": unfrozen,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()},
+        "dataset": {
+            "root": str(Path(config.data).resolve()),
+            "val_split": config.val_split,
+            "seed": config.seed,
+            "train": {"count": len(train_set), "per_class": train_set.counts(),
+                      "fingerprint": train_set.fingerprint()["fingerprint"]},
+            "val": {"count": len(val_set), "per_class": val_set.counts(),
+                    "fingerprint": val_set.fingerprint()["fingerprint"] if len(val_set) else None,
+                    "files": val_set.relative_paths()},
+            "skipped": [str(p) for p, _ in train_set.skipped],
+        },
+        "history": history,
+        "metrics": metrics,
+        "train_seconds": round(seconds, 2),
+        "versions": software_versions(["tensorflow", "keras"]),
+    }
+
+
+def plot_history(history: list[dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
+        ax.plot(epochs, [h.get(key) for h in history], "o-", label=f"train {key}")
+        if any("val_" + key in h for h in history):
+            ax.plot(epochs, [h.get("val_" + key) for h in history], "s-", label=f"val {key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _log(config: FinetuneConfig, message: str) -> None:
+    if config.verbose:
+        print(message, file=sys.stderr, flush=True)
+
+
+def load_trained(model_dir: str | Path):
+    """(keras model, metadata) from a model directory."""
+    import keras
+
+    from .metadata import read_model_metadata
+
+    model_dir = Path(model_dir)
+    metadata = read_model_metadata(model_dir)
+    path = model_dir / MODEL_FILE
+    if not path.exists():
+        raise UsageError(f"{model_dir}: no {MODEL_FILE}")
+    return keras.models.load_model(path, compile=False), metadata

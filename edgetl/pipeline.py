@@ -1,0 +1,155 @@
+"""`edgetl run`: the whole road in one command — fine-tune, export (FP32 and INT8 of each format),
+bench against the reference, print the Markdown summary.
+
+Each stage writes its own sub-directory of ``out`` with a ``stage.json`` holding the fingerprint of
+its inputs (data content, upstream model hash, options). A rerun with the same fingerprint reuses the
+finished stage; ``force`` redoes everything. Stages are written atomically, so an interrupted run
+resumes at the first unfinished stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import zoo
+from .data import ImageSet, load_splits, sample_dataset
+from .errors import UsageError
+from .metadata import atomic_directory, read_json, write_json
+
+STAGE_FILE = "stage.json"
+
+
+@dataclass
+class RunConfig:
+    out: Path
+    data: Path | None = None  # None: the embedded ant/bee sample
+    backbone: str = zoo.DEFAULT_BACKBONE
+    weights: str = "imagenet"
+    strategy: str = "features"
+    epochs: int = 5
+    batch_size: int = 16
+    lr: float = 1e-3
+    input_size: int | None = None
+    val_split: float = 0.2
+    seed: int = 0
+    formats: tuple[str, ...] = ("onnx", "tflite", "openvino")
+    quantize: tuple[str, ...] = ("int8",)
+    target: str = "cpu"
+    runs: int = 30
+    force: bool = False
+    verbose: bool = True
+
+
+@dataclass
+class RunResult:
+    out: Path
+    stages: dict[str, Path] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+    summary: str = ""
+    seconds: float = 0.0
+
+
+def _key(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _stage(name: str, directory: Path, key: str, config: RunConfig, result: RunResult,
+           build: Callable[[Path], None]) -> Path:
+    """Run ``build(directory)`` unless it already holds a finished stage with this key.
+
+    ``build`` writes ``directory`` atomically (every library stage does); the marker is written last,
+    so a stage interrupted midway has no marker and is redone.
+    """
+    marker = directory / STAGE_FILE
+    if not config.force and marker.exists() and read_json(marker).get("key") == key:
+        _say(config, f"== {name}: inputs unchanged, reusing {directory}")
+        result.reused.append(name)
+    else:
+        _say(config, f"== {name}")
+        started = time.perf_counter()
+        build(directory)
+        write_json(marker, {"stage": name, "key": key, "seconds": round(time.perf_counter() - started, 2)})
+    result.stages[name] = directory
+    return directory
+
+
+def _materialise(images: ImageSet, dst: Path) -> None:
+    """Copy (hard-link where possible) a split into ``dst/<class>/`` so later stages take a folder."""
+    for path, label in zip(images.paths, images.labels):
+        target = dst / images.classes[label] / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+
+
+def run(config: RunConfig) -> RunResult:
+    from .bench import BenchConfig, bench
+    from .export import ExportConfig, export
+    from .finetune import FinetuneConfig, finetune
+
+    started = time.perf_counter()
+    out = Path(config.out)
+    data = Path(config.data) if config.data else sample_dataset()
+    zoo.get(config.backbone)
+    result = RunResult(out)
+
+    # 1. Splits, materialised as folders: calibration uses train, the bench uses val.
+    train, val = load_splits(data, config.val_split, config.seed)
+    if not len(val):
+        raise UsageError("the validation split is empty; raise --val-split or add images")
+    split_key = _key({"train": train.fingerprint()["fingerprint"], "val": val.fingerprint()["fingerprint"],
+                      "classes": train.classes})
+
+    def write_splits(directory: Path) -> None:
+        with atomic_directory(directory) as tmp:
+            _materialise(train, tmp / "train")
+            _materialise(val, tmp / "val")
+
+    splits = _stage("splits", out / "data", split_key, config, result, write_splits)
+
+    # 2. Fine-tune: DATA/{train,val} is taken as given, so val stays held out for export and bench.
+    ft_options = dict(backbone=config.backbone, weights=config.weights, strategy=config.strategy,
+                      epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                      input_size=config.input_size, seed=config.seed)
+    model_dir = _stage("finetune", out / "model", _key({"splits": split_key, **ft_options}), config, result,
+                       lambda d: finetune(FinetuneConfig(data=splits, out=d, verbose=config.verbose,
+                                                         **ft_options)))
+    model_sha = read_json(model_dir / "edgetl.json")["model_sha256"]
+
+    # 3. Export FP32 and each quantized mode of every format (calibrated on train, checked on val).
+    artifact_dirs = []
+    for mode in ("none", *config.quantize):
+        options = dict(formats=tuple(config.formats), quantize=mode)
+        artifact_dirs.append(_stage(
+            f"export {mode}", out / f"export-{'fp32' if mode == 'none' else mode}",
+            _key({"model": model_sha, **options}), config, result,
+            lambda d, options=options: export(ExportConfig(
+                model_dir=model_dir, out=d, calib=splits / "train" if options["quantize"] == "int8" else None,
+                check=splits / "val", overwrite=True, **options))))
+
+    # 4. Bench every artifact against the reference on the held-out split.
+    bench_key = _key({"model": model_sha, "artifacts": [str(d) for d in artifact_dirs],
+                      "exports": [read_json(d / STAGE_FILE)["key"] for d in artifact_dirs],
+                      "target": config.target, "runs": config.runs})
+    _stage("bench", out / "bench", bench_key, config, result,
+           lambda d: bench(BenchConfig(artifacts=[str(a) for a in artifact_dirs], target=config.target,
+                                       data=splits / "val", reference=model_dir, runs=config.runs, out=d,
+                                       overwrite=True)))
+    result.summary = (out / "bench" / "report.md").read_text()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _say(config: RunConfig, message: str) -> None:
+    if config.verbose:
+        print(message, file=sys.stderr, flush=True)

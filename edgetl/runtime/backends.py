@@ -1,0 +1,311 @@
+"""Inference backends behind one small interface (numpy in, numpy out; no TensorFlow).
+
+``open_backend(path)`` picks ONNX Runtime for ``.onnx``, LiteRT for ``.tflite`` and OpenVINO for
+``.xml``. A backend takes a batch already in the artifact's input dtype/layout (float32, or uint8 for
+uint8-input artifacts) and returns float32 outputs, dequantizing integer outputs itself.
+
+Used by ``EdgeModel`` (the device wrapper), by export's parity check and by the bench, so all three
+run artifacts the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckFailed, DeviceUnavailable, UsageError
+
+FORMAT_BY_SUFFIX = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
+RUNTIME_BY_FORMAT = {"onnx": "onnxruntime", "tflite": "litert", "openvino": "openvino"}
+PIP_EXTRA = {"onnx": "edgetl[runtime-onnx]", "tflite": "edgetl[runtime-tflite]",
+             "openvino": "edgetl[runtime-openvino]"}
+
+
+def artifact_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMAT_BY_SUFFIX:
+        raise UsageError(f"{path}: unknown artifact type {suffix or '(none)'}; expected .onnx, .tflite or .xml")
+    return FORMAT_BY_SUFFIX[suffix]
+
+
+@dataclass
+class Placement:
+    """Where the graph ran: requested device, what the runtime used, node counts per device."""
+
+    requested: str
+    devices: list[str]
+    nodes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fell_back(self) -> bool:
+        return any(d.upper().startswith("CPU") for d in self.nodes) and self.requested != "cpu"
+
+
+class Backend:
+    """Runs one artifact. Subclasses set the attributes below in ``__init__``."""
+
+    format: str
+    runtime: str
+    input_name: str
+    input_shape: list[int | None]
+    input_dtype: np.dtype
+    dynamic_batch: bool
+    placement: Placement
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+
+def _import(module: str, fmt: str):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        raise UsageError(f"the {RUNTIME_BY_FORMAT[fmt]} runtime is not installed; "
+                         f"pip install '{PIP_EXTRA[fmt]}'") from None
+
+
+# -- ONNX Runtime -----------------------------------------------------------------------------------
+ORT_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "gpu": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+    "npu": ["QNNExecutionProvider", "VitisAIExecutionProvider"],
+}
+
+
+# ORT reports tensor types as strings; "tensor(int8)" must not read as float (nor as uint8).
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
+              "tensor(int8)": np.int8}
+
+
+def ort_session_options(threads: int | None = None):
+    """Full graph optimisation and (when asked) a fixed intra-op pool; one place for both the runtime
+    and the bench so they measure the same thing."""
+    ort = _import("onnxruntime", "onnx")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+class OnnxBackend(Backend):
+    format, runtime = "onnx", "onnxruntime"
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
+        ort = _import("onnxruntime", "onnx")
+        available = ort.get_available_providers()
+        wanted = [p for p in ORT_PROVIDERS[device] if p in available]
+        if not wanted:
+            raise DeviceUnavailable(
+                f"no {device} execution provider in this onnxruntime (available: {', '.join(available)})")
+        providers = wanted + (["CPUExecutionProvider"] if device != "cpu" else [])
+        options = ort_session_options(threads)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:
+            raise CheckFailed(f"{path}: onnxruntime cannot load it ({_first_line(exc)})") from None
+        used = self.session.get_providers()
+        if device != "cpu" and used[0] not in wanted:
+            raise DeviceUnavailable(f"onnxruntime could not start {wanted[0]} (running on {', '.join(used)})")
+        spec = self.session.get_inputs()[0]
+        self.input_name = spec.name
+        self.input_shape = [d if isinstance(d, int) else None for d in spec.shape]
+        self.input_dtype = np.dtype(ORT_DTYPES.get(spec.type, np.float32))
+        self.dynamic_batch = self.input_shape[0] is None
+        self.output_name = self.session.get_outputs()[0].name
+        self.placement = Placement(device, used)
+        self._ort = ort
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0].astype(np.float32)
+
+    def version(self) -> str:
+        return self._ort.__version__
+
+
+# -- LiteRT (TFLite) --------------------------------------------------------------------------------
+class TfliteBackend(Backend):
+    format, runtime = "tflite", "litert"
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
+        interpreter_module = _import("ai_edge_litert.interpreter", "tflite")
+        options: dict[str, Any] = {}
+        delegate_name = None
+        if device != "cpu":
+            delegates = _tflite_delegates(device)
+            if not delegates:
+                raise DeviceUnavailable(f"no LiteRT delegate for {device} is installed "
+                                        f"(looked for Edge TPU / NNAPI / GPU delegate libraries)")
+            # Actually hand the graph to the delegate (finding the library is not using it), and keep
+            # XNNPACK out so nothing runs on the CPU without it showing.
+            delegate_name = delegates[0]
+            try:
+                options["experimental_delegates"] = [interpreter_module.load_delegate(_delegate_library(delegate_name))]
+            except Exception as exc:
+                raise DeviceUnavailable(f"LiteRT delegate {delegate_name} failed to load ({_first_line(exc)})") from None
+            options["experimental_op_resolver_type"] = \
+                interpreter_module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        try:
+            self.interpreter = interpreter_module.Interpreter(model_path=str(path), num_threads=threads or os.cpu_count(),
+                                                              **options)
+        except Exception as exc:
+            raise CheckFailed(f"{path}: LiteRT cannot load it ({_first_line(exc)})") from None
+        self._module = interpreter_module
+        self.interpreter.allocate_tensors()
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        self.input_name = self._input["name"]
+        signature = list(self._input.get("shape_signature", self._input["shape"]))
+        self.input_shape = [None if d < 0 else int(d) for d in signature]
+        self.dynamic_batch = self.input_shape[0] is None
+        self.input_dtype = np.dtype(self._input["dtype"])
+        self._batch = int(self._input["shape"][0])
+        self.placement = Placement(device, [f"delegate:{delegate_name}"] if delegate_name else ["CPU"])
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = self._quantize_input(batch)
+        if batch.shape[0] != self._batch:
+            self.interpreter.resize_tensor_input(self._input["index"], list(batch.shape))
+            self.interpreter.allocate_tensors()
+            self._batch = batch.shape[0]
+            self._output = self.interpreter.get_output_details()[0]
+        self.interpreter.set_tensor(self._input["index"], batch)
+        self.interpreter.invoke()
+        out = self.interpreter.get_tensor(self._output["index"])
+        scale, zero = self._output["quantization"]
+        if np.issubdtype(out.dtype, np.integer) and scale:
+            return (out.astype(np.float32) - zero) * scale
+        return out.astype(np.float32)
+
+    def _quantize_input(self, batch: np.ndarray) -> np.ndarray:
+        # int8-I/O models take quantized input; a float batch is quantized with the tensor's own params.
+        if batch.dtype == self.input_dtype:
+            return batch
+        scale, zero = self._input["quantization"]
+        if np.issubdtype(self.input_dtype, np.integer) and scale and batch.dtype != np.uint8:
+            info = np.iinfo(self.input_dtype)
+            return np.clip(np.round(batch / scale + zero), info.min, info.max).astype(self.input_dtype)
+        return batch.astype(self.input_dtype)
+
+    def version(self) -> str:
+        import importlib.metadata
+
+        return importlib.metadata.version("ai-edge-litert")
+
+
+def _tflite_delegates(device: str) -> list[str]:
+    # Delegates exist only as shared libraries installed beside the runtime; report what is there.
+    import ctypes.util
+
+    names = {"npu": ["edgetpu", "neuron_adapter"], "gpu": ["tensorflowlite_gpu_delegate"]}[device]
+    return [n for n in names if ctypes.util.find_library(n)]
+
+
+def _delegate_library(name: str) -> str:
+    import ctypes.util
+
+    return ctypes.util.find_library(name) or f"lib{name}.so"
+
+
+# -- OpenVINO ---------------------------------------------------------------------------------------
+OPENVINO_DEVICE = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
+
+
+def openvino_core():
+    ov = _import("openvino", "openvino")
+    return ov.Core()
+
+
+class OpenVinoBackend(Backend):
+    format, runtime = "openvino", "openvino"
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None,
+                 precision: str | None = "f32"):
+        ov = _import("openvino", "openvino")
+        core = ov.Core()
+        ov_device = OPENVINO_DEVICE[device]
+        if ov_device not in core.available_devices and not any(
+                d.startswith(ov_device + ".") for d in core.available_devices):
+            raise DeviceUnavailable(f"OpenVINO has no {ov_device} device "
+                                    f"(available: {', '.join(core.available_devices)})")
+        config: dict[str, Any] = {}
+        # OpenVINO runs FP32 models in bf16 on AVX-512/AMX CPUs unless told otherwise; parity needs f32.
+        if precision and ov_device == "CPU":
+            config["INFERENCE_PRECISION_HINT"] = precision
+        if threads and ov_device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            model = core.read_model(str(path))
+            self.compiled = core.compile_model(model, ov_device, config)
+        except Exception as exc:
+            raise CheckFailed(f"{path}: OpenVINO cannot load it ({_first_line(exc)})") from None
+        self.request = self.compiled.create_infer_request()
+        port = self.compiled.input(0)
+        self.input_name = port.get_any_name()
+        partial = model.input(0).get_partial_shape()
+        self.input_shape = [d.get_length() if d.is_static else None for d in partial]
+        self.dynamic_batch = self.input_shape[0] is None
+        self.input_dtype = np.dtype(port.get_element_type().to_dtype())
+        self.precision = precision if ov_device == "CPU" else None
+        self.placement = Placement(device, [ov_device])
+        self._ov = ov
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        result = self.request.infer({0: batch})
+        return np.asarray(result[self.compiled.output(0)], dtype=np.float32)
+
+    def version(self) -> str:
+        return self._ov.get_version()
+
+
+BACKENDS = {"onnx": OnnxBackend, "tflite": TfliteBackend, "openvino": OpenVinoBackend}
+
+
+def open_backend(path: str | Path, device: str = "cpu", threads: int | None = None, **options) -> Backend:
+    path = Path(path)
+    fmt = artifact_format(path)
+    if device not in ("cpu", "gpu", "npu"):
+        raise UsageError(f"unknown device {device!r}; choose cpu, gpu or npu")
+    if not path.exists():
+        raise UsageError(f"{path}: no such artifact")
+    if fmt == "openvino" and not path.with_suffix(".bin").exists():
+        raise CheckFailed(f"{path}: its weights file {path.with_suffix('.bin').name} is missing")
+    return BACKENDS[fmt](path, device, threads, **options)
+
+
+def available_devices() -> dict[str, list[str]]:
+    """What each installed runtime reports, for 'target unavailable' messages and the bench report."""
+    found: dict[str, list[str]] = {}
+    try:
+        import onnxruntime as ort
+
+        found["onnxruntime"] = ort.get_available_providers()
+    except ImportError:
+        pass
+    try:
+        import openvino as ov
+
+        found["openvino"] = list(ov.Core().available_devices)
+    except ImportError:
+        pass
+    try:
+        import ai_edge_litert  # noqa: F401
+
+        found["litert"] = ["CPU (XNNPACK)"] + [f"delegate:{d}" for dev in ("gpu", "npu")
+                                                for d in _tflite_delegates(dev)]
+    except ImportError:
+        pass
+    return found
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

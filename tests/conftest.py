@@ -1,0 +1,50 @@
+"""Shared fixtures: the embedded sample, the real photos (skipped when absent) and one tiny trained
+model that export, bench, runtime and prune tests reuse (trained once per session)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_PHOTOS = REPO.parent / "shared" / "data" / "hymenoptera" / "train"
+TINY_SIZE = 96
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    from edgetl.data import sample_dataset
+
+    return sample_dataset()
+
+
+@pytest.fixture(scope="session")
+def shared_photos() -> Path:
+    if not SHARED_PHOTOS.is_dir():
+        pytest.skip(f"real photos not found at {SHARED_PHOTOS} (the ../shared data folder is absent)")
+    return SHARED_PHOTOS
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, sample_dir) -> Path:
+    """mobilenet_v2 (random init) at 96 px, features strategy trained end to end for a few
+    epochs on the sample so its outputs are far from uniform. Tests must copy it before changing it."""
+    from edgetl.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    finetune(FinetuneConfig(data=sample_dir, out=out, backbone="mobilenet_v2", weights="none",
+                            strategy="full", epochs=1, fine_tune_epochs=2, lr=1e-3, fine_tune_lr=1e-3,
+                            input_size=TINY_SIZE, batch_size=16, verbose=False))
+    return out
+
+
+@pytest.fixture
+def tiny_model_copy(tiny_model_dir, tmp_path) -> Path:
+    dst = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, dst)
+    return dst
