@@ -126,6 +126,88 @@ def run(
     typer.echo(f"\nall stages in {result.out} after {result.seconds:.0f} s{reused}")
 
 
+@app.command()
+def prune(
+    model_dir: Path = typer.Argument(..., help="Model directory written by `edgetl finetune`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output model directory (or sweep report directory)."),
+    method: str = typer.Option("magnitude", help="magnitude (unstructured zeros) | structured (remove channels)."),
+    sparsity: float = typer.Option(0.5, help="Target sparsity in (0, 1): weights (magnitude) or expanded channels (structured)."),
+    schedule: str = typer.Option("polynomial", help="magnitude: constant | polynomial (ramp 0 -> target)."),
+    importance: str = typer.Option("l1", help="structured: l1 (filter L1 norm) | bn (BatchNorm |gamma|)."),
+    data: Optional[Path] = typer.Option(None, help="Image folder for recovery (default: the model's training data)."),
+    epochs: int = typer.Option(2, help="Recovery fine-tuning epochs (0: prune only)."),
+    batch_size: int = typer.Option(16),
+    lr: float = typer.Option(1e-4, help="Recovery learning rate (Adam)."),
+    reconstruct: bool = typer.Option(True, help="structured: least-squares refit of each projection to the original outputs before recovery."),
+    recalibrate_bn: bool = typer.Option(False, help="structured: re-estimate BatchNorm statistics on the training images."),
+    min_params: int = typer.Option(1000, help="magnitude: kernels with fewer weights stay dense."),
+    prune_classifier: bool = typer.Option(False, help="magnitude: prune the final classifier too."),
+    sweep: Optional[str] = typer.Option(None, help="Comma-separated sparsities, e.g. 0.25,0.5,0.75: one report."),
+):
+    """Prune a fine-tuned model (magnitude or structured), fine-tune to recover, write a plain Keras model."""
+    try:
+        sweep_values = tuple(float(v) for v in _split([sweep])) if sweep else ()
+    except ValueError:
+        raise typer.BadParameter(f"--sweep expects comma-separated numbers, got {sweep!r}") from None
+    from .prune import PruneConfig
+
+    config = PruneConfig(model_dir=model_dir, out=out, method=method, sparsity=sparsity, schedule=schedule,
+                         importance=importance, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
+                         reconstruct=reconstruct, recalibrate_bn=recalibrate_bn, min_params=min_params,
+                         prune_classifier=prune_classifier, sweep=sweep_values)
+    config.validate()  # bad arguments fail before TensorFlow loads
+    _load_tensorflow()
+    from .prune import prune as run_prune
+
+    result = run_prune(config)
+    if config.sweep:
+        typer.echo(f"sweep: {result.model_dir / 'sweep.md'}")
+        for row in result.record["rows"]:
+            typer.echo(f"  {row['label']:12s} val_accuracy {row.get('val_accuracy')}  "
+                       f"latency_p50_ms {row.get('latency_p50_ms')}  onnx_gzip {row.get('onnx_gzip_bytes')}")
+    else:
+        acc = result.record["accuracy"]
+        typer.echo(f"model: {result.model_dir}  params {result.record['params_before']} -> "
+                   f"{result.record['params_after']}  val_accuracy {acc['original']} -> "
+                   f"{acc['before_recovery']} (pruned) -> {acc['after_recovery']} (recovered)")
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Model directory (model.keras + edgetl.json) or a .keras file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for artifacts (written atomically)."),
+    format: Optional[List[str]] = typer.Option(None, "--format", "-f", help="onnx | tflite | openvino (repeat or comma-separate; default onnx)."),
+    quantize: Optional[List[str]] = typer.Option(None, "--quantize", "-q", help="fp32 | fp16 | dynamic | int8 (repeat or comma-separate; default fp32)."),
+    input_dtype: Optional[List[str]] = typer.Option(None, help="float32 | uint8 (uint8: normalisation in the graph, raw pixels in)."),
+    calib: Optional[Path] = typer.Option(None, help="Calibration image folder (labels not needed); required for int8."),
+    calib_size: int = typer.Option(300, help="Calibration images to use."),
+    calib_method: str = typer.Option("minmax", help="ONNX activation ranges: minmax | entropy | percentile."),
+    check: Optional[Path] = typer.Option(None, help="Held-back images for parity (default: the model's val split)."),
+    min_agreement: float = typer.Option(0.98, help="Top-1 agreement with Keras FP32 an int8/dynamic artifact needs."),
+    accuracy_aware: bool = typer.Option(False, help="Keep the most sensitive layers in float until --min-agreement holds."),
+    opset: int = typer.Option(17, help="ONNX opset (tf2onnx supports <= 18)."),
+    input_size: Optional[int] = typer.Option(None, help="Input size, for a model without edgetl.json."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated class names, for a model without edgetl.json."),
+    overwrite: bool = typer.Option(True, help="Replace an existing --out folder."),
+):
+    """Export a trained model to ONNX / TFLite / OpenVINO, FP32 or quantized, with parity checks."""
+    from .export import ExportConfig
+    from .export import export as run_export
+
+    config = ExportConfig(model=model, out=out, formats=tuple(_split(format) or ["onnx"]),
+                          modes=tuple(_split(quantize) or ["fp32"]),
+                          input_dtypes=tuple(_split(input_dtype) or ["float32"]), calib=calib,
+                          calib_size=calib_size, calib_method=calib_method, check=check,
+                          min_agreement=min_agreement, accuracy_aware=accuracy_aware, opset=opset,
+                          input_size=input_size, labels=tuple(_split([labels])) if labels else (),
+                          overwrite=overwrite)
+    config.validate()  # bad arguments fail before TensorFlow's start-up cost
+    _load_tensorflow()
+    result = run_export(config)
+    typer.echo(result.table())
+    typer.echo(f"wrote {len(result.artifacts)} artifact(s) to {result.out}")
+
+
 @app.command("backbones")
 def list_backbones():
     """List the registered backbones with input size, feature width and preprocessing."""
@@ -160,13 +242,15 @@ def bench_command(
         sizes = tuple(int(b) for b in _split([batch_sizes]))
     except ValueError:
         raise UsageError(f"--batch-sizes takes comma-separated integers, got {batch_sizes!r}") from None
-    _load_tensorflow()  # the reference is Keras; loading it quietly here keeps CUDA probing off stderr
-    from .bench import BenchConfig
+    from .bench import BenchConfig, preflight
     from .bench import bench as run_bench
 
-    result = run_bench(BenchConfig(artifacts=tuple(artifacts), data=data, out=out, target=target,
-                                   reference=reference, runs=runs, warmup=warmup, batch_sizes=sizes,
-                                   threads=threads, runtime=runtime, strict=strict, overwrite=overwrite))
+    config = BenchConfig(artifacts=tuple(artifacts), data=data, out=out, target=target, reference=reference,
+                         runs=runs, warmup=warmup, batch_sizes=sizes, threads=threads, runtime=runtime,
+                         strict=strict, overwrite=overwrite)
+    if preflight(config).needs_tensorflow:  # fail fast (device, --out, files) before TensorFlow loads
+        _load_tensorflow()  # quietly: keeps CUDA probing chatter off stderr
+    result = run_bench(config)
     typer.echo(result.markdown)
     typer.echo(f"report: {result.out}")
 

@@ -160,8 +160,8 @@ def load_pixels(paths: Sequence[Path], recipe: Preprocessing, training: bool = F
     if training and recipe.resize_shorter:
         canvas = (recipe.resize_shorter, recipe.resize_shorter)
     else:
-        canvas = recipe.input_size
-    out = np.empty((len(paths), *canvas, 3), np.uint8)
+        canvas = None  # the recipe itself (shorter side to resize_shorter, centre crop): the runtime's path
+    out = np.empty((len(paths), *(canvas or recipe.input_size), 3), np.uint8)
     for i, path in enumerate(paths):
         out[i] = recipe.resize_and_crop(open_image(path), canvas)
     return out

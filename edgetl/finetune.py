@@ -3,14 +3,13 @@
 Strategies (TFLite Model Maker / Keras transfer-learning guide semantics):
 
 * ``features``: frozen backbone, new head (global pooling, dropout, dense, softmax).
-* ``freeze``: head first, then the top ``unfreeze_top`` weighted layers of the backbone at a lower rate.
+* ``freeze``: head first, then the top ``unfreeze_top`` weighted (non-BN) layers of the backbone at a lower rate.
 * ``full``: head first, then the whole network at a low rate.
 * ``stack``: frozen features of several backbones, each with its own small classifier, probabilities
   averaged; one Keras model taking raw 0..255 pixels (each branch normalises/resizes in-graph).
 
-The backbone is always called with ``training=False``: its BatchNormalization layers stay in inference
-mode even once unfrozen, which is what keeps fine-tuning on a small data set from wrecking the
-pretrained statistics.
+BatchNormalization layers stay frozen and in inference mode in every phase (see ``unfreeze``), which is
+what keeps fine-tuning on a small data set from wrecking the pretrained statistics.
 """
 
 from __future__ import annotations
@@ -129,11 +128,28 @@ def weighted_layers(model) -> list:
     return [layer for layer in model.layers if layer.weights]
 
 
-def set_trainable_top(backbone_model, top: int) -> list[str]:
-    """Unfreeze the last ``top`` layers that hold weights; return their names."""
+def is_batchnorm(layer) -> bool:
+    import keras
+
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+def tunable_layers(model) -> list:
+    """Layers whose weights fine-tuning may change: everything weighted except BatchNormalization."""
+    return [layer for layer in weighted_layers(model) if not is_batchnorm(layer)]
+
+
+def unfreeze(backbone_model, top: int | None = None) -> list[str]:
+    """Unfreeze the last ``top`` tunable layers (all of them when ``top`` is None); return their names.
+
+    BatchNormalization layers stay frozen, which in Keras 3 is what keeps them in inference mode: a
+    Functional model passes the outer ``training`` flag down to nested models, overriding the
+    ``training=False`` recorded at the call (measured: an unfrozen backbone's BN switched to batch
+    statistics and the train loss of a converged head jumped from 0.10 to 0.49).
+    """
     backbone_model.trainable = True
-    layers = weighted_layers(backbone_model)
-    chosen = layers[-top:] if top < len(layers) else layers
+    layers = tunable_layers(backbone_model)
+    chosen = layers if top is None or top >= len(layers) else layers[-top:]
     chosen_ids = {id(layer) for layer in chosen}
     for layer in backbone_model.layers:
         layer.trainable = id(layer) in chosen_ids
@@ -169,7 +185,8 @@ def _fit(model, train_ds, val_ds, epochs: int, lr: float, phase: str, verbose: b
 
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    result = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0,
+    # shuffle=False: the tf.data pipeline shuffles itself (Keras warns otherwise).
+    result = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
                        callbacks=[_EpochPrinter(phase, epochs, verbose)])
     keys = list(result.history)
     for epoch in range(epochs):
@@ -210,11 +227,10 @@ def finetune(config: FinetuneConfig) -> TrainedModel:
     unfrozen: list[str] = []
     if config.strategy in ("freeze", "full"):
         if config.strategy == "freeze":
-            unfrozen = set_trainable_top(base, config.unfreeze_top)
+            unfrozen = unfreeze(base, config.unfreeze_top)
             default_lr = config.lr / 10
         else:
-            base.trainable = True
-            unfrozen = [layer.name for layer in weighted_layers(base)]
+            unfrozen = unfreeze(base)
             default_lr = config.lr / 100
         _fit(model, train_ds, val_ds, config.fine_tune_epochs or config.epochs,
              config.fine_tune_lr or default_lr, config.strategy, config.verbose, history)

@@ -32,14 +32,16 @@ def shared_photos() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, sample_dir) -> Path:
-    """mobilenet_v2 (random init) at 96 px, features strategy trained end to end for a few
-    epochs on the sample so its outputs are far from uniform. Tests must copy it before changing it."""
+    """EfficientNet-Lite0 with its real ImageNet weights at 96 px, head trained a few epochs on the
+    sample: small and fast, yet its outputs depend on the image (a random-init backbone with
+    inference-mode BatchNorm collapses to one output for every image, which would let parity checks
+    pass vacuously). Tests must copy it (``tiny_model_copy``) before changing it."""
     from edgetl.finetune import FinetuneConfig, finetune
 
     out = tmp_path_factory.mktemp("tiny") / "model"
-    finetune(FinetuneConfig(data=sample_dir, out=out, backbone="mobilenet_v2", weights="none",
-                            strategy="full", epochs=1, fine_tune_epochs=2, lr=1e-3, fine_tune_lr=1e-3,
-                            input_size=TINY_SIZE, batch_size=16, verbose=False))
+    finetune(FinetuneConfig(data=sample_dir, out=out, backbone="efficientnet_lite0", weights="imagenet",
+                            strategy="features", epochs=3, lr=3e-3, input_size=TINY_SIZE, batch_size=16,
+                            verbose=False))
     return out
 
 

@@ -71,7 +71,7 @@ def test_freeze_strategy_changes_exactly_the_chosen_layers(sample_dir, tmp_path)
         if not layer.weights:
             continue
         changed = any(not np.array_equal(a, b) for a, b in zip(before[layer.name], layer.get_weights()))
-        if layer.name in chosen and "bn" not in layer.name.lower():
+        if layer.name in chosen:
             assert changed, f"{layer.name} was unfrozen but did not change"
         if layer.name not in chosen:
             assert not changed, f"{layer.name} was frozen but changed"
@@ -82,6 +82,13 @@ def test_full_strategy_and_stack(sample_dir, tmp_path):
     result = finetune(_config(sample_dir, tmp_path / "full", strategy="full", fine_tune_epochs=1))
     assert [h["phase"] for h in result.history] == ["head", "full"]
     assert len(result.metadata["unfrozen_layers"]) > 50
+    # BatchNormalization stayed in inference mode: its statistics are still the initial ones.
+    import keras
+
+    norms = [l for l in result.model.get_layer("backbone").layers
+             if isinstance(l, keras.layers.BatchNormalization)]
+    assert norms and all(np.all(l.moving_mean.numpy() == 0) and np.all(l.moving_variance.numpy() == 1)
+                         for l in norms)
     _reload_matches(result, sample_dir)
 
     stack = finetune(_config(sample_dir, tmp_path / "stack", strategy="stack",

@@ -1,0 +1,876 @@
+"""`edgetl bench`: latency, memory, size and accuracy of exported artifacts against their Keras reference.
+
+Every artifact runs through ``runtime.backends.open_backend`` (the same code path as export's parity
+check and the device runtime) and is fed exactly what its sidecar recipe says: normalised float32, or
+uint8 pixels for uint8-input artifacts (normalisation folded into the graph).
+
+Order of work, so that a run that cannot succeed fails before it spends any time:
+1. expand ARTIFACT arguments (a directory = every artifact with a sidecar in it), read sidecars;
+2. check that the target has a device for every runtime involved (``DeviceUnavailable``, exit 3);
+3. refuse an existing non-empty ``--out`` unless ``overwrite``; verify file hashes vs sidecars;
+4. each artifact: load (cold start), node placement, accuracy pass, timed runs per batch size, peak
+   RSS; then the Keras FP32 reference (outputs compared in each artifact's output space); harness
+   overhead once;
+5. bench.json (schema ``edgetl.bench/1``), bench.csv, report.md, report.html written atomically.
+
+What the numbers mean:
+* latency: wall time of ``backend.run(batch)`` only (input already prepared, output copied back to
+  numpy); preprocessing (decode+resize+crop, normalise) is timed separately per recipe;
+* load_ms: ``open_backend`` (session creation / compile); the runtime's Python module is imported
+  beforehand, but a plugin's first-use initialisation (OpenVINO CPU plugin) lands in the first load;
+* peak_rss_mb: this process's high-water mark during the artifact's load + runs (VmHWM reset per
+  artifact on Linux), so it includes the harness and any TensorFlow already imported: compare
+  ``peak_rss_mb - rss_before_mb`` across artifacts, not absolute numbers with a device;
+* a target with no device for some runtime of the artifacts given fails the whole run (exit 3): a
+  silently shorter report would read as "benchmarked".
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import io
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import CheckFailed, DeviceUnavailable, UsageError
+from .metadata import (MODEL_FILE, MODEL_METADATA, atomic_directory, read_json, read_sidecar, sha256_file,
+                       sidecar_path, software_versions, write_json)
+from .preprocess import Preprocessing
+from .runtime import backends
+
+log = logging.getLogger("edgetl")
+
+BENCH_SCHEMA = "edgetl.bench/1"
+TARGETS = ("cpu", "gpu", "npu")
+RUNTIMES = {"auto": None, "onnxruntime": "onnx", "tflite": "tflite", "litert": "tflite", "openvino": "openvino"}
+TIMING_KEYS = ("min", "p50", "p90", "p99", "mean", "std")
+OVERHEAD_TARGET_PCT = 3.0
+
+
+def bench_schema() -> dict[str, Any]:
+    """The JSON schema bench.json follows (shipped as edgetl/schemas/bench.schema.json)."""
+    from importlib import resources
+
+    return json.loads((resources.files("edgetl") / "schemas" / "bench.schema.json").read_text())
+
+
+@dataclass
+class BenchConfig:
+    artifacts: Sequence[Path]
+    data: Path
+    out: Path
+    target: str = "cpu"
+    reference: Path | None = None  # default: source_model.path from the sidecars, when it exists
+    runs: int = 50
+    warmup: int = 5
+    batch_sizes: Sequence[int] = (1, 8)
+    threads: int | None = None
+    runtime: str = "auto"
+    strict: bool = False
+    overwrite: bool = False
+    measure_overhead: bool = True
+
+    def validate(self) -> None:
+        if self.target not in TARGETS:
+            raise UsageError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.runtime not in RUNTIMES:
+            raise UsageError(f"--runtime must be one of auto, onnxruntime, tflite, openvino, got {self.runtime!r}")
+        if self.runs < 1 or self.warmup < 0:
+            raise UsageError(f"--runs must be >= 1 and --warmup >= 0 (got {self.runs}, {self.warmup})")
+        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
+            raise UsageError(f"--batch-sizes must be positive integers, got {list(self.batch_sizes)}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {self.threads}")
+        if not self.artifacts:
+            raise UsageError("no artifact given")
+
+
+@dataclass
+class BenchResult:
+    json: dict[str, Any]
+    rows: list[dict[str, Any]]
+    markdown: str
+    out: Path
+
+
+@dataclass
+class Artifact:
+    path: Path
+    sidecar: dict[str, Any]
+    name: str = ""  # how reports name it: the file name, or parent/file when file names collide
+
+    @property
+    def format(self) -> str:
+        return self.sidecar["format"]
+
+    @property
+    def recipe(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.sidecar["preprocessing"])
+
+    @property
+    def takes_uint8(self) -> bool:
+        return self.sidecar["input"].get("dtype") == "uint8"
+
+    @property
+    def output_kind(self) -> str:
+        return self.sidecar.get("output", {}).get("kind", "probabilities")
+
+    @property
+    def quantization(self) -> str:
+        return (self.sidecar.get("quantization") or {}).get("mode") or "none"
+
+    @property
+    def files(self) -> list[Path]:
+        # Everything that ships to the device: OpenVINO keeps its weights in a .bin beside the .xml.
+        listed = [self.path.with_name(name) for name in self.sidecar.get("files", [])]
+        extra = [self.path.with_suffix(".bin")] if self.format == "openvino" else []
+        return list(dict.fromkeys([self.path, *[p for p in listed + extra if p.exists()]]))
+
+
+# -- 1. artifacts ------------------------------------------------------------------------------------
+def expand_artifacts(paths: Sequence[str | Path], runtime: str = "auto") -> list[Artifact]:
+    """ARTIFACT arguments -> artifacts with their sidecars; a directory means every artifact in it."""
+    wanted_format = RUNTIMES[runtime]
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in backends.FORMAT_BY_SUFFIX
+                            and sidecar_path(p).exists())
+            inside = [p for p in inside if wanted_format in (None, backends.artifact_format(p))]
+            if not inside:
+                what = f"{runtime} " if wanted_format else ""
+                raise UsageError(f"{path}: no {what}artifact (*.onnx, *.tflite, *.xml with a .json sidecar) in it")
+            found += inside
+        elif not path.exists():
+            raise UsageError(f"{path}: no such artifact")
+        else:
+            fmt = backends.artifact_format(path)
+            if wanted_format and fmt != wanted_format:
+                raise UsageError(f"{path}: a {fmt} artifact cannot run on --runtime {runtime}")
+            found.append(path)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    names = [p.name for p in unique]
+    return [Artifact(p, read_sidecar(p), p.name if names.count(p.name) == 1 else f"{p.parent.name}/{p.name}")
+            for p in unique]
+
+
+# -- 2. devices --------------------------------------------------------------------------------------
+def target_devices(target: str, available: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """Per artifact format, the devices of this machine that serve ``target`` (empty list: none)."""
+    available = backends.available_devices() if available is None else available
+    ort = available.get("onnxruntime", [])
+    ov = available.get("openvino", [])
+    lite = available.get("litert", [])
+    ov_name = backends.OPENVINO_DEVICE[target]
+    return {
+        "onnx": [p for p in backends.ORT_PROVIDERS[target] if p in ort],
+        "openvino": [d for d in ov if d == ov_name or d.startswith(ov_name + ".")],
+        "tflite": ([d for d in lite if not d.startswith("delegate:")] if target == "cpu"
+                   else [f"delegate:{d}" for d in backends._tflite_delegates(target)] if "litert" in available
+                   else []),
+    }
+
+
+def describe_available(available: dict[str, list[str]]) -> str:
+    parts = [f"{runtime}: {', '.join(devices) or 'none'}" for runtime, devices in available.items()]
+    return "; ".join(parts) or "no runtime installed"
+
+
+def check_target(target: str, formats: set[str]) -> dict[str, list[str]]:
+    available = backends.available_devices()
+    devices = target_devices(target, available)
+    missing = sorted(f for f in formats if not devices.get(f))
+    if missing:
+        names = ", ".join(backends.RUNTIME_BY_FORMAT[f] for f in missing)
+        raise DeviceUnavailable(f"no {target} device for {names} on this machine "
+                                f"(available: {describe_available(available)})")
+    return devices
+
+
+def verify_hashes(artifacts: list[Artifact]) -> None:
+    for artifact in artifacts:
+        recorded = artifact.sidecar.get("sha256")
+        if recorded and sha256_file(artifact.path) != recorded:
+            raise CheckFailed(f"{artifact.path}: content does not match the sha256 in its sidecar "
+                              f"(corrupt or replaced after export)")
+
+
+# -- machine -----------------------------------------------------------------------------------------
+INT8_FLAGS = {  # /proc/cpuinfo flag -> what it means for INT8 speed
+    "avx2": "avx2", "avx512f": "avx512f", "avx512_vnni": "avx512_vnni", "avx_vnni": "avx_vnni",
+    "avx512_bf16": "avx512_bf16", "amx_tile": "amx_tile", "amx_int8": "amx_int8", "amx_bf16": "amx_bf16",
+    "asimddp": "arm_dotprod", "i8mm": "arm_i8mm", "sve": "arm_sve",
+}
+
+
+def machine_info() -> dict[str, Any]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            unnamed = model in ("", platform.machine(), platform.processor())
+            if key in ("model name", "hardware", "cpu model") and unnamed:
+                model = value.strip()
+            elif key in ("flags", "features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    memory = None
+    try:
+        import psutil
+
+        memory = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu_model": model or "unknown",
+        "architecture": platform.machine(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "memory_gib": memory,
+        "isa": {name: flag in flags for flag, name in INT8_FLAGS.items()},
+        "os": f"{platform.system()} {platform.release()}",
+        # Other processes competing for the cores make every latency here slower and noisier.
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def thread_settings(threads: int | None) -> dict[str, Any]:
+    return {
+        "requested": threads,
+        # What each runtime does when --threads is not given, so the numbers can be reproduced.
+        "defaults": {"onnxruntime": "intra-op pool = physical cores", "litert": f"num_threads = {os.cpu_count()}",
+                     "openvino": "INFERENCE_NUM_THREADS = plugin default (all cores)"},
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "OPENBLAS_NUM_THREADS")
+                if k in os.environ},
+    }
+
+
+# -- measurement helpers -----------------------------------------------------------------------------
+def timing_stats(times_ms: Sequence[float]) -> dict[str, float]:
+    values = np.asarray(times_ms, np.float64)
+    return {
+        "min": float(values.min()),
+        "p50": float(np.percentile(values, 50)),
+        "p90": float(np.percentile(values, 90)),
+        "p99": float(np.percentile(values, 99)),
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+    }
+
+
+def time_runs(run: Callable[[], Any], runs: int, warmup: int) -> list[float]:
+    """Warm-up, then ``runs`` timed calls; only the call itself sits between the two clock reads."""
+    for _ in range(warmup):
+        run()
+    times = [0] * runs
+    clock = time.perf_counter_ns
+    for i in range(runs):
+        start = clock()
+        run()
+        times[i] = clock() - start
+    return [t / 1e6 for t in times]
+
+
+def harness_overhead(run: Callable[[], Any], runs: int, rounds: int = 5) -> dict[str, Any]:
+    """Bare ``run()`` loop vs the timing loop on the same artifact. Rounds alternate and the fastest
+    round of each is kept, so a noisy neighbour on a shared CPU reads as little as possible as harness
+    overhead. ``bookkeeping_pct`` is the time the timing loop spends outside the timed calls."""
+    bare, timed, inside = [], [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(runs):
+            run()
+        bare.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        times = time_runs(run, runs, 0)
+        timed.append(time.perf_counter() - start)
+        inside.append(sum(times) / 1e3)
+    overhead = (min(timed) - min(bare)) / min(bare) * 100
+    bookkeeping = min((t - i) / i for t, i in zip(timed, inside)) * 100
+    return {"bare_loop_ms": min(bare) * 1e3, "timed_loop_ms": min(timed) * 1e3, "runs": runs,
+            "rounds": rounds, "overhead_pct": overhead, "bookkeeping_pct": bookkeeping,
+            "target_pct": OVERHEAD_TARGET_PCT, "within_target": overhead < OVERHEAD_TARGET_PCT}
+
+
+class PeakRss:
+    """Peak resident memory of this process during a block.
+
+    Linux: the high-water mark (VmHWM) is reset by writing 5 to /proc/self/clear_refs and read back
+    afterwards: exact and free of sampling overhead. Elsewhere: ``ru_maxrss`` (peak since process start).
+    """
+
+    def __enter__(self) -> "PeakRss":
+        self.scope = "block"
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            self.scope = "process"
+        self.before_mb = current_rss_mb()
+        self.peak_mb = self.before_mb
+        return self
+
+    def __exit__(self, *exc) -> None:
+        hwm = _proc_status_mb("VmHWM") if self.scope == "block" else None
+        if hwm is None:
+            import resource
+
+            self.scope = "process"
+            kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            hwm = kb / 1024 if sys.platform != "darwin" else kb / 2**20
+        self.peak_mb = max(hwm, current_rss_mb())
+
+
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def current_rss_mb() -> float:
+    rss = _proc_status_mb("VmRSS")
+    if rss is None:
+        import psutil
+
+        rss = psutil.Process().memory_info().rss / 2**20
+    return rss
+
+
+def disk_size(files: Sequence[Path]) -> dict[str, int]:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31 = gzip container, as `gzip -6`
+    compressed = 0
+    for path in files:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                compressed += len(compressor.compress(block))
+    compressed += len(compressor.flush())
+    return {"bytes": sum(p.stat().st_size for p in files), "gzip_bytes": compressed}
+
+
+# -- accuracy ----------------------------------------------------------------------------------------
+def softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 5) -> dict[str, Any]:
+    """Top-1/top-k (k clipped to the class count) and the confusion matrix (rows true, columns predicted)."""
+    n_classes = scores.shape[1]
+    k = min(k, n_classes)
+    scores = np.where(np.isfinite(scores), scores, -np.inf)  # NaN rows: never counted as correct
+    finite = np.isfinite(scores).any(axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    top1 = order[:, 0]
+    confusion = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(confusion, (labels[finite], top1[finite]), 1)
+    return {"top1": float(np.mean((top1 == labels) & finite)),
+            "top5": float(np.mean((order[:, :k] == labels[:, None]).any(axis=1) & finite)),
+            "top5_k": k, "confusion": confusion.tolist(), "predictions": top1}
+
+
+def compare_outputs(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Same-space comparison (logits with logits, probabilities with probabilities)."""
+    a, b = outputs.astype(np.float64), reference.astype(np.float64)
+    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    diff = np.abs(a - b)
+    # A NaN row agrees with nothing; NaN statistics become null (JSON has no NaN).
+    agree = (a.argmax(1) == b.argmax(1)) & np.isfinite(a).all(1)
+    return {"top1_agreement": float(np.mean(agree)), "cosine_mean": _finite(cosine.mean()),
+            "cosine_min": _finite(cosine.min()), "max_abs_diff": _finite(diff.max()),
+            "mean_abs_diff": _finite(diff.mean())}
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def label_indices(data_classes: list[str], artifact_labels: list[str], artifact: Path | str) -> np.ndarray:
+    """Data folder class names -> the artifact's label indices (by name, never by position)."""
+    missing = [c for c in data_classes if c not in artifact_labels]
+    if missing:
+        raise UsageError(f"{artifact}: data classes {', '.join(missing)} are not among its labels "
+                         f"({', '.join(artifact_labels)})")
+    return np.asarray([artifact_labels.index(c) for c in data_classes], np.int64)
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+class InputCache:
+    """Decoded pixels per recipe (resize+crop), normalised floats per recipe; each timed once."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+        self._pixels: dict[str, np.ndarray] = {}
+        self._floats: dict[str, np.ndarray] = {}
+        self.timings: dict[str, dict[str, float]] = {}
+
+    def pixels(self, recipe: Preprocessing) -> np.ndarray:
+        from .data import load_pixels
+
+        key = json.dumps(recipe.to_dict(), sort_keys=True)
+        if key not in self._pixels:
+            start = time.perf_counter()
+            self._pixels[key] = load_pixels(self.paths, recipe)
+            self._timing(key)["decode_resize_crop_ms_per_image"] = (time.perf_counter() - start) * 1e3 / len(self.paths)
+        return self._pixels[key]
+
+    def floats(self, recipe: Preprocessing) -> np.ndarray:
+        key = json.dumps(recipe.to_dict(), sort_keys=True)
+        pixels = self.pixels(recipe)
+        if key not in self._floats:
+            start = time.perf_counter()
+            self._floats[key] = recipe.normalize(pixels)
+            self._timing(key)["normalize_ms_per_image"] = (time.perf_counter() - start) * 1e3 / len(self.paths)
+        return self._floats[key]
+
+    def inputs_for(self, artifact: Artifact) -> np.ndarray:
+        return self.pixels(artifact.recipe) if artifact.takes_uint8 else self.floats(artifact.recipe)
+
+    def _timing(self, key: str) -> dict[str, float]:
+        return self.timings.setdefault(key, {"recipe": json.loads(key), "images": len(self.paths)})
+
+
+def batch_of(inputs: np.ndarray, size: int) -> np.ndarray:
+    """The first ``size`` images, repeated when the data set is smaller than the batch."""
+    reps = -(-size // len(inputs))
+    return np.ascontiguousarray(np.concatenate([inputs] * reps)[:size] if reps > 1 else inputs[:size])
+
+
+def run_all(backend, inputs: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([backend.run(np.ascontiguousarray(inputs[i:i + batch]))
+                           for i in range(0, len(inputs), batch)])
+
+
+# -- placement ---------------------------------------------------------------------------------------
+def node_placement(backend, path: Path, sample: np.ndarray, threads: int | None) -> dict[str, Any]:
+    """Nodes per device as the runtime placed them (the evidence against silent CPU fallback)."""
+    placement = backend.placement
+    info: dict[str, Any] = {"requested": placement.requested, "devices": list(placement.devices),
+                            "nodes": {}, "method": None, "verified": True}
+    if backend.format == "onnx":
+        info["nodes"], info["method"] = _ort_profile_nodes(backend, path, sample, threads), "onnxruntime profiling"
+    elif backend.format == "openvino":
+        compiled = backend.compiled
+        try:
+            info["devices"] = list(compiled.get_property("EXECUTION_DEVICES"))
+        except Exception:  # older plugins lack the property; the requested device stands
+            pass
+        counts: dict[str, int] = {}
+        device = info["devices"][0] if len(info["devices"]) == 1 else None
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            rt = op.get_rt_info()
+            kind = str(rt["layerType"]) if "layerType" in rt else op.get_type_name()
+            if kind in ("Parameter", "Result", "Input", "Output", "Constant"):
+                continue
+            where = str(rt["affinity"]) if "affinity" in rt else device or "unknown"
+            counts[where] = counts.get(where, 0) + 1
+        info["nodes"], info["method"] = counts, "openvino runtime model"
+        info["verified"] = "unknown" not in counts
+    elif backend.format == "tflite":
+        # LiteRT's Python API lists the model's ops, not which delegate took them: on cpu they all run
+        # on the CPU (XNNPACK or builtin kernels); on gpu/npu the split cannot be proven from here.
+        ops = len(backend.interpreter._get_ops_details())
+        if placement.requested == "cpu":
+            info["nodes"], info["method"] = {"CPU": ops}, "litert ops (XNNPACK/builtin kernels on CPU)"
+        else:
+            info["nodes"], info["method"] = {}, "unverifiable: LiteRT does not report per-node delegation"
+            info["total_nodes"], info["verified"] = ops, False
+    fallback = {k: v for k, v in info["nodes"].items() if k.upper().startswith("CPU")}
+    info["cpu_fallback_nodes"] = sum(fallback.values()) if placement.requested != "cpu" else 0
+    return info
+
+
+def _ort_profile_nodes(backend, path: Path, sample: np.ndarray, threads: int | None) -> dict[str, int]:
+    """A second session with profiling on and the same providers: one run, nodes counted per EP."""
+    ort = backend._ort
+    options = backends.ort_session_options(threads)
+    options.enable_profiling = True
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgetl-ort-profile-") as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), sess_options=options, providers=backend.session.get_providers())
+        session.run(None, {backend.input_name: sample})
+        events = read_json(session.end_profiling())
+    counts: dict[str, set] = {}
+    for event in events:
+        args = event.get("args", {})
+        if event.get("cat") == "Node" and "provider" in args:
+            counts.setdefault(args["provider"], set()).add(args.get("node_index", event.get("name")))
+    return {provider.replace("ExecutionProvider", ""): len(nodes) for provider, nodes in counts.items()}
+
+
+# -- reference ---------------------------------------------------------------------------------------
+def default_reference(artifacts: list[Artifact]) -> Path | None:
+    for artifact in artifacts:
+        path = _source_path(artifact)
+        if path and (path / MODEL_FILE).exists() and (path / MODEL_METADATA).exists():
+            return path
+    return None
+
+
+def _source_path(artifact: Artifact) -> Path | None:
+    """The model directory the artifact was exported from (sidecars record the dir or its .keras file)."""
+    path = (artifact.sidecar.get("source_model") or {}).get("path")
+    if not path:
+        return None
+    path = Path(path).resolve()
+    return path.parent if path.suffix == ".keras" else path
+
+
+def check_reference(path: Path) -> None:
+    for name in (MODEL_FILE, MODEL_METADATA):
+        if not (Path(path) / name).exists():
+            raise UsageError(f"--reference {path}: not a model directory (no {name})")
+
+
+def reference_outputs(model_dir: Path, cache: InputCache, runs: int, warmup: int,
+                      batch_sizes: Sequence[int]) -> dict[str, Any]:
+    """FP32 Keras outputs in both spaces (logits where the model has a logits layer, probabilities),
+    on the GPU when TensorFlow sees one. Timings are eager ``model(x, training=False)`` calls."""
+    import keras
+    import tensorflow as tf
+
+    from .finetune import load_trained
+
+    model, metadata = load_trained(model_dir)
+    recipe = Preprocessing.from_dict(metadata["preprocessing"])
+    logits_layer = (metadata.get("output") or {}).get("logits_layer")
+    heads = [model.output]
+    if logits_layer:
+        heads.append(model.get_layer(logits_layer).output)
+    both = keras.Model(model.input, heads)
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:  # TensorFlow would otherwise take all GPU memory from ORT/OpenVINO sessions after it
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised by an earlier call in this process
+            pass
+    device = "/GPU:0" if gpus else "/CPU:0"
+    inputs = cache.floats(recipe)
+    with tf.device(device):
+        # A traced function, as serving would run it: eager Keras calls time Python dispatch instead.
+        forward = tf.function(lambda x: both(x, training=False), reduce_retracing=True)
+
+        def call(x):
+            out = forward(x)
+            return [o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
+
+        chunks = [call(tf.constant(inputs[i:i + 32])) for i in range(0, len(inputs), 32)]
+        latency = {}
+        for size in batch_sizes:
+            batch = tf.constant(batch_of(inputs, size))
+            latency[size] = timing_stats(time_runs(lambda: call(batch), runs, warmup))
+    outputs = {"probabilities": np.concatenate([c[0] for c in chunks])}
+    if logits_layer:
+        outputs["logits"] = np.concatenate([c[1] for c in chunks])
+    del both, model
+    keras.backend.clear_session()
+    gc.collect()
+    return {"path": str(Path(model_dir).resolve()), "labels": metadata["labels"], "outputs": outputs,
+            "device": "GPU: " + gpus[0].name if gpus else "CPU",
+            "backbone": metadata.get("backbone"), "latency_ms": latency,
+            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
+
+
+# -- the bench ---------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    artifacts: list[Artifact]
+    devices: dict[str, list[str]]
+    reference: Path | None
+    needs_tensorflow: bool
+
+
+def preflight(config: BenchConfig) -> Plan:
+    """Every cheap check, before any model is loaded (the CLI runs it before importing TensorFlow):
+    arguments, artifacts and sidecars, target devices (exit 3), reference dir, --out refusal."""
+    config.validate()
+    artifacts = expand_artifacts(config.artifacts, config.runtime)
+    devices = check_target(config.target, {a.format for a in artifacts})
+    reference = Path(config.reference) if config.reference else default_reference(artifacts)
+    if reference and reference.suffix == ".keras":  # a .keras file stands for its model directory
+        reference = reference.parent
+    if reference:
+        check_reference(reference)
+    out = Path(config.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
+        raise UsageError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+    if not Path(config.data).is_dir():
+        raise UsageError(f"data folder {config.data} does not exist")
+    classes = sorted(p.name for p in Path(config.data).iterdir() if p.is_dir() and not p.name.startswith("."))
+    for artifact in artifacts:  # class folders must name the artifact's labels (matched by name)
+        label_indices(classes, artifact.sidecar.get("labels", []), artifact.path)
+    return Plan(artifacts, devices, reference, needs_tensorflow=reference is not None)
+
+
+def bench(config: BenchConfig) -> BenchResult:
+    plan = preflight(config)
+    artifacts, devices, reference_dir = plan.artifacts, plan.devices, plan.reference
+    batch_sizes = sorted({int(b) for b in config.batch_sizes})
+    images = _scan(config.data)
+    with atomic_directory(config.out, config.overwrite) as tmp:
+        verify_hashes(artifacts)
+        cache = InputCache(images.paths)
+        truth = np.asarray(images.labels, np.int64)
+        results, outputs = [], []
+        for artifact in artifacts:  # artifacts first: a corrupt one fails before the Keras model loads
+            log.info("bench %s on %s", artifact.name, config.target)
+            entry, raw = _bench_artifact(artifact, config, batch_sizes, cache, images.classes, truth)
+            results.append(entry)
+            outputs.append(raw)
+        reference = None
+        if reference_dir:
+            log.info("reference: %s", reference_dir)
+            reference = reference_outputs(reference_dir, cache, config.runs, config.warmup, batch_sizes)
+            for artifact, entry, raw in zip(artifacts, results, outputs):
+                # Without an explicit --reference, only artifacts exported from that model are compared.
+                if config.reference or _source_path(artifact) in (None, Path(reference["path"]).resolve()):
+                    entry["vs_reference"] = compare_with_reference(artifact, raw, reference)
+        overhead = _overhead(artifacts[0], config, cache, batch_sizes[0]) if config.measure_overhead else None
+        report = _assemble(config, artifacts, results, reference, images, cache, devices, overhead, batch_sizes)
+        from . import report as reporting
+
+        markdown = reporting.render_markdown(report)
+        write_json(tmp / "bench.json", report)
+        write_csv(tmp / "bench.csv", report["rows"])
+        (tmp / "report.md").write_text(markdown)
+        (tmp / "report.html").write_text(reporting.render_html(report))
+    return BenchResult(json=report, rows=report["rows"], markdown=markdown, out=Path(config.out))
+
+
+def _scan(data: Path):
+    from .data import scan_folder, warn_skipped
+
+    images = scan_folder(data)
+    warn_skipped(images.skipped)
+    return images
+
+
+def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[int], cache: InputCache,
+                    classes: list[str], truth: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+    inputs = cache.inputs_for(artifact)
+    labels = artifact.sidecar["labels"]
+    mapped_truth = label_indices(classes, labels, artifact.path)[truth]
+    with PeakRss() as memory:
+        start = time.perf_counter()
+        backend = backends.open_backend(artifact.path, config.target, config.threads)
+        load_ms = (time.perf_counter() - start) * 1e3
+        if backend.input_dtype != inputs.dtype:
+            raise CheckFailed(f"{artifact.path}: the graph takes {backend.input_dtype} but its sidecar says "
+                              f"{artifact.sidecar['input'].get('dtype')}")
+        fixed = None if backend.dynamic_batch else backend.input_shape[0]
+        placement = node_placement(backend, artifact.path, batch_of(inputs, fixed or 1), config.threads)
+        check_placement(artifact, placement, config)  # before the timed runs: --strict fails fast
+        # Accuracy pass at the largest batch the graph takes (fixed-batch graphs: their own batch).
+        chunk = fixed or max(batch_sizes)
+        outputs = run_all(backend, _pad(inputs, chunk) if fixed else inputs, chunk)[:len(inputs)]
+        latency = {}
+        for size in batch_sizes:
+            if fixed and size != fixed:
+                latency[size] = {"skipped": f"graph has a fixed batch of {fixed}"}
+                continue
+            batch = batch_of(inputs, size)
+            times = time_runs(lambda: backend.run(batch), config.runs, config.warmup)
+            latency[size] = {**timing_stats(times), "times_ms": times}
+        version = backend.version()
+    del backend
+    gc.collect()
+    non_finite = int((~np.isfinite(outputs)).any(axis=1).sum())
+    if non_finite:
+        log.warning("%s: %d of %d outputs are NaN/inf", artifact.name, non_finite, len(outputs))
+    scores = softmax(outputs) if artifact.output_kind == "logits" else outputs
+    acc = accuracy(scores, mapped_truth)
+    acc.pop("predictions")
+    return {
+        "path": str(artifact.path), "name": artifact.name, "format": artifact.format,
+        "runtime": backends.RUNTIME_BY_FORMAT[artifact.format], "runtime_version": version,
+        "quantization": artifact.quantization, "input_dtype": str(inputs.dtype),
+        "backbone": (artifact.sidecar.get("source_model") or {}).get("backbone"),
+        "output_kind": artifact.output_kind, "labels": labels,
+        "size": disk_size(artifact.files), "files": [p.name for p in artifact.files],
+        "load_ms": load_ms, "memory": {"rss_before_mb": memory.before_mb, "peak_rss_mb": memory.peak_mb,
+                                       "scope": memory.scope},
+        "placement": placement, "fixed_batch": fixed,
+        "latency_ms": {str(k): v for k, v in latency.items()},
+        "accuracy": {**acc, "n_images": int(len(truth)), "non_finite_outputs": non_finite},
+        "vs_reference": None,
+        "sidecar_parity": artifact.sidecar.get("parity"),
+    }, outputs
+
+
+def compare_with_reference(artifact: Artifact, outputs: np.ndarray, reference: dict) -> dict[str, Any]:
+    """Artifact outputs vs the Keras reference in the artifact's own output space, label order matched."""
+    space = artifact.output_kind if artifact.output_kind in reference["outputs"] else "probabilities"
+    if space != artifact.output_kind:  # logits artifact, reference without a logits layer
+        outputs = softmax(outputs)
+    ref_order = label_indices(artifact.sidecar["labels"], reference["labels"], reference["path"])
+    return {**compare_outputs(outputs, reference["outputs"][space][:, ref_order]), "space": space}
+
+
+def _pad(inputs: np.ndarray, multiple: int) -> np.ndarray:
+    extra = -len(inputs) % multiple
+    return np.concatenate([inputs, inputs[:1].repeat(extra, 0)]) if extra else inputs
+
+
+def _overhead(artifact: Artifact, config: BenchConfig, cache: InputCache, batch_size: int) -> dict[str, Any]:
+    backend = backends.open_backend(artifact.path, config.target, config.threads)
+    batch = batch_of(cache.inputs_for(artifact), batch_size if backend.dynamic_batch else backend.input_shape[0])
+    for _ in range(max(config.warmup, 1)):
+        backend.run(batch)
+    result = harness_overhead(lambda: backend.run(batch), max(config.runs, 30))
+    return {"artifact": artifact.name, "batch_size": len(batch), **result}
+
+
+def check_placement(artifact: Artifact, placement: dict[str, Any], config: BenchConfig) -> None:
+    """CPU fallback on gpu/npu is never silent: a warning (and a report column), an error with --strict."""
+    problem = None
+    if placement["cpu_fallback_nodes"]:
+        total = sum(placement["nodes"].values())
+        problem = f"{placement['cpu_fallback_nodes']} of {total} nodes run on the CPU"
+    elif not placement["verified"]:
+        problem = f"placement cannot be verified ({placement['method']})"
+    if problem and config.strict:
+        raise CheckFailed(f"--strict: {artifact.name} on --target {config.target}: {problem}")
+    if problem:
+        log.warning("%s on --target %s: %s", artifact.name, config.target, problem)
+
+
+def _assemble(config: BenchConfig, artifacts, results, reference, images, cache, devices, overhead,
+              batch_sizes) -> dict[str, Any]:
+    ref_top1 = None
+    ref_entry = None
+    truth = np.asarray(images.labels, np.int64)
+    if reference:
+        mapped = label_indices(images.classes, reference["labels"], reference["path"])[truth]
+        ref_acc = accuracy(reference["outputs"]["probabilities"], mapped)
+        ref_acc.pop("predictions")
+        ref_top1 = ref_acc["top1"]
+        ref_entry = {"path": reference["path"], "device": reference["device"], "backbone": reference["backbone"],
+                     "accuracy": {**ref_acc, "n_images": int(len(truth))},
+                     "latency_ms": {str(k): v for k, v in reference["latency_ms"].items()},
+                     "versions": reference["versions"]}
+    rows = build_rows(results, ref_entry, batch_sizes)
+    versions = software_versions(["onnxruntime", "openvino", "ai-edge-litert", "onnx", "tf2onnx",
+                                  "tensorflow", "keras", "psutil", "matplotlib"])
+    return {
+        "schema": BENCH_SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "target": config.target,
+        "target_devices": {backends.RUNTIME_BY_FORMAT[f]: d for f, d in devices.items()},
+        "available_devices": backends.available_devices(),
+        "strict": config.strict,
+        "settings": {"runs": config.runs, "warmup": config.warmup, "batch_sizes": batch_sizes,
+                     "runtime": config.runtime, "threads": thread_settings(config.threads)},
+        "machine": machine_info(),
+        "versions": versions,
+        "data": {"root": str(Path(config.data).resolve()), "classes": images.classes,
+                 "n_images": len(images), "per_class": images.counts(),
+                 "skipped": [str(p) for p, _ in images.skipped]},
+        "preprocessing": list(cache.timings.values()),
+        "reference": ref_entry,
+        "harness_overhead": overhead,
+        "artifacts": results,
+        "rows": rows,
+        "recommendation": recommend(rows, ref_top1),
+    }
+
+
+ROW_COLUMNS = ["artifact", "kind", "backbone", "format", "runtime", "quantization", "batch_size", "size_bytes",
+               "gzip_bytes", "load_ms", "latency_min_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
+               "latency_mean_ms", "latency_std_ms", "throughput_ips", "peak_rss_mb", "top1", "top5",
+               "agreement", "cosine_mean", "max_abs_diff", "speedup_vs_fp32", "size_ratio_vs_fp32",
+               "cpu_fallback_nodes", "device"]
+
+
+def build_rows(results: list[dict], reference: dict | None, batch_sizes: list[int]) -> list[dict[str, Any]]:
+    """One flat row per artifact x batch size (+ the reference), every value a scalar (CSV-ready)."""
+    rows = []
+    for entry in results:
+        for size in batch_sizes:
+            timing = entry["latency_ms"][str(size)]
+            if "skipped" in timing:
+                continue
+            vs = entry["vs_reference"] or {}
+            rows.append({
+                "artifact": entry["name"], "kind": "artifact", "backbone": entry["backbone"], "format": entry["format"],
+                "runtime": entry["runtime"], "quantization": entry["quantization"], "batch_size": size,
+                "size_bytes": entry["size"]["bytes"], "gzip_bytes": entry["size"]["gzip_bytes"],
+                "load_ms": entry["load_ms"],
+                **{f"latency_{k}_ms": timing[k] for k in TIMING_KEYS},
+                "throughput_ips": size * 1e3 / timing["mean"],
+                "peak_rss_mb": entry["memory"]["peak_rss_mb"],
+                "top1": entry["accuracy"]["top1"], "top5": entry["accuracy"]["top5"],
+                "agreement": vs.get("top1_agreement"), "cosine_mean": vs.get("cosine_mean"),
+                "max_abs_diff": vs.get("max_abs_diff"),
+                "speedup_vs_fp32": None, "size_ratio_vs_fp32": None,
+                "cpu_fallback_nodes": entry["placement"]["cpu_fallback_nodes"],
+                "device": ",".join(entry["placement"]["devices"]),
+            })
+    # Ratios against the FP32 (quantization none) artifact of the same model, format and batch size.
+    for row in rows:
+        base = next((r for r in rows if r["format"] == row["format"] and r["quantization"] == "none"
+                     and r["batch_size"] == row["batch_size"] and r["backbone"] == row["backbone"]), None)
+        if base:
+            row["speedup_vs_fp32"] = base["latency_p50_ms"] / row["latency_p50_ms"]
+            row["size_ratio_vs_fp32"] = row["size_bytes"] / base["size_bytes"]
+    if reference:
+        for size in batch_sizes:
+            timing = reference["latency_ms"][str(size)]
+            rows.append({key: None for key in ROW_COLUMNS} | {
+                "artifact": "reference (keras)", "kind": "reference", "backbone": reference.get("backbone"),
+                "format": "keras", "runtime": "tensorflow",
+                "quantization": "none", "batch_size": size,
+                **{f"latency_{k}_ms": timing[k] for k in TIMING_KEYS},
+                "throughput_ips": size * 1e3 / timing["mean"],
+                "top1": reference["accuracy"]["top1"], "top5": reference["accuracy"]["top5"],
+                "agreement": 1.0, "device": reference["device"]})
+    return [{key: row.get(key) for key in ROW_COLUMNS} for row in rows]
+
+
+def recommend(rows: list[dict], reference_top1: float | None) -> dict[str, Any]:
+    """Fastest artifact (p50 at the smallest batch benched) within 1 point of the reference top-1."""
+    candidates = [r for r in rows if r["kind"] == "artifact"]
+    if not candidates:
+        return {"artifact": None, "text": "no artifact was timed"}
+    smallest = min(r["batch_size"] for r in candidates)
+    candidates = [r for r in candidates if r["batch_size"] == smallest]
+    baseline = reference_top1 if reference_top1 is not None else max(r["top1"] for r in candidates)
+    basis = "reference" if reference_top1 is not None else "best artifact (no reference)"
+    eligible = [r for r in candidates if r["top1"] >= baseline - 0.01 - 1e-9]
+    if not eligible:
+        return {"artifact": None, "basis": basis, "batch_size": smallest,
+                "text": f"no artifact within 1 point of {basis} accuracy ({baseline:.1%})"}
+    best = min(eligible, key=lambda r: r["latency_p50_ms"])
+    return {"artifact": best["artifact"], "basis": basis, "batch_size": smallest,
+            "baseline_top1": baseline, "latency_p50_ms": best["latency_p50_ms"], "top1": best["top1"],
+            "text": f"fastest artifact within 1 point of {basis} accuracy: {best['artifact']} "
+                    f"({best['latency_p50_ms']:.2f} ms p50 at batch {smallest}, top-1 {best['top1']:.1%} "
+                    f"vs {baseline:.1%})"}
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ROW_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    Path(path).write_text(buffer.getvalue())

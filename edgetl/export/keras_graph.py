@@ -1,0 +1,136 @@
+"""The Keras graph that every converter receives: the model's logits (or probabilities for stack models),
+optionally behind a uint8 input that casts and normalises in-graph.
+
+Why logits: a softmax at the end of an INT8 graph is quantized with TFLite's fixed 1/256 output scale
+(probabilities below 0.004 become 0 and near-ties collapse), and the runtime applies softmax in float
+numpy anyway. Stack models average per-branch probabilities, so there the probabilities are the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..metadata import MODEL_FILE, MODEL_METADATA, read_json, sha256_file
+from ..preprocess import Preprocessing
+
+INPUT_NAME = "image"
+
+
+@dataclass
+class SourceModel:
+    """A loaded model and everything export needs to describe it."""
+
+    model: Any  # the full keras model as saved
+    path: Path  # the .keras file
+    metadata: dict[str, Any]  # edgetl.json, or a minimal stand-in for foreign models
+    recipe: Preprocessing
+    labels: list[str]
+    logits_layer: str | None
+
+    @property
+    def output_kind(self) -> str:
+        return "logits" if self.logits_layer else "probabilities"
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.recipe.input_size)
+
+    def describe(self) -> dict[str, Any]:
+        return {"sha256": sha256_file(self.path), "path": str(self.path.resolve()),
+                "backbone": self.metadata.get("backbone"),
+                "model_sha256_recorded": self.metadata.get("model_sha256")}
+
+
+def resolve_model_path(model: str | Path) -> tuple[Path, Path]:
+    """(model.keras file, directory holding it) from a model directory or a .keras file."""
+    model = Path(model)
+    if model.is_dir():
+        return model / MODEL_FILE, model
+    if model.suffix == ".keras":
+        return model, model.parent
+    raise UsageError(f"{model}: expected a model directory (model.keras + edgetl.json) or a .keras file")
+
+
+def check_source(model: str | Path, input_size: int | None) -> None:
+    """Cheap validation before TensorFlow is touched: files exist and metadata or --input-size given."""
+    path, directory = resolve_model_path(model)
+    if not path.exists():
+        raise UsageError(f"{directory}: no {path.name} to export")
+    if not (directory / MODEL_METADATA).exists() and not input_size:
+        raise UsageError(f"{directory}: no {MODEL_METADATA}; pass --input-size (and --labels) "
+                         f"to export a model not made by edgetl")
+
+
+def load_source(model: str | Path, input_size: int | None = None, labels: list[str] | None = None) -> SourceModel:
+    import keras
+
+    check_source(model, input_size)
+    path, directory = resolve_model_path(model)
+    meta_path = directory / MODEL_METADATA
+    try:
+        keras_model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # corrupt or foreign file: one line, not a traceback
+        raise UsageError(f"{path}: Keras cannot load it ({str(exc).splitlines()[0][:200]})") from None
+    if meta_path.exists():
+        metadata = read_json(meta_path)
+        recipe = Preprocessing.from_dict(metadata["preprocessing"])
+        if input_size and tuple(recipe.input_size) != (input_size, input_size):
+            raise UsageError(f"--input-size {input_size} disagrees with {meta_path} "
+                             f"({recipe.input_size[0]}x{recipe.input_size[1]})")
+        names = labels or metadata.get("labels")
+        logits_layer = (metadata.get("output") or {}).get("logits_layer")
+    else:
+        # A foreign model: the default recipe ((x-127)/128, crop 0.875) at the given size.
+        metadata = {"backbone": None}
+        recipe = Preprocessing().with_input_size(input_size)
+        names = labels
+        logits_layer = "logits" if _has_layer(keras_model, "logits") else None
+    n_out = int(keras_model.outputs[0].shape[-1])
+    names = list(names) if names else [f"class_{i}" for i in range(n_out)]
+    if len(names) != n_out:
+        raise UsageError(f"{len(names)} labels given for a model with {n_out} outputs")
+    if logits_layer and not _has_layer(keras_model, logits_layer):
+        raise UsageError(f"{path}: no layer {logits_layer!r} (edgetl.json output.logits_layer)")
+    shape = tuple(keras_model.inputs[0].shape[1:3])
+    if None not in shape and shape != tuple(recipe.input_size):
+        raise UsageError(f"{path}: model input is {shape[0]}x{shape[1]} but the recipe says "
+                         f"{recipe.input_size[0]}x{recipe.input_size[1]}")
+    return SourceModel(keras_model, path, metadata, recipe, names, logits_layer)
+
+
+def _has_layer(model, name: str) -> bool:
+    return any(layer.name == name for layer in model.layers)
+
+
+def output_model(source: SourceModel):
+    """Float input (normalised, as the runtime prepares it) -> logits, or probabilities for stacks."""
+    import keras
+
+    model = source.model
+    if source.logits_layer:
+        model = keras.Model(model.inputs, model.get_layer(source.logits_layer).output, name="logits_model")
+    return model
+
+
+def pixel_input_model(source: SourceModel, dtype: str = "uint8"):
+    """Raw 0..255 pixels (after resize/crop) -> normalisation conv -> the output model.
+
+    ``dtype="uint8"``: a uint8 input plus a cast, for float and fp16/dynamic artifacts.
+    ``dtype="float32"``: a float input taking 0..255 values, for TFLite full-integer conversion, where
+    the converter itself makes the input uint8 (``inference_input_type``) with scale 1 and zero point 0
+    (the calibrated range is exactly 0..255), so a raw pixel feeds through unchanged.
+    """
+    import keras
+
+    from ..layers import normalization_layer
+
+    inner = output_model(source)
+    height, width = source.input_size
+    inputs = keras.Input((height, width, 3), dtype=dtype, name=INPUT_NAME)
+    x = keras.ops.cast(inputs, "float32") if dtype != "float32" else inputs
+    x = normalization_layer(source.recipe, name="normalize")(x)
+    outputs = inner(x)
+    return keras.Model(inputs, outputs, name="pixel_input_model")

@@ -1,0 +1,91 @@
+"""Parity of an exported artifact with the Keras FP32 model it came from.
+
+Both run on the same held-back images; the artifact through ``edgetl.runtime.backends.open_backend``
+(the code path the runtime and bench use). Numbers compare the graph outputs (logits where the model has
+them), top-1 on argmax.
+
+Pass rules (``threshold`` in the sidecar says which applied):
+
+* fp32: ``max_abs_diff <= 1e-4 * max(1, max|reference|)`` (plain 1e-4 for logits of magnitude <= 1;
+  large 1000-class logits get the same relative room) and top-1 agreement 1.0 up to exact ties.
+* fp16: ``max_abs_diff <= 1e-2 * max(1, max|reference|)`` and agreement >= ``min_agreement``.
+* dynamic / int8: top-1 agreement >= ``min_agreement`` (default 0.98).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FP32_TOLERANCE = 1e-4
+FP16_TOLERANCE = 1e-2
+BATCH = 32
+
+
+@dataclass
+class CheckSet:
+    """Images parity runs on: raw uint8 pixels, optional labels, and where they came from."""
+
+    pixels: np.ndarray
+    labels: np.ndarray | None
+    compared_on: str
+    paths: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+
+def run_batches(fn, inputs: np.ndarray, batch: int = BATCH) -> np.ndarray:
+    return np.concatenate([np.asarray(fn(inputs[i:i + batch]), np.float32)
+                           for i in range(0, len(inputs), batch)])
+
+
+def keras_outputs(model, inputs: np.ndarray) -> np.ndarray:
+    return run_batches(lambda x: model(x, training=False), inputs)
+
+
+def artifact_outputs(path: Path, inputs: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, dict]:
+    from ..runtime.backends import open_backend
+
+    backend = open_backend(path, "cpu", threads)
+    outputs = run_batches(backend.run, inputs.astype(backend.input_dtype, copy=False)
+                          if backend.input_dtype == np.uint8 else inputs)
+    precision = getattr(backend, "precision", None) or "native"
+    return outputs, {"runtime": backend.runtime, "runtime_version": backend.version(), "precision": precision}
+
+
+def compare(reference: np.ndarray, outputs: np.ndarray, mode: str, min_agreement: float,
+            labels: np.ndarray | None = None) -> dict[str, Any]:
+    diff = np.abs(outputs.astype(np.float64) - reference.astype(np.float64))
+    ref_top, out_top = reference.argmax(-1), outputs.argmax(-1)
+    agreement = float((ref_top == out_top).mean())
+    norms = np.linalg.norm(reference, axis=-1) * np.linalg.norm(outputs, axis=-1)
+    cosine = float(np.mean(np.sum(reference * outputs, axis=-1) / np.maximum(norms, 1e-12)))
+    scale = max(1.0, float(np.abs(reference).max()))
+    result = {"top1_agreement": round(agreement, 6), "max_abs_diff": float(diff.max()),
+              "mean_abs_diff": float(diff.mean()), "cosine": round(cosine, 8), "n_images": int(len(reference))}
+    if mode == "fp32":
+        limit = FP32_TOLERANCE * scale
+        # Exact ties aside, the same float graph must pick the same class.
+        passed = result["max_abs_diff"] <= limit
+        result["threshold"] = {"max_abs_diff": limit}
+    elif mode == "fp16":
+        limit = FP16_TOLERANCE * scale
+        passed = result["max_abs_diff"] <= limit and agreement >= min_agreement
+        result["threshold"] = {"max_abs_diff": limit, "top1_agreement": min_agreement}
+    else:
+        passed = agreement >= min_agreement
+        result["threshold"] = {"top1_agreement": min_agreement}
+    if labels is not None:
+        result["accuracy"] = round(float((out_top == labels).mean()), 6)
+        result["reference_accuracy"] = round(float((ref_top == labels).mean()), 6)
+    result["passed"] = bool(passed)
+    return result
+
+
+def describe(parity: dict[str, Any]) -> str:
+    return (f"agreement {parity['top1_agreement']:.3f}, max|diff| {parity['max_abs_diff']:.2e}, "
+            f"cosine {parity['cosine']:.5f} on {parity['n_images']} images")

@@ -1,0 +1,67 @@
+"""TFLite (LiteRT) artifacts through ``tf.lite.TFLiteConverter.from_keras_model``.
+
+``from_concrete_functions`` given the Keras model as trackable silently writes a model that outputs NaN
+with TF 2.21/Keras 3.15, so the Keras entry point is the only one used.
+
+Modes: fp32; fp16 (float16 weights, float compute on CPU); dynamic (int8 weights, dynamic-range
+activations); int8 (full integer, builtins INT8 only, calibrated on the representative set). INT8
+outputs stay float32 (a dequantize at the end): the logits' own scale would otherwise leak into every
+consumer, and a softmax output would get TFLite's fixed 1/256 scale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .calibration import CalibrationSet
+
+
+def convert(model, path: Path, mode: str, calib: CalibrationSet | None = None,
+            calib_input: str = "float32", uint8_input: bool = False) -> dict[str, Any]:
+    """``calib_input`` is how calibration batches are made for this graph (see CalibrationSet.batches);
+    ``uint8_input`` with int8 makes the converter expose a uint8 input tensor."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    details: dict[str, Any] = {"converter": "TFLiteConverter.from_keras_model"}
+    if mode == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+        details["weights"] = "float16"
+    elif mode == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        details["weights"] = "int8 (dynamic range)"
+    elif mode == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+        def representative():
+            for batch in calib.batches(calib_input, chunk=1):  # the converter wants batch-1 samples
+                yield [batch.astype(np.float32)]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if uint8_input:
+            converter.inference_input_type = tf.uint8
+        details.update(weights="int8 per-channel", activations="int8 per-tensor",
+                       io={"input": "uint8" if uint8_input else "float32", "output": "float32"})
+    # The converter saves a temporary SavedModel and prints its signature to stdout: keep stdout clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+        flatbuffer = converter.convert()
+    path.write_bytes(flatbuffer)
+    return details
+
+
+def input_quantization(path: Path) -> dict[str, float] | None:
+    """Scale and zero point of a quantized input tensor (None for float inputs)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    detail = Interpreter(model_path=str(path)).get_input_details()[0]
+    scale, zero = detail["quantization"]
+    if not np.issubdtype(detail["dtype"], np.integer) or not scale:
+        return None
+    return {"scale": float(scale), "zero_point": int(zero)}

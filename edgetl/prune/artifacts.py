@@ -1,0 +1,125 @@
+"""Exported files of a pruned model, for the sweep and for checking that zeros survive conversion.
+
+``export_float`` prefers ``edgetl.export`` (the project's exporter, with sidecars and parity checks);
+where that is not installed it converts the logits graph directly (tf2onnx / TFLite converter), which
+is enough to time the model and to measure its size.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMATS = ("onnx", "tflite")
+log = logging.getLogger("edgetl")
+
+
+def export_float(model_dir: Path, out_dir: Path, formats=FORMATS) -> dict[str, Path]:
+    """FP32 artifacts of ``model_dir`` in ``out_dir``: {format: path}."""
+    try:
+        from ..export import ExportConfig, export  # noqa: F401
+    except ImportError:
+        return _direct_export(model_dir, out_dir, formats)
+    return _project_export(model_dir, out_dir, formats)
+
+
+def _project_export(model_dir: Path, out_dir: Path, formats) -> dict[str, Path]:
+    from ..export import ExportConfig, export
+
+    from ..errors import CheckFailed
+
+    try:
+        result = export(ExportConfig(model=model_dir, out=out_dir, formats=tuple(formats), modes=("fp32",),
+                                     verbose=False))
+    except CheckFailed as exc:
+        # export writes every artifact before it raises; a FP32 parity miss (its gate is 1e-4 relative)
+        # does not change what the files contain, which is all size/zero counts/timing need here.
+        log.warning("%s: %s", model_dir, exc)
+        suffix = {"onnx": ".onnx", "tflite": ".tflite"}
+        return {fmt: next(Path(out_dir).glob(f"*{suffix[fmt]}")) for fmt in formats}
+    return {fmt: result.get(fmt, "fp32").path for fmt in formats}
+
+
+def logits_model(model_dir: Path):
+    import keras
+
+    from ..finetune import load_trained
+
+    model, metadata = load_trained(model_dir)
+    logits = (metadata.get("output") or {}).get("logits_layer")
+    if logits:
+        model = keras.Model(model.inputs, model.get_layer(logits).output, name="logits_model")
+    return model
+
+
+def _direct_export(model_dir: Path, out_dir: Path, formats) -> dict[str, Path]:
+    import tensorflow as tf
+
+    model = logits_model(model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = tf.TensorSpec((1, *model.inputs[0].shape[1:]), tf.float32, name="image")
+    function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    paths: dict[str, Path] = {}
+    if "onnx" in formats:
+        import tf2onnx
+
+        paths["onnx"] = out_dir / "model.onnx"
+        tf2onnx.convert.from_function(function, input_signature=[spec], opset=17,
+                                      output_path=str(paths["onnx"]))
+    if "tflite" in formats:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        paths["tflite"] = out_dir / "model.tflite"
+        paths["tflite"].write_bytes(converter.convert())
+    return paths
+
+
+# -- what is inside the files -----------------------------------------------------------------------
+def onnx_weights(path: Path) -> list[np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    arrays = [numpy_helper.to_array(t) for t in model.graph.initializer]
+    for node in model.graph.node:  # some converters keep weights as Constant nodes
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.t is not None and attr.t.dims:
+                    arrays.append(numpy_helper.to_array(attr.t))
+    return [a for a in arrays if a.dtype.kind == "f"]
+
+
+def tflite_weights(path: Path) -> list[np.ndarray]:
+    """Constant float tensors of a .tflite file, read from its flatbuffer (the buffers themselves, so
+    activations, which hold no buffer, are never mistaken for weights)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(Path(path).read_bytes(), 0))
+    dtypes = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.FLOAT16: np.float16}
+    arrays = []
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
+            if data is None or tensor.type not in dtypes or len(data) == 0:
+                continue
+            arrays.append(np.frombuffer(bytes(bytearray(data)), dtypes[tensor.type]))
+    return arrays
+
+
+def count_zero_weights(path: Path, min_size: int = 1000) -> int:
+    """Exact zeros in the file's float weight tensors of at least ``min_size`` elements."""
+    path = Path(path)
+    arrays = onnx_weights(path) if path.suffix == ".onnx" else tflite_weights(path)
+    return int(sum(np.count_nonzero(a == 0) for a in arrays if a.size >= min_size))
+
+
+def file_sizes(path: Path) -> dict[str, int]:
+    data = Path(path).read_bytes()
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=9, mtime=0) as handle:
+        handle.write(data)
+    return {"bytes": len(data), "gzip_bytes": len(buffer.getvalue())}

@@ -1,0 +1,233 @@
+"""``EdgeModel``: one exported artifact + its sidecar, as a classifier that takes images.
+
+numpy + Pillow + one runtime package; never TensorFlow or Keras (see ``edgetl.runtime``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from ..errors import CheckFailed, UsageError
+from ..metadata import read_sidecar
+from ..preprocess import IMAGE_SUFFIXES, ImageDecodeError, Preprocessing, to_pil
+from .backends import Backend, artifact_format, open_backend
+
+ImageLike = Union[str, Path, Image.Image, np.ndarray]
+Prediction = list[tuple[str, float]]
+
+# Runtimes whose inference call may be entered from several threads at once. ORT's
+# InferenceSession.run is documented thread-safe; a LiteRT interpreter and an OpenVINO InferRequest
+# hold per-call state (tensors, resized shapes), so calls into them are serialised by a lock.
+_REENTRANT_RUNTIMES = {"onnxruntime"}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by the row max so large logits do not overflow."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+class EdgeModel:
+    """An exported classifier: ``EdgeModel.load(path)``, then ``predict(images, top_k)``.
+
+    Preprocessing is replayed from the sidecar recipe (resize shorter side, centre crop, normalise,
+    layout). Paths and PIL images always go through resize + crop, as do arrays of any other size; an
+    HxWx3 uint8 array of exactly ``input_size`` is taken as already resized and cropped. A uint8-input
+    artifact gets those pixels as they are (normalisation is in its graph; a scale-1/zero-0 input
+    quantization changes nothing); an int8-input artifact gets the normalised floats quantized with
+    the sidecar's ``input.quantization`` scale/zero point; a float artifact gets the normalised floats.
+    Logits outputs get a numpy softmax; probabilities are returned as they are.
+
+    Thread safety: ``predict``/``predict_batch``/``run`` may be called from several threads on one
+    model. Preprocessing runs in parallel; the runtime call is lock-free for ONNX Runtime (its
+    ``InferenceSession.run`` is thread-safe) and serialised by a per-model lock for LiteRT and
+    OpenVINO. For parallel throughput on those, load one ``EdgeModel`` per thread.
+    """
+
+    def __init__(self, backend: Backend, metadata: dict[str, Any], path: Path):
+        self.path = path
+        self.backend = backend
+        self.metadata = metadata
+        self.labels: list[str] = list(metadata.get("labels") or [])
+        if not self.labels:
+            raise CheckFailed(f"{path}: its sidecar lists no labels")
+        self.recipe = Preprocessing.from_dict(metadata.get("preprocessing") or {})
+        spec = metadata.get("input") or {}
+        self.layout = str(spec.get("layout") or self.recipe.layout).upper()
+        if self.layout not in ("NHWC", "NCHW"):
+            raise CheckFailed(f"{path}: unsupported input layout {self.layout!r} in its sidecar")
+        self.input_dtype = backend.input_dtype
+        declared = spec.get("dtype")
+        if declared and np.dtype(declared) != backend.input_dtype:
+            raise CheckFailed(f"{path}: the sidecar says input dtype {declared} but the artifact takes "
+                              f"{backend.input_dtype}; re-export it")
+        quant = spec.get("quantization") or None
+        self._input_quant = None
+        if quant and np.issubdtype(self.input_dtype, np.integer) and self.input_dtype != np.uint8:
+            self._input_quant = (np.asarray(quant["scale"], np.float32),
+                                 np.asarray(quant["zero_point"], np.float32))
+        # uint8 input means "raw pixels, normalisation folded into the graph" (sidecar contract).
+        self._feeds_pixels = self.input_dtype == np.uint8
+        self.output_kind = (metadata.get("output") or {}).get("kind", "probabilities")
+        if self.output_kind not in ("logits", "probabilities"):
+            raise CheckFailed(f"{path}: unknown output kind {self.output_kind!r} in its sidecar")
+        self._check_input_size()
+        reentrant = backend.runtime in _REENTRANT_RUNTIMES
+        self._lock = contextlib.nullcontext() if reentrant else threading.Lock()
+
+    @classmethod
+    def load(cls, artifact: str | Path, device: str = "cpu", threads: int | None = None) -> "EdgeModel":
+        """Open ``.onnx`` (onnxruntime), ``.tflite`` (LiteRT) or ``.xml`` (OpenVINO) with its sidecar.
+
+        ``device`` is cpu, gpu or npu (the runtime's own providers/devices; ``DeviceUnavailable`` if
+        it has none); ``threads`` fixes the runtime's intra-op thread count.
+        """
+        path = Path(artifact)
+        fmt = artifact_format(path)
+        metadata = read_sidecar(path)
+        if metadata.get("format") not in (None, fmt):
+            raise UsageError(f"{path}: its sidecar describes a {metadata['format']} artifact, not {fmt}")
+        return cls(open_backend(path, device=device, threads=threads), metadata, path)
+
+    # -- properties --------------------------------------------------------------------------------
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) the model takes, after resize and crop."""
+        return tuple(self.recipe.input_size)
+
+    @property
+    def format(self) -> str:
+        return self.backend.format
+
+    def __repr__(self) -> str:
+        return (f"EdgeModel({str(self.path)!r}, format={self.format}, input={self.input_size} "
+                f"{self.input_dtype}, {len(self.labels)} labels)")
+
+    # -- inference ---------------------------------------------------------------------------------
+    def prepare(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
+        """Images -> the artifact's input batch (dtype, layout, quantization as the sidecar says)."""
+        items = _as_list(images)[0]
+        height, width = self.input_size
+        pixels = np.empty((len(items), height, width, 3), np.uint8)
+        for i, image in enumerate(items):
+            if _is_cropped_pixels(image, (height, width)):
+                pixels[i] = image  # already resized and cropped (e.g. a camera pipeline's crop)
+            else:
+                pixels[i] = self.recipe.resize_and_crop(_decode(image))
+        if self._feeds_pixels:
+            batch = pixels
+        else:
+            batch = self.recipe.normalize(pixels)
+            if self._input_quant is not None:
+                scale, zero = self._input_quant
+                info = np.iinfo(self.input_dtype)
+                batch = np.clip(np.round(batch / scale + zero), info.min, info.max)
+            batch = batch.astype(self.input_dtype, copy=False)
+        if self.layout == "NCHW":
+            batch = batch.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(batch)
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        """Raw outputs (float32, N x classes) for a batch already in the artifact's input format."""
+        with self._lock:
+            outputs = self.backend.run(inputs)
+        outputs = outputs.reshape(outputs.shape[0], -1)
+        if outputs.shape[1] != len(self.labels):
+            raise CheckFailed(f"{self.path}: the model outputs {outputs.shape[1]} scores but its sidecar "
+                              f"has {len(self.labels)} labels")
+        return outputs
+
+    def probabilities(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
+        """N x classes probabilities; one runtime call per image (see ``predict_batch`` to batch)."""
+        items = _as_list(images)[0]
+        return np.concatenate([self._probabilities(self.prepare([image])) for image in items]) \
+            if items else np.zeros((0, len(self.labels)), np.float32)
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5):
+        """Top-k ``(label, score)`` pairs: a list for one image, a list of such lists for several."""
+        items, single = _as_list(images)
+        results = [self._top_k(self._probabilities(self.prepare([image]))[0], top_k) for image in items]
+        return results[0] if single else results
+
+    def predict_batch(self, images: Sequence[ImageLike], top_k: int = 5,
+                      batch_size: int = 32) -> list[Prediction]:
+        """Like ``predict`` on a list, in batches of ``batch_size`` when the artifact's batch dimension
+        is dynamic (one image per call otherwise). Always returns one list per image."""
+        items = _as_list(images)[0]
+        step = max(1, int(batch_size)) if self.backend.dynamic_batch else 1
+        results: list[Prediction] = []
+        for start in range(0, len(items), step):
+            probs = self._probabilities(self.prepare(items[start:start + step]))
+            results += [self._top_k(row, top_k) for row in probs]
+        return results
+
+    def _probabilities(self, batch: np.ndarray) -> np.ndarray:
+        outputs = self.run(batch)
+        return softmax(outputs) if self.output_kind == "logits" else outputs
+
+    def _top_k(self, scores: np.ndarray, top_k: int) -> Prediction:
+        if int(top_k) < 1:
+            raise UsageError(f"top_k must be at least 1, got {top_k}")
+        k = min(int(top_k), len(scores))
+        # Stable sort: ties keep label order, so results are deterministic.
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [(self.labels[i], float(scores[i])) for i in order]
+
+    def _check_input_size(self) -> None:
+        shape = self.backend.input_shape
+        if len(shape) != 4:
+            raise CheckFailed(f"{self.path}: expected a 4-D image input, the artifact takes {shape}")
+        spatial = shape[1:3] if self.layout == "NHWC" else shape[2:4]
+        if all(d is not None for d in spatial) and tuple(spatial) != self.input_size:
+            raise CheckFailed(f"{self.path}: the artifact takes {tuple(spatial)} images but its sidecar "
+                              f"recipe crops to {self.input_size}")
+
+
+def _as_list(images) -> tuple[list, bool]:
+    """(list of single images, whether one image was given). A 4-D array is a batch of images."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images), False
+    if isinstance(images, (list, tuple)):
+        return list(images), False
+    return [images], True
+
+
+def _is_cropped_pixels(image, size: tuple[int, int]) -> bool:
+    return (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+            and image.shape == (*size, 3))
+
+
+def _decode(image: ImageLike) -> Image.Image:
+    try:
+        return to_pil(image)
+    except ImageDecodeError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def iter_image_files(paths: Sequence[str | Path]) -> Iterator[tuple[Path, bool]]:
+    """Expand files and directories (recursively, sorted) into ``(path, named_explicitly)``.
+
+    Directory members are filtered by image suffix; explicitly named files are taken as given.
+    """
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise UsageError(f"{path}: no images found in this folder")
+            for member in found:
+                yield member, False
+        elif path.exists():
+            yield path, True
+        else:
+            raise UsageError(f"{path}: no such image or folder")

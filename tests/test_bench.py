@@ -1,0 +1,235 @@
+"""`edgetl bench` on artifacts exported in the test from the tiny model: report contents vs direct
+computation, schema, exit codes (3 no device, 1 corrupt artifact, 2 existing --out)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetl.cli import main
+from edgetl.metadata import read_sidecar, sha256_file, sidecar_path, write_json
+
+SCHEMA = Path(__file__).resolve().parents[1] / "edgetl" / "schemas" / "bench.schema.json"
+RUNS = dict(runs=5, warmup=1, batch_sizes=(1, 4))
+ONNX, TFLITE, XML, INT8 = ("model_onnx_fp32.onnx", "model_tflite_fp32.tflite", "model_openvino_fp32.xml",
+                           "model_tflite_int8_u8.tflite")
+
+
+def export_artifacts(model_dir: Path, out: Path, calib: Path) -> Path:
+    """FP32 onnx + tflite + openvino through ``edgetl.export`` (one call, sidecars and parity included),
+    plus one INT8 uint8-input TFLite artifact so the uint8-pixel path and the ratios vs FP32 are exercised."""
+    from edgetl.export import ExportConfig, export
+
+    export(ExportConfig(model=model_dir, out=out, formats=("onnx", "tflite", "openvino"), modes=("fp32",),
+                        verbose=False))
+    int8 = out.parent / "int8"
+    export(ExportConfig(model=model_dir, out=int8, formats=("tflite",), modes=("int8",), input_dtypes=("uint8",),
+                        calib=calib, calib_size=16, min_agreement=0.5, verbose=False))
+    for path in int8.glob("*.tflite*"):
+        shutil.copy(path, out / path.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def artifacts_dir(tiny_model_dir, sample_dir, tmp_path_factory) -> Path:
+    return export_artifacts(tiny_model_dir, tmp_path_factory.mktemp("bench") / "artifacts", sample_dir)
+
+
+@pytest.fixture(scope="module")
+def small_data(sample_dir, tmp_path_factory) -> Path:
+    """5 images per class keeps the accuracy pass and the reference quick."""
+    root = tmp_path_factory.mktemp("bench") / "data"
+    for cls in ("ants", "bees"):
+        (root / cls).mkdir(parents=True)
+        for path in sorted((sample_dir / cls).iterdir())[:5]:
+            shutil.copy(path, root / cls / path.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def result(artifacts_dir, small_data, tmp_path_factory):
+    from edgetl.bench import BenchConfig, bench
+
+    out = tmp_path_factory.mktemp("bench") / "report"
+    return bench(BenchConfig(artifacts=[artifacts_dir], data=small_data, out=out, **RUNS))
+
+
+def test_report_validates_against_schema(result):
+    import jsonschema
+
+    from edgetl.bench import bench_schema
+
+    on_disk = json.loads((result.out / "bench.json").read_text())
+    assert bench_schema() == json.loads(SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(bench_schema())
+    jsonschema.validate(on_disk, bench_schema())
+    assert on_disk["schema"] == "edgetl.bench/1"
+    assert [a["name"] for a in on_disk["artifacts"]] == [ONNX, XML, TFLITE, INT8]  # sorted by name
+    # one row per artifact x batch size, plus the reference per batch size
+    assert len(on_disk["rows"]) == 4 * 2 + 2
+    for entry in on_disk["artifacts"]:
+        for size in ("1", "4"):
+            timing = entry["latency_ms"][size]
+            assert len(timing["times_ms"]) == RUNS["runs"]
+            assert timing["min"] <= timing["p50"] <= timing["p90"] <= timing["p99"]
+            assert timing["p50"] == pytest.approx(float(np.median(timing["times_ms"])))
+        assert entry["size"]["bytes"] > 100_000 and 0 < entry["size"]["gzip_bytes"] <= entry["size"]["bytes"] * 1.01
+        assert entry["load_ms"] > 0 and entry["memory"]["peak_rss_mb"] > 0
+        assert entry["placement"]["cpu_fallback_nodes"] == 0 and sum(entry["placement"]["nodes"].values()) > 10
+    xml = next(e for e in on_disk["artifacts"] if e["format"] == "openvino")
+    assert xml["files"] == [XML, "model_openvino_fp32.bin"]
+    assert xml["size"]["bytes"] == sum((Path(xml["path"]).parent / f).stat().st_size for f in xml["files"])
+    int8 = next(e for e in on_disk["artifacts"] if e["name"] == INT8)
+    assert int8["input_dtype"] == "uint8" and int8["quantization"] == "int8"
+    assert on_disk["reference"]["device"] in ("CPU",) or on_disk["reference"]["device"].startswith("GPU")
+    assert set(on_disk["machine"]["isa"]) >= {"avx2", "avx512f", "avx512_vnni", "amx_int8", "arm_dotprod"}
+    overhead = on_disk["harness_overhead"]
+    assert overhead["bare_loop_ms"] > 0 and 0 <= overhead["bookkeeping_pct"] < 3
+
+
+def test_accuracy_equals_direct_computation(result, artifacts_dir, small_data):
+    from edgetl.data import load_inputs, load_pixels, scan_folder
+    from edgetl.preprocess import Preprocessing
+    from edgetl.runtime.backends import open_backend
+
+    images = scan_folder(small_data)
+    for entry in result.json["artifacts"]:
+        path = Path(entry["path"])
+        sidecar = read_sidecar(path)
+        recipe = Preprocessing.from_dict(sidecar["preprocessing"])
+        uint8 = sidecar["input"]["dtype"] == "uint8"
+        inputs = load_pixels(images.paths, recipe) if uint8 else load_inputs(images.paths, recipe)
+        logits = open_backend(path).run(inputs)
+        truth = np.asarray([sidecar["labels"].index(images.classes[i]) for i in images.labels])
+        predicted = logits.argmax(1)
+        assert entry["accuracy"]["top1"] == pytest.approx(float(np.mean(predicted == truth)))
+        assert entry["accuracy"]["top5_k"] == 2 and entry["accuracy"]["top5"] == 1.0  # clipped to 2 classes
+        confusion = np.zeros((2, 2), int)
+        for t, p in zip(truth, predicted):
+            confusion[t, p] += 1
+        assert entry["accuracy"]["confusion"] == confusion.tolist()
+        assert entry["accuracy"]["n_images"] == 10
+
+
+def test_fp32_artifacts_agree_with_reference(result):
+    for entry in result.json["artifacts"]:
+        vs = entry["vs_reference"]
+        if entry["quantization"] != "none":
+            assert vs["space"] == "logits" and 0 <= vs["top1_agreement"] <= 1
+            continue
+        assert vs["space"] == "logits"  # logits artifacts compared with the Keras logits layer
+        assert vs["top1_agreement"] == 1.0
+        assert vs["cosine_mean"] > 0.9999 and vs["max_abs_diff"] < 1e-3
+    row = next(r for r in result.rows if r["format"] == "onnx" and r["batch_size"] == 1)
+    assert row["agreement"] == 1.0 and row["speedup_vs_fp32"] == 1.0
+    fp32, int8 = (next(r for r in result.rows if r["artifact"] == name and r["batch_size"] == 1)
+                  for name in (TFLITE, INT8))
+    assert int8["speedup_vs_fp32"] == pytest.approx(fp32["latency_p50_ms"] / int8["latency_p50_ms"])
+    assert int8["size_ratio_vs_fp32"] == pytest.approx(int8["size_bytes"] / fp32["size_bytes"]) and \
+        int8["size_ratio_vs_fp32"] < 0.5
+
+
+def test_report_files(result):
+    for name in ("bench.json", "bench.csv", "report.md", "report.html"):
+        assert (result.out / name).stat().st_size > 0
+    html = (result.out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3  # scatter, box plot, confusion matrices
+    markdown = (result.out / "report.md").read_text()
+    assert markdown == result.markdown
+    assert "fastest artifact within 1 point of reference accuracy: model_" in markdown
+    for name in (f"## {ONNX}", f"## {TFLITE}", f"## {XML}", f"## {INT8}", "speed vs FP32"):
+        assert name in markdown
+    csv_lines = (result.out / "bench.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("artifact,kind,backbone,format") and len(csv_lines) == 1 + len(result.rows)
+
+
+@pytest.mark.parametrize("target", ["gpu", "npu"])
+def test_unavailable_target_exits_3_listing_devices(target, artifacts_dir, small_data, tmp_path, capsys):
+    from edgetl.runtime.backends import available_devices
+
+    if all(devices for devices in _target_devices(target).values()):
+        pytest.skip(f"this machine has a {target} for every runtime")
+    code = main(["bench", str(artifacts_dir), "--target", target, "--data", str(small_data),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 3
+    assert len(err.splitlines()) == 1 and "available:" in err and "Traceback" not in err
+    assert "CPUExecutionProvider" in err and "CPU" in available_devices()["openvino"]
+    assert not (tmp_path / "out").exists()
+
+
+def _target_devices(target):
+    from edgetl.bench import target_devices
+
+    return target_devices(target)
+
+
+@pytest.mark.parametrize("matching_hash", [False, True])
+def test_corrupt_artifact_is_one_line_exit_1(matching_hash, artifacts_dir, small_data, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    copy = broken / ONNX
+    shutil.copy(sidecar_path(artifacts_dir / ONNX), sidecar_path(copy))
+    copy.write_bytes(np.random.default_rng(0).bytes(4096))
+    if matching_hash:  # sidecar rewritten to match: now open_backend itself must refuse the file
+        write_json(sidecar_path(copy), {**read_sidecar(copy), "sha256": sha256_file(copy)})
+    code = main(["bench", str(copy), "--data", str(small_data), "--out", str(tmp_path / "out"),
+                 "--runs", "1", "--warmup", "0", "--batch-sizes", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert len(err.splitlines()) == 1 and ONNX in err
+    assert ("onnxruntime cannot load it" if matching_hash else "sha256") in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_out_refused_without_overwrite(artifacts_dir, small_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous results")
+    args = ["bench", str(artifacts_dir / TFLITE), "--data", str(small_data), "--out", str(out),
+            "--runs", "2", "--warmup", "0", "--batch-sizes", "2"]
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "previous results"
+    assert main(args + ["--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    assert f"## {TFLITE}" in printed and "fastest artifact within 1 point" in printed
+    assert not (out / "keep.txt").exists() and (out / "bench.json").exists()
+
+
+def test_runtime_filter_and_bad_arguments(artifacts_dir, small_data, tmp_path):
+    from edgetl.bench import expand_artifacts
+    from edgetl.errors import UsageError
+
+    assert [a.name for a in expand_artifacts([artifacts_dir])] == [ONNX, XML, TFLITE, INT8]
+    assert [a.name for a in expand_artifacts([artifacts_dir], "openvino")] == [XML]
+    with pytest.raises(UsageError, match="cannot run on --runtime onnxruntime"):
+        expand_artifacts([artifacts_dir / TFLITE], "onnxruntime")
+    assert main(["bench", str(artifacts_dir), "--data", str(small_data), "--out", str(tmp_path / "o"),
+                 "--batch-sizes", "1,x"]) == 2
+    assert main(["bench", str(artifacts_dir), "--data", str(small_data), "--out", str(tmp_path / "o"),
+                 "--target", "tpu"]) == 2
+
+
+def test_cpu_fallback_is_reported_and_strict_refuses(caplog):
+    from edgetl.bench import BenchConfig, check_placement
+    from edgetl.bench import Artifact
+    from edgetl.errors import CheckFailed
+
+    artifact = Artifact(Path("model.onnx"), {}, "model.onnx")
+    # what node_placement reports for an ORT session where the CUDA EP left 3 nodes to the CPU EP
+    placement = {"requested": "gpu", "devices": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                 "nodes": {"CUDA": 60, "CPU": 3}, "method": "onnxruntime profiling", "verified": True,
+                 "cpu_fallback_nodes": 3}
+    config = BenchConfig(artifacts=["model.onnx"], data=Path("."), out=Path("out"), target="gpu")
+    check_placement(artifact, placement, config)
+    assert "3 of 63 nodes run on the CPU" in caplog.text
+    with pytest.raises(CheckFailed, match="--strict: model.onnx on --target gpu: 3 of 63 nodes"):
+        check_placement(artifact, placement, BenchConfig(**{**config.__dict__, "strict": True}))
+    unverified = {**placement, "nodes": {}, "cpu_fallback_nodes": 0, "verified": False, "method": "unverifiable"}
+    with pytest.raises(CheckFailed, match="cannot be verified"):
+        check_placement(artifact, unverified, BenchConfig(**{**config.__dict__, "strict": True}))

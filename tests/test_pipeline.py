@@ -1,0 +1,57 @@
+"""The newcomer's path: `edgetl run` on the embedded sample, and one real end-to-end run on the
+real photos with the default backbone and its ImageNet weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgetl.cli import main
+
+FORMATS = ("onnx", "tflite", "openvino")
+
+
+@pytest.mark.slow
+def test_run_on_embedded_sample_then_reuse(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--out", str(out), "--backbone", "mobilenet_v2", "--weights", "none", "--input-size", "96",
+            "--epochs", "1", "--runs", "3"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for fmt in FORMATS:
+        assert fmt in printed.lower()
+        for mode in ("fp32", "int8"):
+            artifacts = [p for p in (out / f"export-{mode}").iterdir()
+                         if p.suffix in (".onnx", ".tflite", ".xml") and fmt in p.name]
+            assert artifacts, (fmt, mode)
+            assert all((p.parent / (p.name + ".json")).exists() for p in artifacts)
+    for name in ("bench.json", "report.md", "report.html"):
+        assert (out / "bench" / name).exists()
+    assert (out / "model" / "model.keras").exists()
+    rows = json.loads((out / "bench" / "bench.json").read_text())["rows"]
+    assert len({r["artifact"] for r in rows}) == 6
+
+    # Same inputs: every stage is reused, nothing is redone.
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("inputs unchanged") == 5
+
+
+@pytest.mark.slow
+def test_real_photos_default_backbone_end_to_end(shared_photos, tmp_path):
+    """EfficientNet-Lite0 with its ImageNet weights on the real ant/bee photos: transfer reaches a
+    high accuracy in a few epochs, and its INT8 ONNX artifact agrees with the FP32 model."""
+    from edgetl.export import ExportConfig, export
+    from edgetl.finetune import FinetuneConfig, finetune
+    from edgetl.metadata import read_sidecar
+
+    trained = finetune(FinetuneConfig(data=shared_photos, out=tmp_path / "model", epochs=3, verbose=False))
+    assert trained.val_accuracy >= 0.90, trained.val_accuracy
+    assert trained.metadata["dataset"]["skipped"] == [str(shared_photos / "ants" / "imageNotFound.gif")]
+
+    export(ExportConfig(model_dir=tmp_path / "model", out=tmp_path / "int8", formats=("onnx",),
+                        quantize="int8", calib=shared_photos, calib_size=100))
+    artifact = next((tmp_path / "int8").glob("*.onnx"))
+    parity = read_sidecar(artifact)["parity"]
+    assert parity["top1_agreement"] >= 0.97, parity

@@ -1,0 +1,451 @@
+"""The device runtime (``edgetl.runtime.EdgeModel``) and ``edgetl predict``, on real artifacts of the
+tiny trained model in every format, checked against the Keras model on the same preprocessed inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgetl.errors import CheckFailed, UsageError
+from edgetl.metadata import sha256_file, sidecar_path, software_versions, write_json
+from edgetl.preprocess import Preprocessing
+from edgetl.runtime import EdgeModel, softmax
+
+REPO = Path(__file__).resolve().parents[1]
+FORMATS = ("onnx", "tflite", "openvino")
+N_IMAGES = 6  # 3 ants + 3 bees: enough for top-1 checks, cheap on 2 shared cores
+
+
+# -- artifacts --------------------------------------------------------------------------------------
+# The one place artifacts are made (also used by test_example_app.py): the real exporter. (It replaced
+# a tf2onnx/TFLiteConverter/openvino stand-in written while export was being built.)
+def export_artifacts(model_dir: Path, out_dir: Path, check_dir: Path, formats=FORMATS,
+                     input_dtypes=("float32",), modes=("fp32",), calib: Path | None = None) -> dict:
+    """``edgetl.export`` -> {(format, mode, input dtype): artifact path}."""
+    from edgetl.export import ExportConfig, export
+
+    result = export(ExportConfig(model=model_dir, out=out_dir, formats=tuple(formats), modes=tuple(modes),
+                                 input_dtypes=tuple(input_dtypes), check=check_dir, calib=calib,
+                                 calib_size=16, verbose=False))
+    return {(a.format, a.mode, a.input_dtype): a.path for a in result.artifacts}
+
+
+def make_tiny_model_dir(out: Path, sample_dir: Path) -> Path:
+    """A model directory shaped like finetune's (``build_classifier`` graph, ``edgetl.json``) around a
+    3-conv backbone without BatchNorm, trained for seconds on the sample.
+
+    Why not conftest's ``tiny_model_dir``: its random-init mobilenet_v2 runs BN in inference mode with
+    untrained statistics and gives the same output for every image (0.5037 "ants" for all), which
+    would make every top-1 comparison vacuous.
+    """
+    import keras
+
+    from edgetl import zoo
+    from edgetl.data import load_inputs, scan_folder
+    from edgetl.finetune import build_classifier
+    from edgetl.metadata import MODEL_FILE, MODEL_METADATA, MODEL_SCHEMA
+
+    keras.utils.set_random_seed(0)
+    recipe = zoo.get("mobilenet_v2").recipe(96)
+    images = scan_folder(sample_dir)
+    inputs = keras.Input((96, 96, 3))
+    x = inputs
+    for filters in (8, 16, 32):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
+    model = build_classifier(keras.Model(inputs, x, name="backbone"), recipe, len(images.classes), 0.0)
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(load_inputs(images.paths, recipe), np.asarray(images.labels), epochs=15, batch_size=16,
+              verbose=0, shuffle=True)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / MODEL_FILE)
+    write_json(out / MODEL_METADATA, {
+        "schema": MODEL_SCHEMA, "labels": images.classes,
+        "input": {"name": "image", "shape": [None, 96, 96, 3], "layout": "NHWC", "dtype": "float32"},
+        "output": {"kind": "probabilities", "logits_layer": "logits"},
+        "preprocessing": recipe.to_dict(), "backbone": "tiny_cnn", "backbones": ["tiny_cnn"],
+        "weights": {"kind": "none"}, "strategy": "full",
+        "dataset": {"root": str(sample_dir), "val_split": 0.0, "seed": 0,
+                    "val": {"count": 0, "files": []}},
+        "metrics": {}, "versions": software_versions(["tensorflow", "keras"]),
+        "model_sha256": sha256_file(out / MODEL_FILE),
+    })
+    return out
+
+
+@pytest.fixture(scope="session")
+def runtime_model_dir(sample_dir, tmp_path_factory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("runtime_model") / "model", sample_dir)
+
+
+@dataclass
+class Artifacts:
+    paths: dict[str, Path]  # "onnx", "tflite", "openvino" (float input), "<fmt>_uint8", "tflite_int8_uint8"
+    images: list[Path]
+    keras_probs: np.ndarray  # the Keras model on data.load_inputs(images): the reference
+    labels: list[str]
+
+
+@pytest.fixture(scope="session")
+def artifacts(runtime_model_dir, sample_dir, tmp_path_factory) -> Artifacts:
+    from edgetl.data import load_inputs
+    from edgetl.finetune import load_trained
+
+    out = tmp_path_factory.mktemp("runtime_artifacts")
+    made = export_artifacts(runtime_model_dir, out / "fp32", sample_dir, input_dtypes=("float32", "uint8"))
+    paths = {fmt if dtype == "float32" else f"{fmt}_{dtype}": path for (fmt, _, dtype), path in made.items()}
+    # One int8 artifact: LiteRT full-integer with raw-pixel input (sidecar quantization scale 1, zp 0).
+    made = export_artifacts(runtime_model_dir, out / "int8", sample_dir, formats=("tflite",),
+                            input_dtypes=("uint8",), modes=("int8",), calib=sample_dir)
+    paths["tflite_int8_uint8"] = made[("tflite", "int8", "uint8")]
+    images = (sorted((sample_dir / "ants").iterdir())[:N_IMAGES // 2]
+              + sorted((sample_dir / "bees").iterdir())[:N_IMAGES // 2])
+    model, meta = load_trained(runtime_model_dir)
+    inputs = load_inputs(images, Preprocessing.from_dict(meta["preprocessing"]))
+    probs = np.asarray(model.predict(inputs, verbose=0), np.float32)
+    return Artifacts(paths, images, probs, meta["labels"])
+
+
+def _copy_artifact(src: Path, dst_dir: Path, with_sidecar: bool = True) -> Path:
+    import shutil
+
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, dst_dir / src.name)
+    if src.suffix == ".xml":
+        shutil.copy(src.with_suffix(".bin"), dst_dir / src.with_suffix(".bin").name)
+    if with_sidecar:
+        shutil.copy(sidecar_path(src), dst_dir / sidecar_path(src).name)
+    return dst_dir / src.name
+
+
+def _run_python(code: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=REPO)
+
+
+# -- parity with Keras --------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_matches_keras(artifacts, fmt):
+    model = EdgeModel.load(artifacts.paths[fmt])
+    assert model.labels == artifacts.labels == ["ants", "bees"]
+    assert model.input_size == (96, 96)
+    assert model.metadata["format"] == fmt
+    probs = model.probabilities(artifacts.images)
+    keras_top1 = artifacts.keras_probs.argmax(axis=1)
+    # The trained tiny model is confident enough that top-1 is not decided by rounding.
+    assert np.abs(artifacts.keras_probs[:, 0] - 0.5).min() > 0.01
+    np.testing.assert_array_equal(probs.argmax(axis=1), keras_top1)
+    np.testing.assert_allclose(probs, artifacts.keras_probs, atol=2e-4)
+    ranked = model.predict(artifacts.images, top_k=5)
+    assert [r[0][0] for r in ranked] == [artifacts.labels[i] for i in keras_top1]
+    for row, reference in zip(ranked, artifacts.keras_probs):
+        assert len(row) == 2  # top_k is capped at the number of labels
+        assert row[0][1] >= row[1][1]
+        assert abs(sum(score for _, score in row) - 1.0) < 1e-5
+        assert abs(row[0][1] - reference.max()) < 2e-4
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_uint8_input_artifact_matches_float_input(artifacts, fmt):
+    float_model = EdgeModel.load(artifacts.paths[fmt])
+    pixel_model = EdgeModel.load(artifacts.paths[f"{fmt}_uint8"])
+    assert pixel_model.input_dtype == np.uint8 and float_model.input_dtype == np.float32
+    batch = pixel_model.prepare(artifacts.images[:2])
+    assert batch.dtype == np.uint8 and batch.shape == (2, 96, 96, 3)
+    np.testing.assert_allclose(pixel_model.probabilities(artifacts.images),
+                               float_model.probabilities(artifacts.images), atol=1e-4)
+    assert ([r[0][0] for r in pixel_model.predict(artifacts.images)]
+            == [r[0][0] for r in float_model.predict(artifacts.images)])
+
+
+def test_exported_int8_artifact_agrees_with_keras(artifacts):
+    model = EdgeModel.load(artifacts.paths["tflite_int8_uint8"])
+    assert model.metadata["quantization"]["mode"] == "int8" and model.input_dtype == np.uint8
+    probs = model.probabilities(artifacts.images)
+    assert (probs.argmax(axis=1) == artifacts.keras_probs.argmax(axis=1)).mean() >= 5 / 6
+    assert np.abs(probs - artifacts.keras_probs).max() < 0.1
+
+
+def test_prepare_replays_the_training_side_preprocessing(artifacts):
+    """``EdgeModel.prepare`` == ``edgetl.data.load_inputs``: the inputs the Keras model, calibration
+    and parity checks see are the ones the device feeds."""
+    from edgetl.data import load_inputs
+
+    model = EdgeModel.load(artifacts.paths["tflite"])
+    np.testing.assert_array_equal(model.prepare(artifacts.images), load_inputs(artifacts.images, model.recipe))
+
+
+def test_int8_input_artifact_gets_quantized_input(runtime_model_dir, artifacts, tmp_path):
+    """A full-integer TFLite artifact (int8 in, int8 out): the runtime quantizes the normalised input
+    with the sidecar's scale/zero point and the backend dequantizes the logits.
+    Built here with the TFLite converter: the exporter keeps float (or raw-pixel) I/O for int8."""
+    import keras
+    import tensorflow as tf
+
+    from edgetl.data import load_inputs
+    from edgetl.finetune import load_trained
+
+    keras_model, meta = load_trained(runtime_model_dir)
+    logits_model = keras.Model(keras_model.input, keras_model.get_layer("logits").output)
+    recipe = Preprocessing.from_dict(meta["preprocessing"])
+    calibration = load_inputs(artifacts.images, recipe)
+    converter = tf.lite.TFLiteConverter.from_keras_model(logits_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[None]] for x in calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    path = tmp_path / "model_int8.tflite"
+    path.write_bytes(converter.convert())
+    sidecar = json.loads(sidecar_path(artifacts.paths["tflite"]).read_text())
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(path)).get_input_details()[0]
+    scale, zero = details["quantization"]
+    output_scale = Interpreter(model_path=str(path)).get_output_details()[0]["quantization"][0]
+    sidecar.update(file=path.name, sha256=sha256_file(path))
+    sidecar["input"].update(dtype="int8", quantization={"scale": scale, "zero_point": zero})
+    sidecar["output"]["dtype"] = "int8"
+    write_json(sidecar_path(path), sidecar)
+
+    model = EdgeModel.load(path)
+    batch = model.prepare(artifacts.images)
+    assert batch.dtype == np.int8
+    np.testing.assert_array_equal(batch, np.clip(np.round(calibration / scale + zero), -128, 127))
+    logits = model.run(batch)
+    keras_logits = np.asarray(logits_model.predict(calibration, verbose=0))
+    # Quantization error of a 3-conv net: a few output steps, far below the logit gaps.
+    assert np.abs(logits - keras_logits).max() < 0.1 * np.abs(keras_logits).max() + 4 * output_scale
+    assert ([r[0][0] for r in model.predict(artifacts.images, top_k=1)]
+            == [artifacts.labels[i] for i in artifacts.keras_probs.argmax(axis=1)])
+
+
+def test_predict_batch_matches_predict(artifacts):
+    for fmt in ("onnx", "tflite"):
+        model = EdgeModel.load(artifacts.paths[fmt])
+        assert model.backend.dynamic_batch
+        one_by_one = model.predict(artifacts.images, top_k=1)
+        batched = model.predict_batch(artifacts.images, top_k=1, batch_size=4)  # 4 + 2: two shapes
+        assert [r[0][0] for r in batched] == [r[0][0] for r in one_by_one]
+        np.testing.assert_allclose([r[0][1] for r in batched], [r[0][1] for r in one_by_one], atol=1e-5)
+
+
+# -- inputs -----------------------------------------------------------------------------------------
+def test_paths_pil_images_and_arrays_agree(artifacts):
+    model = EdgeModel.load(artifacts.paths["onnx"])
+    path = artifacts.images[0]
+    pil = Image.open(path)
+    array = np.asarray(pil.convert("RGB"))
+    by_path, by_pil, by_array = model.predict([path, pil, array], top_k=2)
+    assert by_path == by_pil == by_array
+    assert model.predict(str(path), top_k=2) == by_path  # one image in -> one list out
+    # An array already at the input size is taken as cropped pixels; a 4-D array is a batch.
+    cropped = model.recipe.resize_and_crop(pil)
+    assert model.predict(cropped, top_k=2) == by_path
+    assert model.predict(np.stack([cropped] * 3), top_k=1) == [by_path[:1]] * 3
+
+
+def test_grayscale_rgba_and_odd_sizes_are_converted(artifacts):
+    model = EdgeModel.load(artifacts.paths["onnx"])
+    rgb = Image.open(artifacts.images[3]).convert("RGB")
+    gray = rgb.convert("L")
+    rgba = rgb.convert("RGBA")
+    assert model.predict(gray) == model.predict(gray.convert("RGB"))
+    assert model.predict(np.asarray(gray)) == model.predict(gray.convert("RGB"))  # HxW array
+    assert model.predict(rgba) == model.predict(rgb)
+    assert model.predict(np.asarray(rgba)) == model.predict(rgb)  # HxWx4 array
+    # A wrong-sized array is resized and cropped by the recipe, like the image it came from.
+    odd = np.asarray(rgb.resize((333, 171)))
+    assert model.prepare(odd).shape == (1, 96, 96, 3)
+    assert model.predict(odd) == model.predict(Image.fromarray(odd))
+
+
+def test_softmax_is_stable_and_top_k_validated(artifacts):
+    probs = softmax(np.array([[1000.0, 0.0], [-1000.0, -1000.0]], np.float32))
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs, [[1.0, 0.0], [0.5, 0.5]], atol=1e-7)
+    model = EdgeModel.load(artifacts.paths["onnx"])
+    assert len(model.predict(artifacts.images[0], top_k=1)) == 1
+    with pytest.raises(UsageError, match="top_k"):
+        model.predict(artifacts.images[0], top_k=0)
+
+
+def test_raw_run_gives_logits(artifacts):
+    model = EdgeModel.load(artifacts.paths["openvino"])
+    logits = model.run(model.prepare(artifacts.images))
+    assert logits.shape == (N_IMAGES, 2) and logits.dtype == np.float32
+    np.testing.assert_allclose(softmax(logits), artifacts.keras_probs, atol=2e-4)
+
+
+# -- thread safety ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_predict_from_four_threads_gives_identical_results(artifacts, fmt):
+    model = EdgeModel.load(artifacts.paths[fmt], threads=1)
+    expected = [model.predict(image, top_k=2) for image in artifacts.images]
+    results: dict[int, list] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def hammer(worker: int) -> None:
+        try:
+            start.wait()
+            order = list(range(len(artifacts.images))) * 3
+            order = order[worker:] + order[:worker]  # threads run different images at the same time
+            results[worker] = [(i, model.predict(artifacts.images[i], top_k=2)) for i in order]
+        except BaseException as exc:  # surfaced below; a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert len(results) == 4
+    for worker_results in results.values():
+        for index, ranked in worker_results:
+            assert ranked == expected[index]
+
+
+# -- no TensorFlow on the device path ----------------------------------------------------------------
+FORBIDDEN = ("tensorflow", "keras", "tf2onnx", "tf_keras", "edgetl.data", "edgetl.finetune", "edgetl.zoo")
+
+
+def test_runtime_imports_no_tensorflow(artifacts):
+    code = f"""
+import sys
+from edgetl.runtime import EdgeModel
+from edgetl.cli import main
+for path in {[str(artifacts.paths[f]) for f in FORMATS]!r}:
+    model = EdgeModel.load(path)
+    print(model.predict({str(artifacts.images[0])!r}, top_k=1))
+assert main(["predict", {str(artifacts.paths["onnx"])!r}, {str(artifacts.images[0])!r}]) == 0
+bad = sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r} or m in {FORBIDDEN!r})
+print("FORBIDDEN:", bad)
+"""
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "FORBIDDEN: []" in result.stdout, result.stdout
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+def test_artifact_without_sidecar(artifacts, tmp_path):
+    lonely = _copy_artifact(artifacts.paths["onnx"], tmp_path, with_sidecar=False)
+    with pytest.raises(UsageError) as info:
+        EdgeModel.load(lonely)
+    message = str(info.value)
+    assert "\n" not in message
+    assert sidecar_path(lonely).name in message and "edgetl export" in message
+
+
+def test_missing_openvino_weights_and_unknown_suffix(artifacts, tmp_path):
+    xml = _copy_artifact(artifacts.paths["openvino"], tmp_path)
+    xml.with_suffix(".bin").unlink()
+    with pytest.raises(CheckFailed, match=r"\.bin is missing"):
+        EdgeModel.load(xml)
+    with pytest.raises(UsageError, match="unknown artifact type"):
+        EdgeModel.load(tmp_path / "model.pt")
+
+
+def test_unavailable_device_is_exit_3(artifacts):
+    import onnxruntime
+
+    from edgetl.errors import DeviceUnavailable
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has a GPU provider")
+    with pytest.raises(DeviceUnavailable, match="no gpu execution provider") as info:
+        EdgeModel.load(artifacts.paths["onnx"], device="gpu")
+    assert info.value.exit_code == 3
+
+
+def test_undecodable_image(artifacts, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    model = EdgeModel.load(artifacts.paths["onnx"])
+    with pytest.raises(UsageError, match="broken.jpg: cannot decode"):
+        model.predict(broken)
+    with pytest.raises(UsageError, match="no such file"):
+        model.predict(tmp_path / "absent.jpg")
+
+
+@pytest.mark.parametrize("fmt,module,extra", [("onnx", "onnxruntime", "edgetl[runtime-onnx]"),
+                                              ("tflite", "ai_edge_litert", "edgetl[runtime-tflite]"),
+                                              ("openvino", "openvino", "edgetl[runtime-openvino]")])
+def test_missing_runtime_package_names_the_extra(artifacts, fmt, module, extra):
+    code = f"""
+import sys
+sys.modules[{module!r}] = None  # as if the package were not installed
+from edgetl.errors import EdgetlError
+from edgetl.runtime import EdgeModel
+try:
+    EdgeModel.load({str(artifacts.paths[fmt])!r})
+except EdgetlError as exc:
+    print("ERROR:", exc)
+"""
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("ERROR:")]
+    assert len(lines) == 1 and f"pip install '{extra}'" in lines[0], result.stdout
+
+
+# -- edgetl predict -----------------------------------------------------------------------------------
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:
+    from edgetl.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_predict_text_json_and_folders(artifacts, tmp_path, capsys):
+    art = artifacts.paths["tflite"]
+    code, out, _ = _cli(["predict", art, artifacts.images[0], artifacts.images[-1], "--top-k", "1"], capsys)
+    assert code == 0
+    top1 = [artifacts.labels[i] for i in artifacts.keras_probs.argmax(axis=1)]
+    lines = out.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{artifacts.images[0]}: {top1[0]} ")
+    assert lines[1].startswith(f"{artifacts.images[-1]}: {top1[-1]} ")
+
+    # A folder is searched recursively in sorted order; an undecodable member is skipped with a warning.
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    for i, image in enumerate(artifacts.images[:3]):
+        target = folder / ("nested" if i == 2 else "") / f"{i}_{image.name}"
+        target.write_bytes(image.read_bytes())
+    (folder / "1_corrupt.jpg").write_bytes(b"garbage")
+    (folder / "notes.txt").write_text("not an image")
+    code, out, err = _cli(["predict", art, folder, "--json", "--threads", "1"], capsys)
+    assert code == 0
+    document = json.loads(out)
+    assert [Path(d["image"]).name for d in document] == [
+        f"0_{artifacts.images[0].name}", f"1_{artifacts.images[1].name}", f"2_{artifacts.images[2].name}"]
+    assert [d["predictions"][0]["label"] for d in document] == top1[:3]
+    assert all(len(d["predictions"]) == 2 for d in document)
+    assert abs(document[0]["predictions"][0]["score"] - artifacts.keras_probs[0].max()) < 2e-4
+    assert err.count("warning: skipped") == 1 and "1_corrupt.jpg" in err
+
+
+def test_cli_predict_errors_are_one_line(artifacts, tmp_path, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"garbage")
+    art = artifacts.paths["onnx"]
+    for args, fragment in [
+        (["predict", art, broken], "broken.png: cannot decode"),
+        (["predict", art, tmp_path / "absent.jpg"], "no such image or folder"),
+        (["predict", _copy_artifact(art, tmp_path / "alone", with_sidecar=False), artifacts.images[0]],
+         "sidecar"),
+        (["predict", art, artifacts.images[0], "--device", "tpu"], "unknown device"),
+    ]:
+        code, out, err = _cli(args, capsys)
+        assert code == 2, (args, err)
+        assert err.count("\n") == 1 and fragment in err, err
