@@ -118,7 +118,7 @@ def run(
 
     config = RunConfig(out=out, data=data, backbone=backbone, weights=weights, strategy=strategy,
                        epochs=epochs, batch_size=batch_size, input_size=input_size,
-                       formats=tuple(_split(formats)), quantize=tuple(q for q in _split(quantize) if q != "none"),
+                       formats=tuple(_split(formats)), quantize=tuple(q for q in _split(quantize) if q not in ("none", "fp32")),
                        target=target, runs=runs, force=force)
     result = run_pipeline(config)
     typer.echo(result.summary)
