@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -31,28 +30,9 @@ sys.path.insert(0, str(REPO))
 from edgetl.export import ExportConfig, export  # noqa: E402
 from edgetl.finetune import FinetuneConfig, finetune  # noqa: E402
 from edgetl.prune import PruneConfig, prune  # noqa: E402
-from edgetl.runtime.backends import open_backend  # noqa: E402
+from edgetl.prune.sweep import interleaved_latency  # noqa: E402
 
 TARGET_FP32, TARGET_INT8, TARGET_ACCURACY_POINTS = 1.4, 1.3, 2.0
-
-
-def interleaved_latency(paths: dict[str, Path], threads: int, rounds: int, runs: int) -> dict[str, dict]:
-    backends = {name: open_backend(path, "cpu", threads=threads) for name, path in paths.items()}
-    inputs = {}
-    for name, backend in backends.items():
-        shape = [1 if d is None else int(d) for d in backend.input_shape]
-        inputs[name] = np.random.default_rng(0).standard_normal(shape).astype(backend.input_dtype)
-        for _ in range(10):
-            backend.run(inputs[name])
-    times = {name: [] for name in backends}
-    for _ in range(rounds):
-        for name, backend in backends.items():
-            for _ in range(runs):
-                start = time.perf_counter_ns()
-                backend.run(inputs[name])
-                times[name].append((time.perf_counter_ns() - start) / 1e6)
-    return {name: {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
-                   "min_ms": float(np.min(t)), "n": len(t)} for name, t in times.items()}
 
 
 def main() -> None:
@@ -88,7 +68,7 @@ def main() -> None:
                                          calib_size=args.calib_size, min_agreement=0.01, verbose=False))
             for mode in ("fp32", "int8"):
                 artifacts[f"{label}_{mode}"] = result.get("onnx", mode).path
-        latency = interleaved_latency(artifacts, args.threads, args.rounds, args.runs)
+        latency = interleaved_latency(artifacts, args.rounds, args.runs, threads=args.threads, warmup=10)
         record = pruned.record
         acc = record["accuracy"]
         summary = {

@@ -95,26 +95,35 @@ def _export(model_dir: Path, out: Path, row: dict[str, Any]) -> Path | None:
     return paths.get("onnx")
 
 
-def _time_interleaved(rows, artifacts: dict[str, Path], rounds: int, runs: int) -> None:
-    backends = {name: open_backend(path, "cpu") for name, path in artifacts.items() if path}
-    samples = {}
+def interleaved_latency(paths: dict[str, Path], rounds: int, runs: int, threads: int | None = None,
+                        warmup: int = 5) -> dict[str, dict[str, float]]:
+    """Batch-1 latency of several artifacts timed in interleaved rounds, so machine load drifts
+    alike over all of them and their ratios stay meaningful."""
+    backends = {name: open_backend(path, "cpu", threads=threads) for name, path in paths.items() if path}
+    inputs = {}
     for name, backend in backends.items():
         shape = [1 if d is None else int(d) for d in backend.input_shape]
-        samples[name] = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        for _ in range(5):
-            backend.run(samples[name])
+        inputs[name] = np.random.default_rng(0).standard_normal(shape).astype(backend.input_dtype)
+        for _ in range(warmup):
+            backend.run(inputs[name])
     times: dict[str, list[float]] = {name: [] for name in backends}
     for _ in range(rounds):
         for name, backend in backends.items():
             for _ in range(runs):
                 start = time.perf_counter_ns()
-                backend.run(samples[name])
+                backend.run(inputs[name])
                 times[name].append((time.perf_counter_ns() - start) / 1e6)
+    return {name: {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
+                   "min_ms": float(np.min(t)), "n": len(t)} for name, t in times.items()}
+
+
+def _time_interleaved(rows, artifacts: dict[str, Path], rounds: int, runs: int) -> None:
+    latency = interleaved_latency(artifacts, rounds, runs)
     for row in rows:
-        values = times.get(row["label"])
-        if values:
-            row["latency_p50_ms"] = round(float(np.percentile(values, 50)), 3)
-            row["latency_p90_ms"] = round(float(np.percentile(values, 90)), 3)
+        measured = latency.get(row["label"])
+        if measured:
+            row["latency_p50_ms"] = round(measured["p50_ms"], 3)
+            row["latency_p90_ms"] = round(measured["p90_ms"], 3)
 
 
 def _markdown(summary: dict[str, Any]) -> str:
