@@ -54,9 +54,6 @@ class ImageSet:
         return ImageSet(self.classes, [self.paths[i] for i in indices], [self.labels[i] for i in indices],
                         self.root)
 
-    def relative_paths(self) -> list[str]:
-        return [str(p.relative_to(self.root)) for p in self.paths]
-
 
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

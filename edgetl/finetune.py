@@ -284,7 +284,8 @@ def _metadata(config: FinetuneConfig, train_set: ImageSet, val_set: ImageSet, re
                       "fingerprint": train_set.fingerprint()["fingerprint"]},
             "val": {"count": len(val_set), "per_class": val_set.counts(),
                     "fingerprint": val_set.fingerprint()["fingerprint"] if len(val_set) else None,
-                    "files": val_set.relative_paths()},
+                    # Relative to dataset.root (also for DATA/{train,val} layouts) so export can find them.
+                    "files": [str(p.relative_to(Path(config.data))) for p in val_set.paths]},
             "skipped": [str(p) for p, _ in train_set.skipped],
         },
         "history": history,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +50,8 @@ def test_features_strategy_keeps_backbone_frozen(sample_dir, tmp_path):
     assert metadata["strategy"] == "features" and metadata["weights"] == {"kind": "none"}
     assert len(metadata["history"]) == 1 and "val_accuracy" in metadata["history"][0]
     assert len(metadata["dataset"]["val"]["files"]) == 12
+    root = Path(metadata["dataset"]["root"])
+    assert all((root / f).is_file() for f in metadata["dataset"]["val"]["files"])
     # Frozen backbone: a fresh build with the same seed has the very same weights.
     keras.utils.set_random_seed(0)
     from edgetl import zoo
