@@ -180,14 +180,16 @@ class _EpochPrinter:
         return Printer()
 
 
-def _fit(model, train_ds, val_ds, epochs: int, lr: float, phase: str, verbose: bool, history: list):
+def _fit(model, train_ds, val_ds, epochs: int, lr: float, phase: str, verbose: bool, history: list,
+         callbacks: tuple = ()):
+    """Compile, train and append one history row per epoch (shared with prune's recovery)."""
     import keras
 
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     # shuffle=False: the tf.data pipeline shuffles itself (Keras warns otherwise).
     result = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
-                       callbacks=[_EpochPrinter(phase, epochs, verbose)])
+                       callbacks=[*callbacks, _EpochPrinter(phase, epochs, verbose)])
     keys = list(result.history)
     for epoch in range(epochs):
         history.append({"phase": phase, "epoch": len(history) + 1,

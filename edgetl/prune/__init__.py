@@ -335,7 +335,7 @@ def _recover(model, data: _Data, config: PruneConfig, callbacks: list) -> list[d
     records for its backbone: Keras 3 functional models pass the outer ``training=True`` of ``fit`` on
     to nested calls, and a non-trainable BN always runs on its moving statistics.
     """
-    from ..finetune import _EpochPrinter
+    from ..finetune import _fit, is_batchnorm
 
     if config.epochs == 0:
         return []
@@ -343,16 +343,14 @@ def _recover(model, data: _Data, config: PruneConfig, callbacks: list) -> list[d
     saved = [layer.trainable for layer in layers]
     model.trainable = True
     for layer in layers:
-        if type(layer).__name__ == "BatchNormalization":
+        if is_batchnorm(layer):
             layer.trainable = False
-    _compile(model, config.lr)
-    result = model.fit(data.train_ds, validation_data=data.val_ds, epochs=config.epochs, verbose=0,
-                       callbacks=[*callbacks, _EpochPrinter("recovery", config.epochs, config.verbose)])
+    history: list[dict[str, float]] = []
+    _fit(model, data.train_ds, data.val_ds, config.epochs, config.lr, "prune-recovery", config.verbose,
+         history, callbacks=tuple(callbacks))
     for layer, trainable in zip(layers, saved):  # containers come before their children
         layer.trainable = trainable
-    keys = list(result.history)
-    return [{"phase": "prune-recovery", "epoch": epoch + 1, **{k: float(result.history[k][epoch]) for k in keys}}
-            for epoch in range(config.epochs)]
+    return history
 
 
 # -- output -----------------------------------------------------------------------------------------
