@@ -80,6 +80,12 @@ class BenchConfig:
     strict: bool = False
     overwrite: bool = False
     measure_overhead: bool = True
+    # ONNX Runtime INT8 on x86 without VNNI: exact U8U8 kernels (default) or the faster, saturating
+    # U8S8 ones (edgetl.runtime.cpu); the choice is recorded per artifact as runtime_settings.
+    exact_int8: bool = True
+
+    def backend_options(self, fmt: str) -> dict:
+        return {"exact_int8": self.exact_int8} if fmt == "onnx" else {}
 
     def validate(self) -> None:
         if self.target not in TARGETS:
@@ -501,7 +507,7 @@ def node_placement(backend, path: Path, sample: np.ndarray, threads: int | None)
 def _ort_profile_nodes(backend, path: Path, sample: np.ndarray, threads: int | None) -> dict[str, int]:
     """A second session with profiling on and the same providers: one run, nodes counted per EP."""
     ort = backend._ort
-    options = backends.ort_session_options(threads)
+    options = backends.ort_session_options(threads, exact_int8=bool(backend.settings))
     options.enable_profiling = True
     import tempfile
 
@@ -672,7 +678,8 @@ def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[i
     mapped_truth = label_indices(classes, labels, artifact.path)[truth]
     with PeakRss() as memory:
         start = time.perf_counter()
-        backend = backends.open_backend(artifact.path, config.target, config.threads)
+        backend = backends.open_backend(artifact.path, config.target, config.threads,
+                                        **config.backend_options(artifact.format))
         load_ms = (time.perf_counter() - start) * 1e3
         if backend.input_dtype != inputs.dtype:
             raise CheckFailed(f"{artifact.path}: the graph takes {backend.input_dtype} but its sidecar says "
@@ -692,6 +699,7 @@ def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[i
             times = time_runs(lambda: backend.run(batch), config.runs, config.warmup)
             latency[size] = {**timing_stats(times), "times_ms": times}
         version = backend.version()
+        settings = dict(backend.settings)
     del backend
     gc.collect()
     non_finite = int((~np.isfinite(outputs)).any(axis=1).sum())
@@ -703,6 +711,7 @@ def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[i
     return {
         "path": str(artifact.path), "name": artifact.name, "format": artifact.format,
         "runtime": backends.RUNTIME_BY_FORMAT[artifact.format], "runtime_version": version,
+        "runtime_settings": settings,
         "quantization": artifact.quantization, "input_dtype": str(inputs.dtype),
         "backbone": (artifact.sidecar.get("source_model") or {}).get("backbone"),
         "output_kind": artifact.output_kind, "labels": labels,
@@ -732,7 +741,8 @@ def _pad(inputs: np.ndarray, multiple: int) -> np.ndarray:
 
 
 def _overhead(artifact: Artifact, config: BenchConfig, cache: InputCache, batch_size: int) -> dict[str, Any]:
-    backend = backends.open_backend(artifact.path, config.target, config.threads)
+    backend = backends.open_backend(artifact.path, config.target, config.threads,
+                                    **config.backend_options(artifact.format))
     batch = batch_of(cache.inputs_for(artifact), batch_size if backend.dynamic_batch else backend.input_shape[0])
     for _ in range(max(config.warmup, 1)):
         backend.run(batch)

@@ -185,6 +185,7 @@ def export(
     check: Optional[Path] = typer.Option(None, help="Held-back images for parity (default: the model's val split)."),
     min_agreement: float = typer.Option(0.98, help="Top-1 agreement with Keras FP32 an int8/dynamic artifact needs."),
     accuracy_aware: bool = typer.Option(False, help="Keep the most sensitive layers in float until --min-agreement holds."),
+    reduce_range: bool = typer.Option(False, help="ONNX int8 with 7-bit weights: for x86 CPUs without VNNI run with fast kernels (bench --fast-int8, EdgeModel exact_int8=False)."),
     opset: int = typer.Option(17, help="ONNX opset (tf2onnx supports <= 18)."),
     input_size: Optional[int] = typer.Option(None, help="Input size, for a model without edgetl.json."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated class names, for a model without edgetl.json."),
@@ -198,9 +199,9 @@ def export(
                           modes=tuple(_split(quantize) or ["fp32"]),
                           input_dtypes=tuple(_split(input_dtype) or ["float32"]), calib=calib,
                           calib_size=calib_size, calib_method=calib_method, check=check,
-                          min_agreement=min_agreement, accuracy_aware=accuracy_aware, opset=opset,
-                          input_size=input_size, labels=tuple(_split([labels])) if labels else (),
-                          overwrite=overwrite)
+                          min_agreement=min_agreement, accuracy_aware=accuracy_aware,
+                          reduce_range=reduce_range, opset=opset, input_size=input_size,
+                          labels=tuple(_split([labels])) if labels else (), overwrite=overwrite)
     config.validate()  # bad arguments fail before TensorFlow's start-up cost
     _load_tensorflow()
     result = run_export(config)
@@ -233,6 +234,7 @@ def bench_command(
     threads: Optional[int] = typer.Option(None, help="Runtime threads (default: each runtime's own)."),
     runtime: str = typer.Option("auto", help="auto | onnxruntime | tflite | openvino (only that runtime's artifacts)."),
     strict: bool = typer.Option(False, "--strict", help="Any CPU fallback on gpu/npu is an error (exit 1)."),
+    fast_int8: bool = typer.Option(False, "--fast-int8", help="ONNX Runtime INT8 on x86 CPUs without VNNI: the faster, saturating U8S8 kernels instead of exact ones."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
 ):
     """Latency, memory, size and accuracy of artifacts vs their FP32 Keras reference."""
@@ -247,7 +249,7 @@ def bench_command(
 
     config = BenchConfig(artifacts=tuple(artifacts), data=data, out=out, target=target, reference=reference,
                          runs=runs, warmup=warmup, batch_sizes=sizes, threads=threads, runtime=runtime,
-                         strict=strict, overwrite=overwrite)
+                         strict=strict, overwrite=overwrite, exact_int8=not fast_int8)
     if preflight(config).needs_tensorflow:  # fail fast (device, --out, files) before TensorFlow loads
         _load_tensorflow()  # quietly: keeps CUDA probing chatter off stderr
     result = run_bench(config)

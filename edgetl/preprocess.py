@@ -9,7 +9,7 @@ This module must never import TensorFlow: the runtime embeds it.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 

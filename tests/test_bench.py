@@ -85,6 +85,11 @@ def test_report_validates_against_schema(result):
     assert xml["size"]["bytes"] == sum((Path(xml["path"]).parent / f).stat().st_size for f in xml["files"])
     int8 = next(e for e in on_disk["artifacts"] if e["name"] == INT8)
     assert int8["input_dtype"] == "uint8" and int8["quantization"] == "int8"
+    from edgetl.runtime.cpu import int8_dot_saturates
+
+    settings = {e["format"]: e["runtime_settings"] for e in on_disk["artifacts"]}
+    assert settings["onnx"] == ({"session.x64quantprecision": "1"} if int8_dot_saturates() else {})
+    assert settings["openvino"] == {"INFERENCE_PRECISION_HINT": "f32"} and settings["tflite"] == {}
     assert on_disk["reference"]["device"] in ("CPU",) or on_disk["reference"]["device"].startswith("GPU")
     assert set(on_disk["machine"]["isa"]) >= {"avx2", "avx512f", "avx512_vnni", "amx_int8", "arm_dotprod"}
     overhead = on_disk["harness_overhead"]

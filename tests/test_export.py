@@ -75,9 +75,9 @@ def test_int8_agrees_and_is_small(exported, fmt):
     int8, fp32 = exported.get(fmt, "int8"), exported.get(fmt, "fp32")
     assert int8.parity["top1_agreement"] >= 0.95
     assert int8.parity["cosine"] > 0.98
-    # INT8 weights alone are 0.25x; per-channel scales/zero points and int32 biases of mobilenet_v2's
-    # ~35k channels add 0.045-0.06x (measured: ONNX 0.295x, OpenVINO 0.303x, TFLite 0.308x).
-    assert int8.size_bytes <= 0.32 * fp32.size_bytes, (int8.size_bytes, fp32.size_bytes)
+    # The issue's bound. INT8 weights alone are 0.25x; per-channel scales and int32 biases add the rest
+    # (efficientnet_lite0: ONNX 0.28x, OpenVINO 0.29x, TFLite 0.30x).
+    assert int8.size_bytes <= 0.30 * fp32.size_bytes, (int8.size_bytes, fp32.size_bytes)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -261,3 +261,37 @@ def test_sensitivity_ranks_layers_by_their_own_int8_error(exported, sample_dir, 
     float_convs = {n.name for n in graph.node if n.op_type in ("Conv", "Gemm")
                    and producer.get(n.input[1]) != "DequantizeLinear"}
     assert float_convs == set(excluded)  # exactly the excluded ones read float weights
+
+
+def test_openvino_accuracy_control_reverts_layers_until_agreement_holds(exported, sample_dir, tmp_path):
+    """``--accuracy-aware`` for OpenVINO: NNCF's accuracy control, asked for full agreement with the FP32
+    IR on the 60 sample images, returns a model that has it, and names the layers it left in float."""
+    import openvino as ov
+
+    from edgetl.export import openvino as ov_export
+    from edgetl.export.calibration import load_calibration
+    from edgetl.preprocess import Preprocessing
+
+    fp32 = exported.get("openvino", "fp32").path
+    recipe = Preprocessing.from_dict(read_sidecar(fp32)["preprocessing"])
+    calib = load_calibration(sample_dir, recipe, 32)
+    x = recipe.normalize(load_calibration(sample_dir, recipe, 60).pixels)
+    core = ov.Core()
+
+    def top1(model) -> np.ndarray:
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return np.concatenate([compiled(x[i:i + 1])[0] for i in range(len(x))]).argmax(-1)
+
+    reference = top1(core.read_model(str(fp32)))
+    plain, _ = ov_export.quantize_int8(core.read_model(str(fp32)), calib, "float32")
+    controlled, details = ov_export.quantize_int8_accuracy_aware(core.read_model(str(fp32)), calib, "float32",
+                                                                 x, reference, min_agreement=1.0)
+    assert (top1(controlled) == reference).mean() == 1.0
+    assert details["accuracy_control"] == {"metric": "top-1 agreement with Keras FP32", "images": 60,
+                                           "max_drop": 0.0}
+    # The float-layer finder: all convs of the FP32 IR, none of plain INT8 (also once saved and re-read).
+    every_conv = ov_export.float_layer_names(core.read_model(str(fp32)))
+    assert len(every_conv) > 40 and ov_export.float_layer_names(plain) == []
+    ov_export.save(plain, tmp_path / "plain.xml")
+    assert ov_export.float_layer_names(core.read_model(str(tmp_path / "plain.xml"))) == []
+    assert set(ov_export.float_layer_names(controlled)) < set(every_conv)

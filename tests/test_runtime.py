@@ -449,3 +449,48 @@ def test_cli_predict_errors_are_one_line(artifacts, tmp_path, capsys):
         code, out, err = _cli(args, capsys)
         assert code == 2, (args, err)
         assert err.count("\n") == 1 and fragment in err, err
+
+
+# -- INT8 kernels on x86 CPUs without VNNI ----------------------------------------------------------
+def _saturating_qdq_conv(path: Path, channels: int = 64) -> np.ndarray:
+    """A QDQ 1x1 conv whose every uint8 x int8 product pair (255 * 127, twice) overflows int16: the
+    worst case of the ``vpmaddubsw`` kernels. Returns the exact output value for an all-255 input."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["y"]),
+             helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["out"])]
+    exact = channels * 255.0  # weights dequantize to 127 * (1/127) = 1
+    initializers = [numpy_helper.from_array(np.array(1.0, np.float32), "xs"),
+                    numpy_helper.from_array(np.array(0, np.uint8), "xz"),
+                    numpy_helper.from_array(np.full((4, channels, 1, 1), 127, np.int8), "w"),
+                    numpy_helper.from_array(np.full(4, 1 / 127, np.float32), "ws"),
+                    numpy_helper.from_array(np.array(exact / 255, np.float32), "ys"),
+                    numpy_helper.from_array(np.array(0, np.uint8), "yz")]
+    graph = helper.make_graph(nodes, "saturation", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 4, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return np.float32(exact)
+
+
+def test_onnx_int8_kernels_are_exact_by_default_also_without_vnni(tmp_path):
+    from edgetl.runtime.backends import OnnxBackend
+    from edgetl.runtime.cpu import int8_dot_saturates
+
+    exact = _saturating_qdq_conv(tmp_path / "sat.onnx")
+    x = np.full((1, 64, 4, 4), 255, np.float32)
+    default = OnnxBackend(tmp_path / "sat.onnx")
+    np.testing.assert_array_equal(default.run(x), exact)
+    fast = OnnxBackend(tmp_path / "sat.onnx", exact_int8=False).run(x)
+    if int8_dot_saturates():  # the trap the default avoids, shown on this CPU (AVX2/AVX-512F, no VNNI)
+        assert default.settings == {"session.x64quantprecision": "1"}
+        assert float(fast.max()) < 0.6 * exact, "the saturating U8S8 kernel was expected here"
+    else:
+        assert default.settings == {}
+        np.testing.assert_array_equal(fast, exact)

@@ -16,9 +16,9 @@ Models:
 Latency: one image, batch 1, ``--threads`` intra-op threads; rounds interleaved (every artifact once
 per round, ``--iters`` timed calls each, median), then the median over rounds; ratios are vs ONNX
 Runtime FP32 of the same model. Also measured on efficientnet_lite0: ONNX QDQ vs QOperator (same
-ranges), S8S8 and reduce_range, and ORT calibration methods MinMax / Entropy / Percentile; these variant
-rows use full 8-bit weights unless named reduce_range, while the exported artifacts use export's default
-(reduce_range / NNCF overflow fix on x86 CPUs without VNNI).
+ranges), S8S8 and reduce_range, ORT calibration methods MinMax / Entropy / Percentile, and exact vs
+fast INT8 kernels (``exact_int8``, see edgetl/runtime/cpu.py); variant rows use full 8-bit weights
+unless named reduce_range, and the runtime's default exact kernels unless named "fast".
 """
 
 from __future__ import annotations
@@ -101,17 +101,20 @@ def split_photos(work: Path, calib_size: int) -> tuple[Path, Path, list[Path], n
 
 
 # -- measuring ------------------------------------------------------------------------------------------
-def outputs_of(path: Path, inputs: np.ndarray, threads: int) -> np.ndarray:
+def outputs_of(path: Path, inputs: np.ndarray, threads: int, **options) -> np.ndarray:
     from edgetl.runtime.backends import open_backend
 
-    backend = open_backend(path, "cpu", threads)
+    backend = open_backend(path, "cpu", threads, **options)
     return np.concatenate([backend.run(inputs[i:i + 16]) for i in range(0, len(inputs), 16)])
 
 
-def latencies(paths: dict[str, Path], sample: np.ndarray, rounds: int, iters: int, threads: int) -> dict[str, float]:
+def latencies(paths: dict[str, Path], sample: np.ndarray, rounds: int, iters: int, threads: int,
+              options: dict[str, dict] | None = None) -> dict[str, float]:
+    """``options``: backend options per name (e.g. ``exact_int8=False``)."""
     from edgetl.runtime.backends import open_backend
 
-    backends = {name: open_backend(p, "cpu", threads) for name, p in paths.items()}
+    options = options or {}
+    backends = {name: open_backend(p, "cpu", threads, **options.get(name, {})) for name, p in paths.items()}
     one = sample[:1]
     for backend in backends.values():  # warm-up
         for _ in range(3):
@@ -188,9 +191,15 @@ def onnx_variants(result, calib: Path, calib_size: int, inputs: np.ndarray, refe
                                     calibration_cache_path=str(cache), extra_options={"WeightSymmetric": True},
                                     **{"activation_type": QuantType.QUInt8, **kwargs})
                 variants[f"minmax QDQ {label}"] = path
-    timing = latencies(variants, inputs, rounds, iters, threads)
+    # The runtime runs ORT INT8 with exact (U8U8) kernels on x86 CPUs without VNNI; the same artifacts
+    # with the fast, saturating U8S8 kernels, for comparison (identical rows on VNNI/ARM CPUs).
+    fast = {"exact_int8": False}
+    variants["minmax QDQ, fast U8S8 kernels"] = variants["minmax QDQ"]
+    variants["minmax QDQ U8S8 reduce_range, fast U8S8 kernels"] = variants["minmax QDQ U8S8 reduce_range"]
+    options = {name: fast for name in variants if name.endswith("fast U8S8 kernels")}
+    timing = latencies(variants, inputs, rounds, iters, threads, options)
     for name, path in variants.items():
-        out = outputs_of(path, inputs, threads)
+        out = outputs_of(path, inputs, threads, **options.get(name, {}))
         agreement = float((out.argmax(-1) == reference.argmax(-1)).mean())
         accuracy = f"{(out.argmax(-1) == labels).mean():.3f}" if labels is not None else "-"
         cosine = float(np.mean(np.sum(out * reference, -1) / np.linalg.norm(out, axis=-1)

@@ -108,20 +108,3 @@ def ort_data_reader(calib: CalibrationSet, input_name: str, input_dtype: str, ch
             self._batches = calib.batches(input_dtype, chunk)
 
     return ChunkedReader()
-
-
-def cpu_saturates_u8s8() -> bool:
-    """True on x86 CPUs without VNNI (AVX2 / AVX-512F only): their uint8 x int8 dot product
-    (``vpmaddubsw``) sums pairs into a saturating int16, so full 8-bit weights overflow. ORT's
-    ``reduce_range`` and NNCF's ``OverflowFix.ENABLE`` (7-bit weights) avoid it. Measured on this
-    project's AVX2 box, efficientnet_lite0 ONNX INT8 vs FP32: cosine 0.920 -> 0.978 with reduce_range;
-    the same QDQ model run as float fake-quant gives 0.995, so the loss is the kernels', not the ranges'."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False  # ARM dot-product kernels accumulate in int32
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True  # unknown x86: the safe choice
-    return not any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))

@@ -11,7 +11,6 @@ import gzip
 import io
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -20,18 +19,9 @@ log = logging.getLogger("edgetl")
 
 
 def export_float(model_dir: Path, out_dir: Path, formats=FORMATS) -> dict[str, Path]:
-    """FP32 artifacts of ``model_dir`` in ``out_dir``: {format: path}."""
-    try:
-        from ..export import ExportConfig, export  # noqa: F401
-    except ImportError:
-        return _direct_export(model_dir, out_dir, formats)
-    return _project_export(model_dir, out_dir, formats)
-
-
-def _project_export(model_dir: Path, out_dir: Path, formats) -> dict[str, Path]:
-    from ..export import ExportConfig, export
-
+    """FP32 artifacts of ``model_dir`` in ``out_dir`` through ``edgetl.export``: {format: path}."""
     from ..errors import CheckFailed
+    from ..export import ExportConfig, export
 
     try:
         result = export(ExportConfig(model=model_dir, out=out_dir, formats=tuple(formats), modes=("fp32",),
@@ -55,27 +45,6 @@ def logits_model(model_dir: Path):
     if logits:
         model = keras.Model(model.inputs, model.get_layer(logits).output, name="logits_model")
     return model
-
-
-def _direct_export(model_dir: Path, out_dir: Path, formats) -> dict[str, Path]:
-    import tensorflow as tf
-
-    model = logits_model(model_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    spec = tf.TensorSpec((1, *model.inputs[0].shape[1:]), tf.float32, name="image")
-    function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-    paths: dict[str, Path] = {}
-    if "onnx" in formats:
-        import tf2onnx
-
-        paths["onnx"] = out_dir / "model.onnx"
-        tf2onnx.convert.from_function(function, input_signature=[spec], opset=17,
-                                      output_path=str(paths["onnx"]))
-    if "tflite" in formats:
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        paths["tflite"] = out_dir / "model.tflite"
-        paths["tflite"].write_bytes(converter.convert())
-    return paths
 
 
 # -- what is inside the files -----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckFailed, DeviceUnavailable, UsageError
+from .cpu import int8_dot_saturates
 
 FORMAT_BY_SUFFIX = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
 RUNTIME_BY_FORMAT = {"onnx": "onnxruntime", "tflite": "litert", "openvino": "openvino"}
@@ -55,6 +56,7 @@ class Backend:
     input_dtype: np.dtype
     dynamic_batch: bool
     placement: Placement
+    settings: dict[str, str] = {}  # runtime settings that change numbers, recorded by parity and bench
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -84,22 +86,32 @@ ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
               "tensor(int8)": np.int8}
 
 
-def ort_session_options(threads: int | None = None):
+# ONNX Runtime's switch from saturating U8S8 to exact U8U8 INT8 kernels on x86 without VNNI.
+ORT_EXACT_INT8 = ("session.x64quantprecision", "1")
+
+
+def ort_session_options(threads: int | None = None, exact_int8: bool = True):
     """Full graph optimisation and (when asked) a fixed intra-op pool; one place for both the runtime
-    and the bench so they measure the same thing."""
+    and the bench so they measure the same thing.
+
+    ``exact_int8``: on x86 CPUs without VNNI, run quantized GEMMs with ORT's U8U8 kernels instead of the
+    saturating U8S8 ones (``runtime.cpu.int8_dot_saturates``). Measured on efficientnet_lite0 INT8:
+    top-1 agreement with FP32 0.926 -> 0.983 for 0.70x -> 0.93x of FP32 latency. A no-op elsewhere."""
     ort = _import("onnxruntime", "onnx")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if exact_int8 and int8_dot_saturates():
+        options.add_session_config_entry(*ORT_EXACT_INT8)
     return options
 
 
 class OnnxBackend(Backend):
     format, runtime = "onnx", "onnxruntime"
 
-    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None, exact_int8: bool = True):
         ort = _import("onnxruntime", "onnx")
         available = ort.get_available_providers()
         wanted = [p for p in ORT_PROVIDERS[device] if p in available]
@@ -107,7 +119,9 @@ class OnnxBackend(Backend):
             raise DeviceUnavailable(
                 f"no {device} execution provider in this onnxruntime (available: {', '.join(available)})")
         providers = wanted + (["CPUExecutionProvider"] if device != "cpu" else [])
-        options = ort_session_options(threads)
+        options = ort_session_options(threads, exact_int8)
+        if exact_int8 and int8_dot_saturates():
+            self.settings = dict([ORT_EXACT_INT8])
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:
@@ -255,6 +269,7 @@ class OpenVinoBackend(Backend):
         self.dynamic_batch = self.input_shape[0] is None
         self.input_dtype = np.dtype(port.get_element_type().to_dtype())
         self.precision = precision if ov_device == "CPU" else None
+        self.settings = {"INFERENCE_PRECISION_HINT": precision} if self.precision else {}
         self.placement = Placement(device, [ov_device])
         self._ov = ov
 

@@ -84,18 +84,21 @@ class EdgeModel:
         self._lock = contextlib.nullcontext() if reentrant else threading.Lock()
 
     @classmethod
-    def load(cls, artifact: str | Path, device: str = "cpu", threads: int | None = None) -> "EdgeModel":
+    def load(cls, artifact: str | Path, device: str = "cpu", threads: int | None = None,
+             **backend_options) -> "EdgeModel":
         """Open ``.onnx`` (onnxruntime), ``.tflite`` (LiteRT) or ``.xml`` (OpenVINO) with its sidecar.
 
         ``device`` is cpu, gpu or npu (the runtime's own providers/devices; ``DeviceUnavailable`` if
-        it has none); ``threads`` fixes the runtime's intra-op thread count.
+        it has none); ``threads`` fixes the runtime's intra-op thread count. ``backend_options`` go to
+        the backend: ``exact_int8=False`` lets ONNX Runtime use its faster, saturating INT8 kernels on
+        x86 CPUs without VNNI (``edgetl.runtime.cpu``); ``precision=None`` lets OpenVINO pick bf16.
         """
         path = Path(artifact)
         fmt = artifact_format(path)
         metadata = read_sidecar(path)
         if metadata.get("format") not in (None, fmt):
             raise UsageError(f"{path}: its sidecar describes a {metadata['format']} artifact, not {fmt}")
-        return cls(open_backend(path, device=device, threads=threads), metadata, path)
+        return cls(open_backend(path, device=device, threads=threads, **backend_options), metadata, path)
 
     # -- properties --------------------------------------------------------------------------------
     @property
