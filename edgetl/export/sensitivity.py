@@ -9,10 +9,10 @@ doubling the count (1, 2, 4, ...) until the threshold holds; ranges come from th
 so each retry is a re-quantization, not a re-calibration.
 
 OpenVINO: NNCF's own accuracy control (``nncf.quantize_with_accuracy_control``, metric = top-1 agreement
-with the Keras model on the check images) reverts the fewest layers to float; ``float_layers`` lists the
-convolutions left without FakeQuantize. TFLite exposes no per-layer choice in its converter, so it falls
-back a step: dynamic-range quantization (INT8 weights, float activations). ``float_layers`` records what stayed float,
-and the sidecar's ``accuracy_aware`` block the latency cost measured at export.
+with the Keras model on the check images) reverts the fewest layers to float. TFLite exposes no
+per-layer choice in its converter, so it falls back a step: dynamic-range quantization (INT8 weights,
+float activations). ``float_layers`` records what stayed float (for OpenVINO, the convolutions whose
+weights are not quantized), and the sidecar's ``accuracy_aware`` block the latency cost measured at export.
 
 Measured (efficientnet_lite0 zero-shot, 121 photos, AVX2 box without VNNI). ONNX, with the 7-bit weights
 export used before the runtime's exact kernels (see export/onnx.py): full INT8 agreement 0.934; the
@@ -126,7 +126,7 @@ def make_accurate(builder, fmt: str, input_dtype: str, path: Path, details: dict
     elif fmt == "openvino":
         result = _openvino(builder, input_dtype, path, inputs)
     else:
-        result = _fallback(builder, fmt, input_dtype, path, details)
+        result = _tflite_dynamic_fallback(builder, input_dtype, path)
     path, details, parity, runtime, float_layers = result
     details = dict(details)
     details["accuracy_aware"] = {"full_int8_latency_ms": full_int8_ms, "latency_ms": latency_ms(path, inputs),
@@ -172,7 +172,7 @@ def _openvino(builder, input_dtype: str, path: Path, inputs: np.ndarray):
     return path, {**details, **extra}, parity, runtime, float_layers
 
 
-def _fallback(builder, fmt: str, input_dtype: str, path: Path, details: dict):
+def _tflite_dynamic_fallback(builder, input_dtype: str, path: Path):
     details = builder._build_tflite(path, "int8", input_dtype, fallback="dynamic")
     float_layers = ["all activations (dynamic-range fallback: int8 weights, float activations)"]
     parity, runtime = builder.check(path, "int8", input_dtype)
