@@ -295,3 +295,25 @@ def test_openvino_accuracy_control_reverts_layers_until_agreement_holds(exported
     ov_export.save(plain, tmp_path / "plain.xml")
     assert ov_export.float_layer_names(core.read_model(str(tmp_path / "plain.xml"))) == []
     assert set(ov_export.float_layer_names(controlled)) < set(every_conv)
+
+
+def test_accuracy_aware_export_meets_the_threshold_and_records_float_layers(tiny_model_dir, sample_dir, tmp_path):
+    """``export(accuracy_aware=True)`` end to end at the strictest threshold: every INT8 artifact ends up
+    passing (the search goes as far as all layers in float), and the sidecar says what it cost."""
+    from edgetl.export import ExportConfig, export
+
+    result = export(ExportConfig(model=tiny_model_dir, out=tmp_path / "out", formats=("onnx", "openvino"),
+                                 modes=("int8",), calib=sample_dir, calib_size=32, check=sample_dir,
+                                 min_agreement=1.0, accuracy_aware=True, reduce_range=True, verbose=False))
+    for artifact in result.artifacts:
+        assert artifact.passed and artifact.parity["top1_agreement"] == 1.0, artifact.path.name
+        quantization = artifact.sidecar["quantization"]
+        aware = quantization["details"].get("accuracy_aware")
+        if aware is None:  # full INT8 already agreed on all 60 images: nothing to keep in float
+            assert not quantization.get("float_layers")
+            continue
+        assert aware["float_layers"] == len(quantization["float_layers"]) >= 1
+        assert aware["latency_ms"] > 0 and aware["full_int8_latency_ms"] > 0
+    onnx_details = result.get("onnx", "int8").sidecar["quantization"]["details"]
+    assert onnx_details["reduce_range"] is True
+    assert not [p.name for p in result.out.iterdir() if ".trial." in p.name]

@@ -144,7 +144,8 @@ def _onnx(builder, input_dtype: str, path: Path, details: dict, parity: dict, in
     count = 1
     while True:
         excluded = [name for name, _ in ranked[:count]]
-        trial_details = onnx_export.quantize_int8(pre, candidate, cache, builder.config.calib_method, excluded)
+        trial_details = onnx_export.quantize_int8(pre, candidate, cache, builder.config.calib_method, excluded,
+                                                  reduce_range=builder.config.reduce_range)
         trial_parity, runtime = builder.check(candidate, "int8", input_dtype)
         log.info("accuracy-aware: %d layer(s) in float -> agreement %.3f", count, trial_parity["top1_agreement"])
         if best is None or trial_parity["top1_agreement"] > best[1]["top1_agreement"]:
