@@ -7,6 +7,7 @@ second one the uint8-input INT8 artifacts; the tests only read what those wrote.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -298,22 +299,61 @@ def test_openvino_accuracy_control_reverts_layers_until_agreement_holds(exported
 
 
 def test_accuracy_aware_export_meets_the_threshold_and_records_float_layers(tiny_model_dir, sample_dir, tmp_path):
-    """``export(accuracy_aware=True)`` end to end at the strictest threshold: every INT8 artifact ends up
-    passing (the search goes as far as all layers in float), and the sidecar says what it cost."""
+    """``export(accuracy_aware=True)`` end to end (ONNX and TFLite) at the strictest threshold (with 7-bit ONNX weights, so
+    something misses it): each INT8 artifact that missed comes back with layers in float, agreeing at
+    least as well as full INT8 did, and the sidecar says what that cost."""
+    from edgetl.errors import CheckFailed
     from edgetl.export import ExportConfig, export
 
-    result = export(ExportConfig(model=tiny_model_dir, out=tmp_path / "out", formats=("onnx", "openvino"),
+    # ONNX keeps Add/pooling quantized even with every Conv in float, so it may still miss 1.0: the
+    # export then exits 1 with the artifacts written, which is the result looked at here.
+    # OpenVINO's path (NNCF accuracy control) has its own test above; this one covers edgetl's search.
+    with contextlib.suppress(CheckFailed):
+        export(ExportConfig(model=tiny_model_dir, out=tmp_path / "out", formats=("onnx", "tflite"),
                                  modes=("int8",), calib=sample_dir, calib_size=32, check=sample_dir,
-                                 min_agreement=1.0, accuracy_aware=True, reduce_range=True, verbose=False))
-    for artifact in result.artifacts:
-        assert artifact.passed and artifact.parity["top1_agreement"] == 1.0, artifact.path.name
-        quantization = artifact.sidecar["quantization"]
+                            min_agreement=1.0, accuracy_aware=True, reduce_range=True, verbose=False))
+    out = tmp_path / "out"
+    for name in ("model_onnx_int8.onnx", "model_tflite_int8.tflite"):
+        sidecar = read_sidecar(out / name)
+        quantization, agreement = sidecar["quantization"], sidecar["parity"]["top1_agreement"]
         aware = quantization["details"].get("accuracy_aware")
         if aware is None:  # full INT8 already agreed on all 60 images: nothing to keep in float
-            assert not quantization.get("float_layers")
+            assert agreement == 1.0 and not quantization["float_layers"], name
             continue
-        assert aware["float_layers"] == len(quantization["float_layers"]) >= 1
+        assert aware["float_layers"] == len(quantization["float_layers"]) >= 1, name
+        assert agreement >= aware["full_int8_agreement"] and aware["full_int8_agreement"] < 1.0, name
         assert aware["latency_ms"] > 0 and aware["full_int8_latency_ms"] > 0
-    onnx_details = result.get("onnx", "int8").sidecar["quantization"]["details"]
-    assert onnx_details["reduce_range"] is True
-    assert not [p.name for p in result.out.iterdir() if ".trial." in p.name]
+        assert sidecar["parity"]["passed"] == (agreement == 1.0)
+    assert read_sidecar(out / "model_onnx_int8.onnx")["quantization"]["details"]["reduce_range"] is True
+    assert not [p.name for p in out.iterdir() if ".trial." in p.name]
+
+
+def test_tflite_selective_quantization_keeps_the_worst_ranked_ops_float(tiny_model_dir, sample_dir, tmp_path):
+    """The TFLite half of accuracy-aware export: QuantizationDebugger ranks ops by their own error, and
+    denylisting the worst leaves exactly those op outputs float while the rest stays int8."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgetl.export import tflite as tflite_export
+    from edgetl.export.calibration import load_calibration
+    from edgetl.export.keras_graph import load_source, output_model
+
+    source = load_source(tiny_model_dir)
+    graph = output_model(source)
+    calib = load_calibration(sample_dir, source.recipe, 16)
+    ranked = tflite_export.rank_layers(graph, calib, debug_images=8)
+    scores = [score for _, score in ranked]
+    assert len(ranked) > 40 and scores == sorted(scores, reverse=True) and scores[0] > 0
+
+    def tensor_types(path: Path) -> dict[str, str]:
+        interpreter = Interpreter(model_path=str(path))
+        return {t["name"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+
+    full, selective = tmp_path / "full.tflite", tmp_path / "selective.tflite"
+    tflite_export.convert(graph, full, "int8", calib)
+    kept = [name for name, _ in ranked[:3]]
+    tflite_export.convert(graph, selective, "int8", calib, float_nodes=kept)
+    full_types, selective_types = tensor_types(full), tensor_types(selective)
+    for name in kept:
+        assert full_types[name] == "int8" and selective_types[name] == "float32", name
+    others = [name for name, _ in ranked[3:]]
+    assert sum(selective_types.get(name) == "int8" for name in others) >= 0.9 * len(others)

@@ -412,7 +412,8 @@ class _Builder:
                                                      quant_format, self.config.reduce_range))
         return details
 
-    def _build_tflite(self, path: Path, mode: str, input_dtype: str, fallback: str | None = None) -> dict:
+    def _build_tflite(self, path: Path, mode: str, input_dtype: str, fallback: str | None = None,
+                      float_nodes: list[str] | None = None) -> dict:
         from . import tflite as tflite_export
 
         mode = fallback or mode
@@ -421,7 +422,8 @@ class _Builder:
         int8_pixels = mode == "int8" and input_dtype == "uint8"
         graph = self.keras_graph(input_dtype, tflite_int8=int8_pixels)
         calib_input = "pixels_float" if int8_pixels else "float32"
-        return tflite_export.convert(graph, path, mode, self.calib, calib_input, uint8_input=int8_pixels)
+        return tflite_export.convert(graph, path, mode, self.calib, calib_input, uint8_input=int8_pixels,
+                                     float_nodes=float_nodes)
 
     def _build_openvino(self, path: Path, mode: str, input_dtype: str, ignored: list[str] | None = None) -> dict:
         from . import openvino as ov_export

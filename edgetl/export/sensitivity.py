@@ -9,10 +9,13 @@ doubling the count (1, 2, 4, ...) until the threshold holds; ranges come from th
 so each retry is a re-quantization, not a re-calibration.
 
 OpenVINO: NNCF's own accuracy control (``nncf.quantize_with_accuracy_control``, metric = top-1 agreement
-with the Keras model on the check images) reverts the fewest layers to float. TFLite exposes no
-per-layer choice in its converter, so it falls back a step: dynamic-range quantization (INT8 weights,
-float activations). ``float_layers`` records what stayed float (for OpenVINO, the convolutions whose
-weights are not quantized), and the sidecar's ``accuracy_aware`` block the latency cost measured at export.
+with the Keras model on the check images) reverts the fewest layers to float. TFLite: its
+QuantizationDebugger ranks every quantized op by RMSE / scale of its own output (float references run
+beside each op) and then builds selectively quantized models with the worst ops denylisted, in the same
+1, 2, 4, ... search as ONNX; uint8-input artifacts, which the debugger cannot make, fall back to
+dynamic-range quantization (INT8 weights, float activations). ``float_layers`` records what stayed float
+(OpenVINO: convolutions whose weights are not quantized; TFLite: op output tensors), and the sidecar's
+``accuracy_aware`` block the latency cost measured at export.
 
 Measured (efficientnet_lite0 zero-shot, 121 photos, AVX2 box without VNNI). ONNX, with the 7-bit weights
 export used before the runtime's exact kernels (see export/onnx.py): full INT8 agreement 0.934; the
@@ -31,6 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import CheckFailed
 
 log = logging.getLogger("edgetl")
 
@@ -121,17 +126,54 @@ def make_accurate(builder, fmt: str, input_dtype: str, path: Path, details: dict
     inputs = (builder.checks.pixels if input_dtype == "uint8"
               else builder.source.recipe.normalize(builder.checks.pixels))
     full_int8_ms = latency_ms(path, inputs)
+    full_int8_agreement = parity["top1_agreement"]
     if fmt == "onnx":
         result = _onnx(builder, input_dtype, path, details, parity, inputs)
     elif fmt == "openvino":
         result = _openvino(builder, input_dtype, path, inputs)
-    else:
+    elif input_dtype == "float32":
+        result = _tflite(builder, input_dtype, path, details)
+    else:  # the debugger that keeps TFLite layers float does not make uint8-input models
         result = _tflite_dynamic_fallback(builder, input_dtype, path)
     path, details, parity, runtime, float_layers = result
     details = dict(details)
     details["accuracy_aware"] = {"full_int8_latency_ms": full_int8_ms, "latency_ms": latency_ms(path, inputs),
-                                 "float_layers": len(float_layers), "runs": LATENCY_RUNS, "batch": 1}
+                                 "full_int8_agreement": full_int8_agreement, "float_layers": len(float_layers),
+                                 "runs": LATENCY_RUNS, "batch": 1}
     return path, details, parity, runtime, float_layers
+
+
+def _float_until_passing(builder, input_dtype: str, path: Path, details: dict, ranked: list[tuple[str, float]],
+                         measure: str, quantize_keeping_float) -> tuple:
+    """Re-quantize with the 1, 2, 4, ... worst-ranked layers in float until parity passes (or all are);
+    ``quantize_keeping_float(candidate_path, names) -> details``. Keeps the best attempt in ``path``;
+    ``measure`` names what the ranking scores are."""
+    candidate = path.with_name(f"{path.stem}.trial{path.suffix}")
+    best = None
+    count = 1
+    while True:
+        kept = [name for name, _ in ranked[:count]]
+        try:
+            trial_details = quantize_keeping_float(candidate, kept)
+        except Exception as exc:  # e.g. TFLite's debugger refuses a graph with (almost) nothing quantized
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            if best is None:
+                raise CheckFailed(f"{path.name}: accuracy-aware re-quantization failed ({reason})") from None
+            log.warning("accuracy-aware: stopped at %d layer(s) in float: %s", count, reason)
+            break
+        trial_parity, runtime = builder.check(candidate, "int8", input_dtype)
+        log.info("accuracy-aware: %d layer(s) in float -> agreement %.3f", count, trial_parity["top1_agreement"])
+        if best is None or trial_parity["top1_agreement"] > best[1]["top1_agreement"]:
+            shutil.move(candidate, path)
+            best = ({**details, **trial_details}, trial_parity, runtime, kept)
+        if trial_parity["passed"] or count >= len(ranked):
+            break
+        count = min(count * 2, len(ranked))
+    candidate.unlink(missing_ok=True)
+    details, parity, runtime, kept = best
+    details["sensitivity"] = {"measure": measure, "ranked": [{"node": n, "own_error": round(e, 6)}
+                                                              for n, e in ranked[:max(8, len(kept))]]}
+    return path, details, parity, runtime, kept
 
 
 def _onnx(builder, input_dtype: str, path: Path, details: dict, parity: dict, inputs: np.ndarray):
@@ -139,25 +181,19 @@ def _onnx(builder, input_dtype: str, path: Path, details: dict, parity: dict, in
 
     pre, cache = builder.onnx_ranges(input_dtype)
     ranked = rank_onnx_nodes(pre, path, inputs[:RANK_IMAGES])
-    candidate = path.with_name(path.stem + ".trial.onnx")
-    best = None
-    count = 1
-    while True:
-        excluded = [name for name, _ in ranked[:count]]
-        trial_details = onnx_export.quantize_int8(pre, candidate, cache, builder.config.calib_method, excluded,
-                                                  reduce_range=builder.config.reduce_range)
-        trial_parity, runtime = builder.check(candidate, "int8", input_dtype)
-        log.info("accuracy-aware: %d layer(s) in float -> agreement %.3f", count, trial_parity["top1_agreement"])
-        if best is None or trial_parity["top1_agreement"] > best[1]["top1_agreement"]:
-            shutil.move(candidate, path)
-            best = ({**details, **trial_details}, trial_parity, runtime, excluded)
-        if trial_parity["passed"] or count >= len(ranked):
-            break
-        count = min(count * 2, len(ranked))
-    candidate.unlink(missing_ok=True)
-    details, parity, runtime, excluded = best
-    details["sensitivity"] = [{"node": n, "own_relative_error": round(e, 6)} for n, e in ranked[:max(8, len(excluded))]]
-    return path, details, parity, runtime, excluded
+    return _float_until_passing(
+        builder, input_dtype, path, details, ranked, "relative L2 error of the output minus that of the input",
+        lambda candidate, excluded: onnx_export.quantize_int8(pre, candidate, cache, builder.config.calib_method,
+                                                              excluded, reduce_range=builder.config.reduce_range))
+
+
+def _tflite(builder, input_dtype: str, path: Path, details: dict):
+    from . import tflite as tflite_export
+
+    ranked = tflite_export.rank_layers(builder.keras_graph(input_dtype), builder.calib, "float32", RANK_IMAGES)
+    return _float_until_passing(
+        builder, input_dtype, path, details, ranked, "RMSE / scale of the op output (QuantizationDebugger)",
+        lambda candidate, names: builder._build_tflite(candidate, "int8", input_dtype, float_nodes=names))
 
 
 def _openvino(builder, input_dtype: str, path: Path, inputs: np.ndarray):

@@ -22,11 +22,16 @@ from .calibration import CalibrationSet
 
 
 def convert(model, path: Path, mode: str, calib: CalibrationSet | None = None,
-            calib_input: str = "float32", uint8_input: bool = False) -> dict[str, Any]:
+            calib_input: str = "float32", uint8_input: bool = False,
+            float_nodes: list[str] | None = None) -> dict[str, Any]:
     """``calib_input`` is how calibration batches are made for this graph (see CalibrationSet.batches);
-    ``uint8_input`` with int8 makes the converter expose a uint8 input tensor."""
+    ``uint8_input`` with int8 makes the converter expose a uint8 input tensor. ``float_nodes`` (int8,
+    float input only): output tensor names of ops to leave in float (selective quantization through
+    TFLite's QuantizationDebugger; the rest stays full-integer)."""
     import tensorflow as tf
 
+    if float_nodes:
+        return _convert_selective(model, path, calib, calib_input, float_nodes)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     details: dict[str, Any] = {"converter": "TFLiteConverter.from_keras_model"}
     if mode == "fp16":
@@ -38,12 +43,7 @@ def convert(model, path: Path, mode: str, calib: CalibrationSet | None = None,
         details["weights"] = "int8 (dynamic range)"
     elif mode == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-
-        def representative():
-            for batch in calib.batches(calib_input, chunk=1):  # the converter wants batch-1 samples
-                yield [batch.astype(np.float32)]
-
-        converter.representative_dataset = representative
+        converter.representative_dataset = _representative(calib, calib_input)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if uint8_input:
             converter.inference_input_type = tf.uint8
@@ -65,3 +65,54 @@ def input_quantization(path: Path) -> dict[str, float] | None:
     if not np.issubdtype(detail["dtype"], np.integer) or not scale:
         return None
     return {"scale": float(scale), "zero_point": int(zero)}
+
+
+def _representative(calib: CalibrationSet, calib_input: str, limit: int | None = None):
+    def batches():
+        for i, batch in enumerate(calib.batches(calib_input, chunk=1)):  # the converter wants batch 1
+            if limit is not None and i >= limit:
+                return
+            yield [batch.astype(np.float32)]
+    return batches
+
+
+def _debugger(model, calib: CalibrationSet, calib_input: str, debug_images: int, float_nodes=None):
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative(calib, calib_input)
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_nodes or []))
+    return tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=_representative(calib, calib_input, debug_images), debug_options=options)
+
+
+def rank_layers(model, calib: CalibrationSet, calib_input: str = "float32",
+                debug_images: int = 32) -> list[tuple[str, float]]:
+    """(output tensor name, RMSE / scale) of every quantized op, worst first: TFLite's
+    QuantizationDebugger runs the quantized model with float references beside each op on
+    ``debug_images`` calibration images; RMSE over the op's own quantization step is its own error
+    (the measure TFLite's selective-quantization guide ranks by)."""
+    import csv
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints SavedModel signatures
+        debugger = _debugger(model, calib, calib_input, debug_images)
+        debugger.run()
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)
+    dump.seek(0)
+    scored = {}
+    for row in csv.DictReader(dump):
+        scale = float(row["scale"] or 0)
+        scored[row["tensor_name"]] = float(row["mean_squared_error"]) ** 0.5 / scale if scale else 0.0
+    return sorted(scored.items(), key=lambda item: item[1], reverse=True)
+
+
+def _convert_selective(model, path: Path, calib: CalibrationSet, calib_input: str,
+                       float_nodes: list[str]) -> dict[str, Any]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        flatbuffer = _debugger(model, calib, calib_input, 1, float_nodes).get_nondebug_quantized_model()
+    path.write_bytes(flatbuffer)
+    return {"converter": "QuantizationDebugger(TFLiteConverter.from_keras_model)",
+            "weights": "int8 per-channel", "activations": "int8 per-tensor, float in the float layers",
+            "io": {"input": "float32", "output": "float32"}}
