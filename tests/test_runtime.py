@@ -494,3 +494,10 @@ def test_onnx_int8_kernels_are_exact_by_default_also_without_vnni(tmp_path):
     else:
         assert default.settings == {}
         np.testing.assert_array_equal(fast, exact)
+
+
+def test_exact_int8_is_accepted_and_ignored_by_the_other_runtimes(artifacts):
+    """An app may pass ``exact_int8`` whatever the artifact; only ONNX Runtime has the switch."""
+    for fmt in FORMATS:
+        model = EdgeModel.load(artifacts.paths[fmt], exact_int8=False)
+        assert model.backend.format == fmt and model.backend.settings.get("session.x64quantprecision") is None

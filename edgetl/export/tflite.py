@@ -73,6 +73,7 @@ def _representative(calib: CalibrationSet, calib_input: str, limit: int | None =
             if limit is not None and i >= limit:
                 return
             yield [batch.astype(np.float32)]
+
     return batches
 
 

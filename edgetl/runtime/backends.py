@@ -293,6 +293,8 @@ def open_backend(path: str | Path, device: str = "cpu", threads: int | None = No
         raise UsageError(f"{path}: no such artifact")
     if fmt == "openvino" and not path.with_suffix(".bin").exists():
         raise CheckFailed(f"{path}: its weights file {path.with_suffix('.bin').name} is missing")
+    if fmt != "onnx":  # only ONNX Runtime has the exact/fast INT8 kernel switch; an app may pass it for all
+        options.pop("exact_int8", None)
     return BACKENDS[fmt](path, device, threads, **options)
 
 
