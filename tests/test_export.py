@@ -266,7 +266,7 @@ def test_sensitivity_ranks_layers_by_their_own_int8_error(exported, sample_dir, 
 
 def test_openvino_accuracy_control_reverts_layers_until_agreement_holds(exported, sample_dir, tmp_path):
     """``--accuracy-aware`` for OpenVINO: NNCF's accuracy control, asked for full agreement with the FP32
-    IR on the 60 sample images, returns a model that has it, and names the layers it left in float."""
+    IR on 24 sample images, returns a model that has it, and names the layers it left in float."""
     import openvino as ov
 
     from edgetl.export import openvino as ov_export
@@ -275,8 +275,8 @@ def test_openvino_accuracy_control_reverts_layers_until_agreement_holds(exported
 
     fp32 = exported.get("openvino", "fp32").path
     recipe = Preprocessing.from_dict(read_sidecar(fp32)["preprocessing"])
-    calib = load_calibration(sample_dir, recipe, 32)
-    x = recipe.normalize(load_calibration(sample_dir, recipe, 60).pixels)
+    calib = load_calibration(sample_dir, recipe, 16)
+    x = recipe.normalize(load_calibration(sample_dir, recipe, 24).pixels)  # few images: NNCF validates per layer
     core = ov.Core()
 
     def top1(model) -> np.ndarray:
@@ -288,7 +288,7 @@ def test_openvino_accuracy_control_reverts_layers_until_agreement_holds(exported
     controlled, details = ov_export.quantize_int8_accuracy_aware(core.read_model(str(fp32)), calib, "float32",
                                                                  x, reference, min_agreement=1.0)
     assert (top1(controlled) == reference).mean() == 1.0
-    assert details["accuracy_control"] == {"metric": "top-1 agreement with Keras FP32", "images": 60,
+    assert details["accuracy_control"] == {"metric": "top-1 agreement with Keras FP32", "images": 24,
                                            "max_drop": 0.0}
     # The float-layer finder: all convs of the FP32 IR, none of plain INT8 (also once saved and re-read).
     every_conv = ov_export.float_layer_names(core.read_model(str(fp32)))
@@ -308,16 +308,20 @@ def test_accuracy_aware_export_meets_the_threshold_and_records_float_layers(tiny
     # ONNX keeps Add/pooling quantized even with every Conv in float, so it may still miss 1.0: the
     # export then exits 1 with the artifacts written, which is the result looked at here.
     # OpenVINO's path (NNCF accuracy control) has its own test above; this one covers edgetl's search.
+    check = tmp_path / "check"  # half the sample keeps each parity check (so each search step) short
+    for path in _sample_files(sample_dir)[::2]:
+        (check / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, check / path.parent.name / path.name)
     with contextlib.suppress(CheckFailed):
         export(ExportConfig(model=tiny_model_dir, out=tmp_path / "out", formats=("onnx", "tflite"),
-                                 modes=("int8",), calib=sample_dir, calib_size=32, check=sample_dir,
+                            modes=("int8",), calib=sample_dir, calib_size=16, check=check,
                             min_agreement=1.0, accuracy_aware=True, reduce_range=True, verbose=False))
     out = tmp_path / "out"
     for name in ("model_onnx_int8.onnx", "model_tflite_int8.tflite"):
         sidecar = read_sidecar(out / name)
         quantization, agreement = sidecar["quantization"], sidecar["parity"]["top1_agreement"]
         aware = quantization["details"].get("accuracy_aware")
-        if aware is None:  # full INT8 already agreed on all 60 images: nothing to keep in float
+        if aware is None:  # full INT8 already agreed on every check image: nothing to keep in float
             assert agreement == 1.0 and not quantization["float_layers"], name
             continue
         assert aware["float_layers"] == len(quantization["float_layers"]) >= 1, name
@@ -339,8 +343,8 @@ def test_tflite_selective_quantization_keeps_the_worst_ranked_ops_float(tiny_mod
 
     source = load_source(tiny_model_dir)
     graph = output_model(source)
-    calib = load_calibration(sample_dir, source.recipe, 16)
-    ranked = tflite_export.rank_layers(graph, calib, debug_images=8)
+    calib = load_calibration(sample_dir, source.recipe, 8)
+    ranked = tflite_export.rank_layers(graph, calib, debug_images=4)
     scores = [score for _, score in ranked]
     assert len(ranked) > 40 and scores == sorted(scores, reverse=True) and scores[0] > 0
 
@@ -350,10 +354,13 @@ def test_tflite_selective_quantization_keeps_the_worst_ranked_ops_float(tiny_mod
 
     full, selective = tmp_path / "full.tflite", tmp_path / "selective.tflite"
     tflite_export.convert(graph, full, "int8", calib)
-    kept = [name for name, _ in ranked[:3]]
+    full_types = tensor_types(full)
+    # The worst three int8 tensors (the logits output is float in both: INT8 artifacts dequantize it).
+    kept = [name for name, _ in ranked if full_types.get(name) == "int8"][:3]
     tflite_export.convert(graph, selective, "int8", calib, float_nodes=kept)
-    full_types, selective_types = tensor_types(full), tensor_types(selective)
+    selective_types = tensor_types(selective)
     for name in kept:
-        assert full_types[name] == "int8" and selective_types[name] == "float32", name
-    others = [name for name, _ in ranked[3:]]
+        assert selective_types[name] == "float32", name
+    others = [name for name, _ in ranked if full_types.get(name) == "int8" and name not in kept]
+    assert len(others) > 40
     assert sum(selective_types.get(name) == "int8" for name in others) >= 0.9 * len(others)
