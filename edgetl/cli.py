@@ -185,7 +185,7 @@ def export(
     check: Optional[Path] = typer.Option(None, help="Held-back images for parity (default: the model's val split)."),
     min_agreement: float = typer.Option(0.98, help="Top-1 agreement with Keras FP32 an int8/dynamic artifact needs."),
     accuracy_aware: bool = typer.Option(False, help="Keep the most sensitive layers in float until --min-agreement holds."),
-    reduce_range: bool = typer.Option(False, help="ONNX int8 with 7-bit weights: for x86 CPUs without VNNI run with fast kernels (bench --fast-int8, EdgeModel exact_int8=False)."),
+    int8_weights: str = typer.Option("full", help="ONNX int8 weights: full (8-bit) | pair-safe (a little coarser, so x86 CPUs without VNNI run them exactly on their fast kernels) | 7-bit (ORT's reduce_range)."),
     opset: int = typer.Option(17, help="ONNX opset (tf2onnx supports <= 18)."),
     input_size: Optional[int] = typer.Option(None, help="Input size, for a model without edgetl.json."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated class names, for a model without edgetl.json."),
@@ -200,7 +200,7 @@ def export(
                           input_dtypes=tuple(_split(input_dtype) or ["float32"]), calib=calib,
                           calib_size=calib_size, calib_method=calib_method, check=check,
                           min_agreement=min_agreement, accuracy_aware=accuracy_aware,
-                          reduce_range=reduce_range, opset=opset, input_size=input_size,
+                          int8_weights=int8_weights, opset=opset, input_size=input_size,
                           labels=tuple(_split([labels])) if labels else (), overwrite=overwrite)
     config.validate()  # bad arguments fail before TensorFlow's start-up cost
     _load_tensorflow()

@@ -81,6 +81,45 @@ def test_int8_agrees_and_is_small(exported, fmt):
     assert int8.size_bytes <= 0.30 * fp32.size_bytes, (int8.size_bytes, fp32.size_bytes)
 
 
+def test_pair_safe_onnx_weights_run_exactly_on_the_fast_kernels(exported, tiny_model_dir, sample_dir, tmp_path):
+    """``--int8-weights pair-safe``: every GEMM weight pair in the file is within the bound, ONNX Runtime's
+    fast and exact kernels give identical outputs on real images (on this AVX2 box the fast ones saturate
+    on full 8-bit weights), the parity check ran on the fast kernels, and accuracy stays close to full."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgetl.data import load_inputs
+    from edgetl.export import ExportConfig, export
+    from edgetl.export.onnx import PAIR_BOUND, _max_pair_sum
+    from edgetl.preprocess import Preprocessing
+    from edgetl.runtime.backends import OnnxBackend
+
+    result = export(ExportConfig(model=tiny_model_dir, out=tmp_path / "out", formats=("onnx",), modes=("int8",),
+                                 calib=sample_dir, check=sample_dir, min_agreement=0.9, int8_weights="pair-safe",
+                                 verbose=False))
+    artifact, full = result.get("onnx", "int8"), exported.get("onnx", "int8")
+    details = read_sidecar(artifact.path)["quantization"]["details"]
+    assert details["int8_weights"] == "pair-safe" and details["pair_safe"]["layers"] > 10
+    graph = onnx.load(str(artifact.path)).graph
+    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    bounded = 0
+    for node in graph.node:
+        dq = producer.get(node.input[1]) if node.op_type in ("Conv", "Gemm") else None
+        if dq is not None and dq.op_type == "DequantizeLinear" and weights[dq.input[0]].shape[1] > 1:
+            q = weights[dq.input[0]].astype(np.int64)
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            assert _max_pair_sum(node.op_type, trans_b, q).max() <= PAIR_BOUND, node.name
+            bounded += 1
+    assert bounded == details["pair_safe"]["layers"]
+    assert artifact.parity["runtime_settings"] == {}
+    assert artifact.parity["top1_agreement"] >= 0.95 and artifact.parity["cosine"] >= full.parity["cosine"] - 0.01
+    recipe = Preprocessing.from_dict(read_sidecar(artifact.path)["preprocessing"])
+    x = load_inputs(_sample_files(sample_dir)[:16], recipe)
+    np.testing.assert_array_equal(OnnxBackend(artifact.path, exact_int8=False).run(x),
+                                  OnnxBackend(artifact.path, exact_int8=True).run(x))
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("mode", ("fp16", "dynamic"))
 def test_fp16_and_dynamic_pass_their_checks(exported, fmt, mode):
@@ -315,7 +354,7 @@ def test_accuracy_aware_export_meets_the_threshold_and_records_float_layers(tiny
     with contextlib.suppress(CheckFailed):
         export(ExportConfig(model=tiny_model_dir, out=tmp_path / "out", formats=("onnx", "tflite"),
                             modes=("int8",), calib=sample_dir, calib_size=16, check=check,
-                            min_agreement=1.0, accuracy_aware=True, reduce_range=True, verbose=False))
+                            min_agreement=1.0, accuracy_aware=True, int8_weights="7-bit", verbose=False))
     out = tmp_path / "out"
     for name in ("model_onnx_int8.onnx", "model_tflite_int8.tflite"):
         sidecar = read_sidecar(out / name)
@@ -328,7 +367,7 @@ def test_accuracy_aware_export_meets_the_threshold_and_records_float_layers(tiny
         assert agreement >= aware["full_int8_agreement"] and aware["full_int8_agreement"] < 1.0, name
         assert aware["latency_ms"] > 0 and aware["full_int8_latency_ms"] > 0
         assert sidecar["parity"]["passed"] == (agreement == 1.0)
-    assert read_sidecar(out / "model_onnx_int8.onnx")["quantization"]["details"]["reduce_range"] is True
+    assert read_sidecar(out / "model_onnx_int8.onnx")["quantization"]["details"]["int8_weights"] == "7-bit"
     assert not [p.name for p in out.iterdir() if ".trial." in p.name]
 
 

@@ -496,6 +496,34 @@ def test_onnx_int8_kernels_are_exact_by_default_also_without_vnni(tmp_path):
         np.testing.assert_array_equal(fast, exact)
 
 
+def test_pair_safe_weights_make_the_fast_kernels_exact(tmp_path):
+    """``export --int8-weights pair-safe`` on the worst case: after ``bound_weight_pairs`` no weight pair
+    exceeds 128, the fast kernels give what the exact ones give, and a sidecar saying so lets the
+    runtime skip the exact-kernel switch."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgetl.export.onnx import PAIR_BOUND, bound_weight_pairs
+    from edgetl.runtime.backends import OnnxBackend, open_backend
+    from edgetl.runtime.cpu import int8_dot_saturates
+
+    path = tmp_path / "sat.onnx"
+    exact = _saturating_qdq_conv(path)
+    report = bound_weight_pairs(path)
+    assert report["layers"] == 1 and report["median_scale_growth"] > 1.9  # 127 + 127 -> 64 + 64
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}["w"]
+    pairs = np.abs(weights[:, 0::2].astype(int)) + np.abs(weights[:, 1::2].astype(int))
+    assert weights.dtype == np.int8 and pairs.max() == PAIR_BOUND
+    x = np.full((1, 64, 4, 4), 255, np.float32)
+    fast = OnnxBackend(path, exact_int8=False).run(x)
+    np.testing.assert_array_equal(fast, OnnxBackend(path, exact_int8=True).run(x))
+    np.testing.assert_allclose(fast, exact, rtol=0.01)  # weights 64 * 2/127: within one weight step
+    # No sidecar, no claim: the exact-kernel switch stays on where the CPU saturates.
+    assert open_backend(path).settings == ({"session.x64quantprecision": "1"} if int8_dot_saturates() else {})
+    write_json(path.with_name(path.name + ".json"), {"quantization": {"details": {"int8_weights": "pair-safe"}}})
+    assert open_backend(path).settings == {}
+
+
 def test_exact_int8_is_accepted_and_ignored_by_the_other_runtimes(artifacts):
     """An app may pass ``exact_int8`` whatever the artifact; only ONNX Runtime has the switch."""
     for fmt in FORMATS:

@@ -16,9 +16,9 @@ Models:
 Latency: one image, batch 1, ``--threads`` intra-op threads; rounds interleaved (every artifact once
 per round, ``--iters`` timed calls each, median), then the median over rounds; ratios are vs ONNX
 Runtime FP32 of the same model. Also measured on efficientnet_lite0: ONNX QDQ vs QOperator (same
-ranges), S8S8 and reduce_range, ORT calibration methods MinMax / Entropy / Percentile, and exact vs
-fast INT8 kernels (``exact_int8``, see edgetl/runtime/cpu.py); variant rows use full 8-bit weights
-unless named reduce_range, and the runtime's default exact kernels unless named "fast".
+ranges), S8S8, reduce_range and pair-safe weights, ORT calibration methods MinMax / Entropy /
+Percentile, and exact vs fast INT8 kernels (``exact_int8``, see edgetl/runtime/cpu.py); variant rows use
+full 8-bit weights unless named reduce_range or pair-safe, and exact kernels unless named "fast".
 """
 
 from __future__ import annotations
@@ -179,8 +179,12 @@ def onnx_variants(result, calib: Path, calib_size: int, inputs: np.ndarray, refe
         formats = ("QDQ", "QOperator") if method == "minmax" else ("QDQ",)
         for fmt in formats:
             path = work / f"int8_{method}_{fmt}.onnx"
-            onnx_export.quantize_int8(pre, path, cache, method, quant_format=fmt, reduce_range=False)
+            onnx_export.quantize_int8(pre, path, cache, method, quant_format=fmt)
             variants[f"{method} {fmt}"] = path
+        if method == "minmax":  # weights bounded for saturating kernels (export --int8-weights pair-safe)
+            path = work / "int8_pair_safe.onnx"
+            onnx_export.quantize_int8(pre, path, cache, method, int8_weights="pair-safe")
+            variants["minmax QDQ pair-safe"] = path
         if method == "minmax":  # the type choices, same ranges: S8S8 and 7-bit weights (reduce_range)
             for label, kwargs in (("S8S8", dict(activation_type=QuantType.QInt8)),
                                   ("U8S8 reduce_range", dict(reduce_range=True))):
@@ -196,6 +200,7 @@ def onnx_variants(result, calib: Path, calib_size: int, inputs: np.ndarray, refe
     fast = {"exact_int8": False}
     variants["minmax QDQ, fast U8S8 kernels"] = variants["minmax QDQ"]
     variants["minmax QDQ U8S8 reduce_range, fast U8S8 kernels"] = variants["minmax QDQ U8S8 reduce_range"]
+    variants["minmax QDQ pair-safe, fast U8S8 kernels"] = variants["minmax QDQ pair-safe"]
     options = {name: fast for name in variants if name.endswith("fast U8S8 kernels")}
     timing = latencies(variants, inputs, rounds, iters, threads, options)
     for name, path in variants.items():

@@ -70,7 +70,8 @@ class ExportConfig:
     check: Path | None = None  # held-back images for parity (default: the model's val split)
     min_agreement: float = 0.98
     accuracy_aware: bool = False
-    reduce_range: bool = False  # ONNX int8: 7-bit weights (fast, lossier; for x86 without VNNI)
+    # ONNX int8 weights: "full" 8-bit, or "pair-safe" (fast kernels exact on x86 without VNNI; see onnx.py)
+    int8_weights: str = "full"
     opset: int = 17
     input_size: int | None = None  # for models without edgetl.json
     labels: tuple[str, ...] = ()
@@ -97,7 +98,7 @@ class ExportConfig:
 
     def validate(self) -> None:
         """Everything checkable without TensorFlow, before anything is written."""
-        from .onnx import CALIBRATION_METHODS
+        from .onnx import CALIBRATION_METHODS, INT8_WEIGHTS
         from .keras_graph import check_source
 
         for kind, values, allowed in (("format", self.formats, FORMATS), ("mode", self.modes, MODES),
@@ -117,6 +118,8 @@ class ExportConfig:
         if self.calib_method not in CALIBRATION_METHODS:
             raise UsageError(f"unknown calibration method {self.calib_method!r}; choose from "
                              f"{', '.join(CALIBRATION_METHODS)}")
+        if self.int8_weights not in INT8_WEIGHTS:
+            raise UsageError(f"unknown --int8-weights {self.int8_weights!r}; choose from {', '.join(INT8_WEIGHTS)}")
         if "int8" in self.modes and self.calib is None:
             raise UsageError("--quantize int8 needs calibration images: pass --calib DIR "
                              "(a few hundred representative images, labels not needed)")
@@ -384,11 +387,18 @@ class _Builder:
         write_json(sidecar_path(path), sidecar)
         return ArtifactResult(fmt, mode, input_dtype, path, sidecar, time.perf_counter() - started)
 
+    def backend_options(self, path: Path, mode: str) -> dict:
+        """Run an artifact as the runtime will once its sidecar is written: pair-safe ONNX INT8 weights on
+        ONNX Runtime's fast kernels, which are exact for them (``runtime.backends.open_backend``)."""
+        if path.suffix == ".onnx" and mode == "int8" and self.config.int8_weights == "pair-safe":
+            return {"exact_int8": False}
+        return {}
+
     def check(self, path: Path, mode: str, input_dtype: str) -> tuple[dict, dict]:
         from .parity import artifact_outputs, compare
 
         inputs = self.checks.pixels if input_dtype == "uint8" else self.source.recipe.normalize(self.checks.pixels)
-        outputs, runtime = artifact_outputs(path, inputs)
+        outputs, runtime = artifact_outputs(path, inputs, **self.backend_options(path, mode))
         result = compare(self.reference, outputs, mode, self.config.min_agreement, self.checks.labels)
         result.update(compared_on=self.checks.compared_on, precision=runtime["precision"],
                       runtime_settings=runtime["settings"])
@@ -409,7 +419,7 @@ class _Builder:
         else:
             pre, cache = self.onnx_ranges(input_dtype)
             details.update(onnx_export.quantize_int8(pre, path, cache, self.config.calib_method, exclude,
-                                                     quant_format, self.config.reduce_range))
+                                                     quant_format, self.config.int8_weights))
         return details
 
     def _build_tflite(self, path: Path, mode: str, input_dtype: str, fallback: str | None = None,

@@ -11,26 +11,27 @@ activations and per-channel int8 weights (U8S8).
   QLinearConv kernels QOperator emits: identical outputs (agreement 0.983 both on efficientnet_lite0),
   latency equal in one run and QOperator 8% faster in another, while QDQ keeps the float graph readable (``nodes_to_exclude`` simply leaves a node's Q/DQ pair out, which accuracy-aware
   export relies on) and is the form other EPs (TensorRT, QNN, OpenVINO) consume.
-* Full 8-bit weights, and ONNX Runtime's exact U8U8 kernels on x86 CPUs without VNNI. There the
-  default U8S8 kernels (``vpmaddubsw``) sum pairs of products into a saturating int16. Measured on
-  efficientnet_lite0 zero-shot (121 photos; FP32 top-1 0.876), batch 1, 2 threads, latency vs ORT FP32
-  (tools/RESULTS-export.md):
+* INT8 weights for x86 CPUs without VNNI. There the default U8S8 kernels (``vpmaddubsw``) add pairs of
+  uint8 x int8 products into a saturating int16. Measured on efficientnet_lite0 zero-shot (121 photos;
+  FP32 top-1 0.876), batch 1, 2 threads, latency vs ORT FP32 (tools/RESULTS-export.md):
 
   ================================================  =========  ======  ========  =======
-  weights / kernels                                 agreement  cosine  accuracy  latency
+  weights (``int8_weights``) / kernels              agreement  cosine  accuracy  latency
   ================================================  =========  ======  ========  =======
-  8-bit, default U8S8 kernels (saturating)          0.926      0.921   0.835     0.69x
-  7-bit (``reduce_range``), U8S8 kernels            0.934      0.978   0.860     0.71x
-  8-bit, ``session.x64quantprecision=1`` (U8U8)     0.983      0.995   0.876     1.00x
+  ``full`` 8-bit, default U8S8 kernels (saturate)   0.926      0.921   0.835     0.69x
+  ``full`` 8-bit, ``x64quantprecision=1`` (U8U8)    0.983      0.995   0.876     1.00x
+  ``pair-safe``, default U8S8 kernels (exact)       0.967      0.990   0.876     0.7x
+  ``7-bit`` (``reduce_range``), U8S8 kernels        0.934      0.978   0.860     0.71x
   8-bit as float fake-quant (no integer kernels)    0.992      0.995   0.876     -
   ================================================  =========  ======  ========  =======
 
-  7-bit weights lose as much in float as they gain in the kernels (their fake-quant run reads 0.934
-  too), and they would be baked into an artifact that VNNI and ARM CPUs run exactly anyway. So the
-  artifact keeps 8-bit weights and the *runtime* picks exact kernels where the CPU needs them
-  (``edgetl.runtime.cpu``); ``reduce_range=True`` stays available for a fast, lossier AVX2 build.
-  Uint8 weights (U8U8 in the graph) are not an alternative: ORT does not fuse them into QLinearConv
-  and ran them 8x slower than FP32.
+  ``full`` (default): the artifact keeps 8-bit weights and the *runtime* picks ORT's exact kernels where
+  the CPU needs them (``edgetl.runtime.cpu``): most accurate everywhere, but no faster than FP32 on such
+  a CPU. ``pair-safe`` (``bound_weight_pairs``) makes the weights themselves unable to saturate: the
+  fast kernels are exact on every CPU, for about 0.4 bit of weight precision; on the fine-tuned
+  efficientnet_lite0 (49 val photos) it agrees 1.000 with FP32 like ``full``. ``7-bit`` gives up a
+  whole bit for the same guarantee and loses to pair-safe on every count. Uint8 weights (U8U8 in the
+  graph) are not an alternative: ORT does not fuse them into QLinearConv and ran them 8x slower than FP32.
 * MinMax ranges by default: on efficientnet_lite0, Percentile (99.999) gave the same agreement (0.983)
   and Entropy was worse (0.868, cosine 0.848): ReLU6 bounds activations, so clipping buys nothing.
   For the same reason, set size hardly matters: 16, 32, 64 and 120 calibration photos gave 0.983-0.992
@@ -47,6 +48,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import UsageError
 from .calibration import CHUNK, CalibrationSet, ort_data_reader
 
@@ -54,6 +57,9 @@ log = logging.getLogger("edgetl")
 
 DEFAULT_OPSET = 17  # tf2onnx 1.17 supports opsets <= 18; 17 is what ORT, OpenVINO and TensorRT all read
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+INT8_WEIGHTS = ("full", "pair-safe", "7-bit")  # 7-bit: ORT's reduce_range, kept for comparison
+# |q1| + |q2| of two int8 weights that share one saturating int16 sum (bound_weight_pairs)
+PAIR_BOUND = 128
 # Histogram settings, explicit: 2048 collected bins, 128 quantized bins for 8 bit (TensorRT's recipe).
 _HISTOGRAM_OPTIONS = {
     "entropy": {"num_bins": 2048, "num_quantized_bins": 128, "symmetric": False},
@@ -159,10 +165,14 @@ def calibrate(pre_path: Path, calib: CalibrationSet, input_dtype: str, method: s
 
 def quantize_int8(pre_path: Path, out_path: Path, cache: Path, method: str,
                   nodes_to_exclude: list[str] | None = None, quant_format: str = "QDQ",
-                  reduce_range: bool = False) -> dict[str, Any]:
-    """``reduce_range``: 7-bit weights, for CPUs without VNNI run with ``exact_int8=False`` (see the
-    module docstring: faster there, less accurate everywhere)."""
+                  int8_weights: str = "full") -> dict[str, Any]:
+    """``int8_weights`` (see the module docstring): ``full`` 8-bit, ``pair-safe`` (``bound_weight_pairs``)
+    or ``7-bit`` (ORT's ``reduce_range``; pair-safe beats it on accuracy at the same speed)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if int8_weights not in INT8_WEIGHTS:
+        raise UsageError(f"unknown --int8-weights {int8_weights!r}; choose from {', '.join(INT8_WEIGHTS)}")
+    reduce_range = int8_weights == "7-bit"
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -187,24 +197,133 @@ def quantize_int8(pre_path: Path, out_path: Path, cache: Path, method: str,
                         weight_type=QuantType.QInt8, calibrate_method=methods[method],
                         nodes_to_exclude=nodes_to_exclude or [], extra_options=extra_options,
                         calibration_cache_path=str(cache))
-    return {"quant_format": quant_format, "activation_type": "uint8", "weight_type": "int8",
-            "per_channel": True, "reduce_range": reduce_range, "calibration_method": method,
-            "histogram": _HISTOGRAM_OPTIONS[method] or None, "preprocessed": "quant_pre_process",
-            "extra_options": extra_options}
+    details = {"quant_format": quant_format, "activation_type": "uint8", "weight_type": "int8",
+               "per_channel": True, "int8_weights": int8_weights, "calibration_method": method,
+               "histogram": _HISTOGRAM_OPTIONS[method] or None, "preprocessed": "quant_pre_process",
+               "extra_options": extra_options}
+    if int8_weights == "pair-safe":
+        details["pair_safe"] = bound_weight_pairs(out_path)
+    return details
+
+
+def bound_weight_pairs(path: Path) -> dict[str, Any]:
+    """Re-quantize a QDQ model's int8 GEMM weights (Conv, Gemm, MatMul) so that any two neighbours along
+    the reduction axis satisfy |q1| + |q2| <= 128. x86 CPUs without VNNI multiply uint8 activations by
+    int8 weights with ``vpmaddubsw``, which adds each such pair of products into a saturating int16:
+    255 * 128 = 32640 fits, 255 * (127 + 127) does not. With the bound, ORT's fast U8S8 kernels compute
+    exactly what its U8U8 ones do on every input, so the artifact needs no runtime switch anywhere.
+
+    Per output channel the scale grows only as far as the bound needs (a median of 1.25-1.4x on
+    efficientnet_lite0: about 0.4 bit, against the full bit that 7-bit weights give up). Both im2col
+    orders of a Conv's reduction axis (C,kh,kw and kh,kw,C) are bounded, so the stem's 3x3 conv is safe
+    whichever layout the kernel packs; depthwise convs are left alone: their kernel widens to int16 first.
+    Biases (int32 at input scale x weight scale) are re-quantized to the new scales."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    initializers = {init.name: init for init in model.graph.initializer}
+    producers = {output: node for node in model.graph.node for output in node.output}
+
+    def initializer_of(dq, index):
+        name = dq.input[index] if len(dq.input) > index else None
+        return numpy_helper.to_array(initializers[name]) if name in initializers else None
+
+    def replace(name, array):
+        initializers[name].CopyFrom(numpy_helper.from_array(array, name))
+
+    growth, done = [], set()
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        x_dq, w_dq = producers.get(node.input[0]), producers.get(node.input[1])
+        if not (x_dq and w_dq and x_dq.op_type == w_dq.op_type == "DequantizeLinear"):
+            continue  # left in float (nodes_to_exclude) or not a weight
+        q, scale, zero_point = (initializer_of(w_dq, i) for i in range(3))
+        if q is None or q.dtype != np.int8 or scale is None or w_dq.input[0] in done:
+            continue
+        if zero_point is not None and np.any(zero_point != 0):
+            continue  # asymmetric weights: not what quantize_int8 writes
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv" and q.shape[1] == 1:
+            continue  # depthwise
+        axis, trans_b = _dq_axis(w_dq), bool(attrs.get("transB", 0))
+        w = q.astype(np.float64) * _along(scale.astype(np.float64), axis, q.ndim)
+        need = _max_pair_sum(node.op_type, trans_b, w) / (PAIR_BOUND - 1)  # rounding adds at most 1
+        if scale.ndim == 0:
+            need = need.max()
+        elif need.shape != scale.shape:
+            continue  # per-channel along another axis than the output channels: not ours
+        new_scale = np.where(need > scale, need, scale)
+        new_q = np.clip(np.round(w / _along(new_scale, axis, q.ndim)), -127, 127)
+        assert _max_pair_sum(node.op_type, trans_b, new_q).max() <= PAIR_BOUND, node.name
+        replace(w_dq.input[0], new_q.astype(np.int8))
+        replace(w_dq.input[1], new_scale.astype(scale.dtype))
+        done.add(w_dq.input[0])
+        growth.append(float(np.median(new_scale / np.where(scale > 0, scale, 1))))
+        bias_dq = producers.get(node.input[2]) if len(node.input) > 2 else None
+        if bias_dq is not None and bias_dq.op_type == "DequantizeLinear":
+            bias_q, bias_scale = initializer_of(bias_dq, 0), initializer_of(bias_dq, 1)
+            x_scale = initializer_of(x_dq, 1)
+            if bias_q is not None and bias_q.dtype == np.int32 and x_scale is not None:
+                target = (x_scale.astype(np.float64) * new_scale).astype(bias_scale.dtype)
+                bias = bias_q.astype(np.float64) * bias_scale
+                replace(bias_dq.input[0], np.round(bias / target).astype(np.int32))
+                replace(bias_dq.input[1], target)
+    onnx.save(model, str(path))
+    return {"bound": PAIR_BOUND, "layers": len(growth),
+            "median_scale_growth": round(float(np.median(growth)), 3) if growth else 1.0}
+
+
+def _max_pair_sum(op_type: str, trans_b: bool, weights: np.ndarray) -> np.ndarray:
+    """Per output channel, the largest |w_k| + |w_k+1| over neighbours on the reduction axis."""
+    weights = np.abs(weights)
+    if op_type == "Conv":  # [O, C, kh, kw], reduced over C*kh*kw in either order
+        views = [weights.reshape(len(weights), -1), weights.transpose(0, 2, 3, 1).reshape(len(weights), -1)]
+    else:  # Gemm / MatMul B is [K, N] unless transB
+        views = [weights if trans_b else weights.T]
+    sums = []
+    for rows in views:
+        rows = np.pad(rows, ((0, 0), (0, rows.shape[1] % 2)))
+        sums.append((rows[:, 0::2] + rows[:, 1::2]).max(axis=1))
+    return np.max(sums, axis=0)
+
+
+def _dq_axis(dq) -> int:
+    return next((a.i for a in dq.attribute if a.name == "axis"), 1)
+
+
+def _along(values, axis: int, ndim: int):
+    """Per-channel values shaped to broadcast along ``axis`` of an ``ndim`` tensor."""
+    if np.ndim(values) == 0:
+        return values
+    shape = [1] * ndim
+    shape[axis] = -1
+    return np.reshape(values, shape)
 
 
 def quantize_dynamic(fp32_path: Path, out_path: Path) -> dict[str, Any]:
     """INT8 weights, activations quantized on the fly. ORT's CPU ConvInteger takes uint8 weights
-    only (int8 weights fail to load), so weights are QUInt8 here."""
+    only (int8 weights fail to load), so weights are QUInt8 here, one scale per tensor.
+
+    Depthwise convolutions stay float: a per-tensor scale over 9-tap filters of very different
+    magnitudes is what loses accuracy, and ConvInteger has no depthwise kernel. On the fine-tuned
+    efficientnet_lite0 (49 val photos): agreement 0.980 -> 1.000, cosine 0.948 -> 0.976, latency 3.1x
+    -> 1.16x of FP32, size 0.26x -> 0.30x (depthwise weights are 5% of the model)."""
+    import onnx
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
     with tempfile.TemporaryDirectory(prefix="edgetl-dyn-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         preprocess(fp32_path, pre)
+        depthwise = [node.name for node in onnx.load(str(pre)).graph.node
+                     if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)]
         with quiet_root_logger():
-            ort_quantize_dynamic(str(pre), str(out_path), weight_type=QuantType.QUInt8, per_channel=False)
-    return {"weight_type": "uint8", "per_channel": False, "activations": "quantized per call (dynamic)"}
+            ort_quantize_dynamic(str(pre), str(out_path), weight_type=QuantType.QUInt8, per_channel=False,
+                                 nodes_to_exclude=depthwise)
+    return {"weight_type": "uint8", "per_channel": False, "activations": "quantized per call (dynamic)",
+            "float_nodes": f"{len(depthwise)} depthwise convolutions"}
 
 
 def to_fp16(fp32_path: Path, out_path: Path) -> dict[str, Any]:

@@ -47,10 +47,11 @@ def keras_outputs(model, inputs: np.ndarray) -> np.ndarray:
     return run_batches(lambda x: model(x, training=False), inputs)
 
 
-def artifact_outputs(path: Path, inputs: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, dict]:
+def artifact_outputs(path: Path, inputs: np.ndarray, threads: int | None = None,
+                     **backend_options) -> tuple[np.ndarray, dict]:
     from ..runtime.backends import open_backend
 
-    backend = open_backend(path, "cpu", threads)
+    backend = open_backend(path, "cpu", threads, **backend_options)
     outputs = run_batches(backend.run, inputs.astype(backend.input_dtype, copy=False)
                           if backend.input_dtype == np.uint8 else inputs)
     precision = getattr(backend, "precision", None) or "native"

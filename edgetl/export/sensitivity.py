@@ -106,10 +106,10 @@ def rank_onnx_nodes(pre_path: Path, int8_path: Path, inputs: np.ndarray) -> list
     return sorted(ranked, key=lambda item: item[1], reverse=True)
 
 
-def latency_ms(path: Path, sample: np.ndarray, runs: int = LATENCY_RUNS) -> float:
+def latency_ms(path: Path, sample: np.ndarray, runs: int = LATENCY_RUNS, **backend_options) -> float:
     from ..runtime.backends import open_backend
 
-    backend = open_backend(path, "cpu")
+    backend = open_backend(path, "cpu", **backend_options)
     one = sample[:1].astype(backend.input_dtype, copy=False)
     backend.run(one)
     times = []
@@ -125,10 +125,11 @@ def make_accurate(builder, fmt: str, input_dtype: str, path: Path, details: dict
     (or of the best attempt, still marked failing, when even all candidates in float do not)."""
     inputs = (builder.checks.pixels if input_dtype == "uint8"
               else builder.source.recipe.normalize(builder.checks.pixels))
-    full_int8_ms = latency_ms(path, inputs)
+    options = builder.backend_options(path, "int8")
+    full_int8_ms = latency_ms(path, inputs, **options)
     full_int8_agreement = parity["top1_agreement"]
     if fmt == "onnx":
-        result = _onnx(builder, input_dtype, path, details, parity, inputs)
+        result = _onnx(builder, input_dtype, path, details, inputs)
     elif fmt == "openvino":
         result = _openvino(builder, input_dtype, path, inputs)
     elif input_dtype == "float32":
@@ -137,7 +138,8 @@ def make_accurate(builder, fmt: str, input_dtype: str, path: Path, details: dict
         result = _tflite_dynamic_fallback(builder, input_dtype, path)
     path, details, parity, runtime, float_layers = result
     details = dict(details)
-    details["accuracy_aware"] = {"full_int8_latency_ms": full_int8_ms, "latency_ms": latency_ms(path, inputs),
+    details["accuracy_aware"] = {"full_int8_latency_ms": full_int8_ms,
+                                 "latency_ms": latency_ms(path, inputs, **options),
                                  "full_int8_agreement": full_int8_agreement, "float_layers": len(float_layers),
                                  "runs": LATENCY_RUNS, "batch": 1}
     return path, details, parity, runtime, float_layers
@@ -176,7 +178,7 @@ def _float_until_passing(builder, input_dtype: str, path: Path, details: dict, r
     return path, details, parity, runtime, kept
 
 
-def _onnx(builder, input_dtype: str, path: Path, details: dict, parity: dict, inputs: np.ndarray):
+def _onnx(builder, input_dtype: str, path: Path, details: dict, inputs: np.ndarray):
     from . import onnx as onnx_export
 
     pre, cache = builder.onnx_ranges(input_dtype)
@@ -184,7 +186,7 @@ def _onnx(builder, input_dtype: str, path: Path, details: dict, parity: dict, in
     return _float_until_passing(
         builder, input_dtype, path, details, ranked, "relative L2 error of the output minus that of the input",
         lambda candidate, excluded: onnx_export.quantize_int8(pre, candidate, cache, builder.config.calib_method,
-                                                              excluded, reduce_range=builder.config.reduce_range))
+                                                              excluded, int8_weights=builder.config.int8_weights))
 
 
 def _tflite(builder, input_dtype: str, path: Path, details: dict):

@@ -10,6 +10,7 @@ run artifacts the same way.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckFailed, DeviceUnavailable, UsageError
+from ..metadata import sidecar_path
 from .cpu import int8_dot_saturates
 
 FORMAT_BY_SUFFIX = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
@@ -96,7 +98,8 @@ def ort_session_options(threads: int | None = None, exact_int8: bool = True):
 
     ``exact_int8``: on x86 CPUs without VNNI, run quantized GEMMs with ORT's U8U8 kernels instead of the
     saturating U8S8 ones (``runtime.cpu.int8_dot_saturates``). Measured on efficientnet_lite0 INT8:
-    top-1 agreement with FP32 0.926 -> 0.983, latency 0.69x -> 1.00x of FP32. A no-op elsewhere."""
+    top-1 agreement with FP32 0.926 -> 0.983, latency 0.69x -> 1.00x of FP32. A no-op elsewhere, and
+    skipped by ``open_backend`` for pair-safe artifacts (the fast kernels are exact on their weights)."""
     ort = _import("onnxruntime", "onnx")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -284,6 +287,16 @@ class OpenVinoBackend(Backend):
 BACKENDS = {"onnx": OnnxBackend, "tflite": TfliteBackend, "openvino": OpenVinoBackend}
 
 
+def _pair_safe_weights(path: Path) -> bool:
+    """Whether the sidecar says the INT8 weights were bounded for saturating kernels (``export
+    --int8-weights pair-safe``); no sidecar, no claim."""
+    try:
+        metadata = json.loads(sidecar_path(path).read_text())
+        return metadata["quantization"]["details"].get("int8_weights") == "pair-safe"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def open_backend(path: str | Path, device: str = "cpu", threads: int | None = None, **options) -> Backend:
     path = Path(path)
     fmt = artifact_format(path)
@@ -295,6 +308,8 @@ def open_backend(path: str | Path, device: str = "cpu", threads: int | None = No
         raise CheckFailed(f"{path}: its weights file {path.with_suffix('.bin').name} is missing")
     if fmt != "onnx":  # only ONNX Runtime has the exact/fast INT8 kernel switch; an app may pass it for all
         options.pop("exact_int8", None)
+    elif options.get("exact_int8", True) and _pair_safe_weights(path):
+        options["exact_int8"] = False  # the fast kernels cannot saturate on its weights: exact as they are
     return BACKENDS[fmt](path, device, threads, **options)
 
 

@@ -17,7 +17,8 @@ def int8_dot_saturates() -> bool:
     What each runtime does about it:
 
     * ONNX Runtime: ``session.x64quantprecision=1`` switches its U8S8 GEMMs to U8U8 kernels that widen
-      to int16 first (no saturation); the runtime sets it by default on such CPUs (``exact_int8``).
+      to int16 first (no saturation); the runtime sets it by default on such CPUs (``exact_int8``),
+      except for artifacts exported with ``--int8-weights pair-safe``, whose weights cannot saturate.
     * OpenVINO: no such switch; NNCF's ``OverflowFix.ENABLE`` quantizes weights to 7 bits at export.
     * LiteRT: XNNPACK widens before multiplying, nothing to do.
 

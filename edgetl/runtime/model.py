@@ -91,7 +91,8 @@ class EdgeModel:
         ``device`` is cpu, gpu or npu (the runtime's own providers/devices; ``DeviceUnavailable`` if
         it has none); ``threads`` fixes the runtime's intra-op thread count. ``backend_options`` go to
         the backend: ``exact_int8=False`` lets ONNX Runtime use its faster, saturating INT8 kernels on
-        x86 CPUs without VNNI (``edgetl.runtime.cpu``); ``precision=None`` lets OpenVINO pick bf16.
+        x86 CPUs without VNNI (``edgetl.runtime.cpu``; artifacts exported with ``--int8-weights
+        pair-safe`` get them by default, exactly); ``precision=None`` lets OpenVINO pick bf16.
         """
         path = Path(artifact)
         fmt = artifact_format(path)
