@@ -90,7 +90,7 @@ def test_pair_safe_onnx_weights_run_exactly_on_the_fast_kernels(exported, tiny_m
 
     from edgetl.data import load_inputs
     from edgetl.export import ExportConfig, export
-    from edgetl.export.onnx import PAIR_BOUND, _max_pair_sum
+    from edgetl.export.pairs import PAIR_BOUND, max_pair_sum
     from edgetl.preprocess import Preprocessing
     from edgetl.runtime.backends import OnnxBackend
 
@@ -108,8 +108,9 @@ def test_pair_safe_onnx_weights_run_exactly_on_the_fast_kernels(exported, tiny_m
         dq = producer.get(node.input[1]) if node.op_type in ("Conv", "Gemm") else None
         if dq is not None and dq.op_type == "DequantizeLinear" and weights[dq.input[0]].shape[1] > 1:
             q = weights[dq.input[0]].astype(np.int64)
-            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-            assert _max_pair_sum(node.op_type, trans_b, q).max() <= PAIR_BOUND, node.name
+            layout = "conv" if node.op_type == "Conv" else \
+                "nk" if any(a.name == "transB" and a.i for a in node.attribute) else "kn"
+            assert max_pair_sum(q, layout).max() <= PAIR_BOUND, node.name
             bounded += 1
     assert bounded == details["pair_safe"]["layers"]
     assert artifact.parity["runtime_settings"] == {}
@@ -118,6 +119,29 @@ def test_pair_safe_onnx_weights_run_exactly_on_the_fast_kernels(exported, tiny_m
     x = load_inputs(_sample_files(sample_dir)[:16], recipe)
     np.testing.assert_array_equal(OnnxBackend(artifact.path, exact_int8=False).run(x),
                                   OnnxBackend(artifact.path, exact_int8=True).run(x))
+
+
+def test_openvino_int8_weights_are_pair_safe_by_default(exported):
+    """OpenVINO has no exact-kernel switch, so ``--int8-weights auto`` bounds its weights themselves: in
+    the saved IR, every Convolution's int8 weights keep neighbour pairs within the bound."""
+    import openvino as ov
+
+    from edgetl.export.pairs import PAIR_BOUND, max_pair_sum
+
+    artifact = exported.get("openvino", "int8")
+    details = read_sidecar(artifact.path)["quantization"]["details"]
+    assert details["int8_weights"] == "pair-safe" and details["overflow_fix"] == "disable"
+    sums = []
+    for op in ov.Core().read_model(str(artifact.path)).get_ordered_ops():
+        if op.get_type_name() != "Convolution":
+            continue
+        node = op.input_value(1).get_node()
+        while node.get_type_name() != "Constant" and node.get_input_size():
+            node = node.input_value(0).get_node()
+        if node.get_output_element_type(0) == ov.Type.i8:
+            sums.append(max_pair_sum(node.get_data(), "conv").max())
+    assert len(sums) == details["pair_safe"]["layers"] - 1 > 10  # the classifier is a MatMul
+    assert max(sums) <= PAIR_BOUND < 2 * 127
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

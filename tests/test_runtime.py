@@ -503,7 +503,8 @@ def test_pair_safe_weights_make_the_fast_kernels_exact(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from edgetl.export.onnx import PAIR_BOUND, bound_weight_pairs
+    from edgetl.export.onnx import bound_weight_pairs
+    from edgetl.export.pairs import PAIR_BOUND
     from edgetl.runtime.backends import OnnxBackend, open_backend
     from edgetl.runtime.cpu import int8_dot_saturates
 

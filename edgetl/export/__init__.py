@@ -70,8 +70,8 @@ class ExportConfig:
     check: Path | None = None  # held-back images for parity (default: the model's val split)
     min_agreement: float = 0.98
     accuracy_aware: bool = False
-    # ONNX int8 weights: "full" 8-bit, or "pair-safe" (fast kernels exact on x86 without VNNI; see onnx.py)
-    int8_weights: str = "full"
+    # int8 weights for ONNX and OpenVINO: auto | full | pair-safe | 7-bit (see export/pairs.py)
+    int8_weights: str = "auto"
     opset: int = 17
     input_size: int | None = None  # for models without edgetl.json
     labels: tuple[str, ...] = ()
@@ -98,7 +98,8 @@ class ExportConfig:
 
     def validate(self) -> None:
         """Everything checkable without TensorFlow, before anything is written."""
-        from .onnx import CALIBRATION_METHODS, INT8_WEIGHTS
+        from .onnx import CALIBRATION_METHODS
+        from .pairs import INT8_WEIGHTS
         from .keras_graph import check_source
 
         for kind, values, allowed in (("format", self.formats, FORMATS), ("mode", self.modes, MODES),
@@ -387,10 +388,15 @@ class _Builder:
         write_json(sidecar_path(path), sidecar)
         return ArtifactResult(fmt, mode, input_dtype, path, sidecar, time.perf_counter() - started)
 
+    def int8_weights(self, fmt: str) -> str | None:
+        from .pairs import resolve
+
+        return resolve(self.config.int8_weights, fmt)
+
     def backend_options(self, path: Path, mode: str) -> dict:
         """Run an artifact as the runtime will once its sidecar is written: pair-safe ONNX INT8 weights on
         ONNX Runtime's fast kernels, which are exact for them (``runtime.backends.open_backend``)."""
-        if path.suffix == ".onnx" and mode == "int8" and self.config.int8_weights == "pair-safe":
+        if path.suffix == ".onnx" and mode == "int8" and self.int8_weights("onnx") == "pair-safe":
             return {"exact_int8": False}
         return {}
 
@@ -419,7 +425,7 @@ class _Builder:
         else:
             pre, cache = self.onnx_ranges(input_dtype)
             details.update(onnx_export.quantize_int8(pre, path, cache, self.config.calib_method, exclude,
-                                                     quant_format, self.config.int8_weights))
+                                                     quant_format, self.int8_weights("onnx")))
         return details
 
     def _build_tflite(self, path: Path, mode: str, input_dtype: str, fallback: str | None = None,
@@ -451,7 +457,8 @@ class _Builder:
             ov_export.save(model, path)
             details.update(extra)
         else:
-            model, extra = ov_export.quantize_int8(model, self.calib, input_dtype, ignored)
+            model, extra = ov_export.quantize_int8(model, self.calib, input_dtype, ignored,
+                                                   self.int8_weights("openvino"))
             ov_export.save(model, path)
             details.update(extra)
         return details

@@ -25,9 +25,9 @@ activations and per-channel int8 weights (U8S8).
   8-bit as float fake-quant (no integer kernels)    0.992      0.995   0.876     -
   ================================================  =========  ======  ========  =======
 
-  ``full`` (default): the artifact keeps 8-bit weights and the *runtime* picks ORT's exact kernels where
+  ``full`` (what ``--int8-weights auto`` means for ONNX): the artifact keeps 8-bit weights and the *runtime* picks ORT's exact kernels where
   the CPU needs them (``edgetl.runtime.cpu``): most accurate everywhere, but no faster than FP32 on such
-  a CPU. ``pair-safe`` (``bound_weight_pairs``) makes the weights themselves unable to saturate: the
+  a CPU. ``pair-safe`` (``bound_weight_pairs``, ``export.pairs``) makes the weights unable to saturate: the
   fast kernels are exact on every CPU, for about 0.4 bit of weight precision; on the fine-tuned
   efficientnet_lite0 (49 val photos) it agrees 1.000 with FP32 like ``full``. ``7-bit`` gives up a
   whole bit for the same guarantee and loses to pair-safe on every count. Uint8 weights (U8U8 in the
@@ -51,15 +51,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
+from . import pairs
 from .calibration import CHUNK, CalibrationSet, ort_data_reader
 
 log = logging.getLogger("edgetl")
 
 DEFAULT_OPSET = 17  # tf2onnx 1.17 supports opsets <= 18; 17 is what ORT, OpenVINO and TensorRT all read
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-INT8_WEIGHTS = ("full", "pair-safe", "7-bit")  # 7-bit: ORT's reduce_range, kept for comparison
-# |q1| + |q2| of two int8 weights that share one saturating int16 sum (bound_weight_pairs)
-PAIR_BOUND = 128
 # Histogram settings, explicit: 2048 collected bins, 128 quantized bins for 8 bit (TensorRT's recipe).
 _HISTOGRAM_OPTIONS = {
     "entropy": {"num_bins": 2048, "num_quantized_bins": 128, "symmetric": False},
@@ -170,8 +168,8 @@ def quantize_int8(pre_path: Path, out_path: Path, cache: Path, method: str,
     or ``7-bit`` (ORT's ``reduce_range``; pair-safe beats it on accuracy at the same speed)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if int8_weights not in INT8_WEIGHTS:
-        raise UsageError(f"unknown --int8-weights {int8_weights!r}; choose from {', '.join(INT8_WEIGHTS)}")
+    if int8_weights not in pairs.INT8_WEIGHTS[1:]:
+        raise UsageError(f"unknown ONNX int8 weights {int8_weights!r}; choose from {', '.join(pairs.INT8_WEIGHTS[1:])}")
     reduce_range = int8_weights == "7-bit"
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -207,17 +205,9 @@ def quantize_int8(pre_path: Path, out_path: Path, cache: Path, method: str,
 
 
 def bound_weight_pairs(path: Path) -> dict[str, Any]:
-    """Re-quantize a QDQ model's int8 GEMM weights (Conv, Gemm, MatMul) so that any two neighbours along
-    the reduction axis satisfy |q1| + |q2| <= 128. x86 CPUs without VNNI multiply uint8 activations by
-    int8 weights with ``vpmaddubsw``, which adds each such pair of products into a saturating int16:
-    255 * 128 = 32640 fits, 255 * (127 + 127) does not. With the bound, ORT's fast U8S8 kernels compute
-    exactly what its U8U8 ones do on every input, so the artifact needs no runtime switch anywhere.
-
-    Per output channel the scale grows only as far as the bound needs (a median of 1.25-1.4x on
-    efficientnet_lite0: about 0.4 bit, against the full bit that 7-bit weights give up). Both im2col
-    orders of a Conv's reduction axis (C,kh,kw and kh,kw,C) are bounded, so the stem's 3x3 conv is safe
-    whichever layout the kernel packs; depthwise convs are left alone: their kernel widens to int16 first.
-    Biases (int32 at input scale x weight scale) are re-quantized to the new scales."""
+    """Re-quantize a QDQ model's int8 GEMM weights (Conv, Gemm, MatMul) pair-safe (``export.pairs``):
+    ORT's fast U8S8 kernels then compute exactly what its U8U8 ones do, so the artifact needs no runtime
+    switch on any CPU. Biases (int32 at input scale x weight scale) follow the new scales."""
     import onnx
     from onnx import numpy_helper
 
@@ -225,12 +215,12 @@ def bound_weight_pairs(path: Path) -> dict[str, Any]:
     initializers = {init.name: init for init in model.graph.initializer}
     producers = {output: node for node in model.graph.node for output in node.output}
 
-    def initializer_of(dq, index):
+    def array(dq, index):
         name = dq.input[index] if len(dq.input) > index else None
         return numpy_helper.to_array(initializers[name]) if name in initializers else None
 
-    def replace(name, array):
-        initializers[name].CopyFrom(numpy_helper.from_array(array, name))
+    def replace(name, value):
+        initializers[name].CopyFrom(numpy_helper.from_array(value, name))
 
     growth, done = [], set()
     for node in model.graph.node:
@@ -239,67 +229,39 @@ def bound_weight_pairs(path: Path) -> dict[str, Any]:
         x_dq, w_dq = producers.get(node.input[0]), producers.get(node.input[1])
         if not (x_dq and w_dq and x_dq.op_type == w_dq.op_type == "DequantizeLinear"):
             continue  # left in float (nodes_to_exclude) or not a weight
-        q, scale, zero_point = (initializer_of(w_dq, i) for i in range(3))
+        q, scale, zero_point = (array(w_dq, i) for i in range(3))
         if q is None or q.dtype != np.int8 or scale is None or w_dq.input[0] in done:
             continue
         if zero_point is not None and np.any(zero_point != 0):
             continue  # asymmetric weights: not what quantize_int8 writes
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "Conv" and q.shape[1] == 1:
-            continue  # depthwise
-        axis, trans_b = _dq_axis(w_dq), bool(attrs.get("transB", 0))
-        w = q.astype(np.float64) * _along(scale.astype(np.float64), axis, q.ndim)
-        need = _max_pair_sum(node.op_type, trans_b, w) / (PAIR_BOUND - 1)  # rounding adds at most 1
-        if scale.ndim == 0:
-            need = need.max()
-        elif need.shape != scale.shape:
+        if node.op_type == "Conv":
+            if q.shape[1] == 1:
+                continue  # depthwise
+            layout = "conv"
+        else:
+            layout = "nk" if any(a.name == "transB" and a.i for a in node.attribute) else "kn"
+        axis = next((a.i for a in w_dq.attribute if a.name == "axis"), 1)
+        if scale.size > 1 and axis != pairs.channel_axis(layout):
             continue  # per-channel along another axis than the output channels: not ours
-        new_scale = np.where(need > scale, need, scale)
-        new_q = np.clip(np.round(w / _along(new_scale, axis, q.ndim)), -127, 127)
-        assert _max_pair_sum(node.op_type, trans_b, new_q).max() <= PAIR_BOUND, node.name
-        replace(w_dq.input[0], new_q.astype(np.int8))
-        replace(w_dq.input[1], new_scale.astype(scale.dtype))
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        weights = q.astype(np.float64) * (scale.reshape(shape) if scale.size > 1 else scale)
+        new_q, new_scale = pairs.requantize(weights, scale, layout)
+        replace(w_dq.input[0], new_q)
+        replace(w_dq.input[1], new_scale)
         done.add(w_dq.input[0])
-        growth.append(float(np.median(new_scale / np.where(scale > 0, scale, 1))))
+        growth.append(pairs.scale_growth(scale, new_scale))
         bias_dq = producers.get(node.input[2]) if len(node.input) > 2 else None
         if bias_dq is not None and bias_dq.op_type == "DequantizeLinear":
-            bias_q, bias_scale = initializer_of(bias_dq, 0), initializer_of(bias_dq, 1)
-            x_scale = initializer_of(x_dq, 1)
+            bias_q, bias_scale, x_scale = array(bias_dq, 0), array(bias_dq, 1), array(x_dq, 1)
             if bias_q is not None and bias_q.dtype == np.int32 and x_scale is not None:
                 target = (x_scale.astype(np.float64) * new_scale).astype(bias_scale.dtype)
                 bias = bias_q.astype(np.float64) * bias_scale
                 replace(bias_dq.input[0], np.round(bias / target).astype(np.int32))
                 replace(bias_dq.input[1], target)
     onnx.save(model, str(path))
-    return {"bound": PAIR_BOUND, "layers": len(growth),
+    return {"bound": pairs.PAIR_BOUND, "layers": len(growth),
             "median_scale_growth": round(float(np.median(growth)), 3) if growth else 1.0}
-
-
-def _max_pair_sum(op_type: str, trans_b: bool, weights: np.ndarray) -> np.ndarray:
-    """Per output channel, the largest |w_k| + |w_k+1| over neighbours on the reduction axis."""
-    weights = np.abs(weights)
-    if op_type == "Conv":  # [O, C, kh, kw], reduced over C*kh*kw in either order
-        views = [weights.reshape(len(weights), -1), weights.transpose(0, 2, 3, 1).reshape(len(weights), -1)]
-    else:  # Gemm / MatMul B is [K, N] unless transB
-        views = [weights if trans_b else weights.T]
-    sums = []
-    for rows in views:
-        rows = np.pad(rows, ((0, 0), (0, rows.shape[1] % 2)))
-        sums.append((rows[:, 0::2] + rows[:, 1::2]).max(axis=1))
-    return np.max(sums, axis=0)
-
-
-def _dq_axis(dq) -> int:
-    return next((a.i for a in dq.attribute if a.name == "axis"), 1)
-
-
-def _along(values, axis: int, ndim: int):
-    """Per-channel values shaped to broadcast along ``axis`` of an ``ndim`` tensor."""
-    if np.ndim(values) == 0:
-        return values
-    shape = [1] * ndim
-    shape[axis] = -1
-    return np.reshape(values, shape)
 
 
 def quantize_dynamic(fp32_path: Path, out_path: Path) -> dict[str, Any]:

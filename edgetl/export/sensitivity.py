@@ -186,7 +186,7 @@ def _onnx(builder, input_dtype: str, path: Path, details: dict, inputs: np.ndarr
     return _float_until_passing(
         builder, input_dtype, path, details, ranked, "relative L2 error of the output minus that of the input",
         lambda candidate, excluded: onnx_export.quantize_int8(pre, candidate, cache, builder.config.calib_method,
-                                                              excluded, int8_weights=builder.config.int8_weights))
+                                                              excluded, int8_weights=builder.int8_weights("onnx")))
 
 
 def _tflite(builder, input_dtype: str, path: Path, details: dict):
@@ -204,7 +204,7 @@ def _openvino(builder, input_dtype: str, path: Path, inputs: np.ndarray):
     _, details = builder.openvino_fp32(input_dtype)
     model, extra = ov_export.quantize_int8_accuracy_aware(
         builder.read_openvino(input_dtype), builder.calib, input_dtype, inputs,
-        builder.reference.argmax(-1), builder.config.min_agreement)
+        builder.reference.argmax(-1), builder.config.min_agreement, builder.int8_weights("openvino"))
     ov_export.save(model, path)
     float_layers = ov_export.float_layer_names(model)
     parity, runtime = builder.check(path, "int8", input_dtype)

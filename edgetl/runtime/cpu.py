@@ -19,7 +19,8 @@ def int8_dot_saturates() -> bool:
     * ONNX Runtime: ``session.x64quantprecision=1`` switches its U8S8 GEMMs to U8U8 kernels that widen
       to int16 first (no saturation); the runtime sets it by default on such CPUs (``exact_int8``),
       except for artifacts exported with ``--int8-weights pair-safe``, whose weights cannot saturate.
-    * OpenVINO: no such switch; NNCF's ``OverflowFix.ENABLE`` quantizes weights to 7 bits at export.
+    * OpenVINO: no such switch; export makes its int8 weights pair-safe (``export.pairs``), so they cannot
+      saturate.
     * LiteRT: XNNPACK widens before multiplying, nothing to do.
 
     ARM dot-product kernels accumulate in int32 and never saturate."""

@@ -1,0 +1,83 @@
+"""Pair-safe INT8 weights: per-channel scales chosen so that x86 CPUs without VNNI cannot saturate.
+
+Their uint8 x int8 dot product (``vpmaddubsw``, used by ONNX Runtime's U8S8 and OpenVINO's oneDNN
+kernels) adds each two neighbouring products along the reduction axis into a saturating int16. With
+uint8 activations up to 255, weights with |q1| + |q2| <= 128 can never overflow it (255 * 128 = 32640
+<= 32767), so the fast kernels compute exactly, on every input and every CPU. Per output channel the
+scale grows only as far as its largest neighbour pair needs: a median of 1.3x on efficientnet_lite0,
+about 0.4 bit, where 7-bit weights (ORT ``reduce_range``, NNCF ``OverflowFix.ENABLE``) give up a full bit.
+
+Which neighbours share a sum depends on how a kernel packs the weights, so a convolution is bounded in
+both orders of its reduction axis (C, kh, kw and kh, kw, C); depthwise convolutions are not GEMMs and
+widen to int16 themselves. Backends (``onnx.bound_weight_pairs``, ``openvino.bound_weight_pairs``) find
+the weights in their graphs and call ``requantize``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PAIR_BOUND = 128
+
+# ``--int8-weights``. "auto" is per format: ONNX keeps full 8-bit weights, because ONNX Runtime has exact
+# kernels the runtime turns on where the CPU needs them; OpenVINO has no such switch, so its weights are
+# made pair-safe (NNCF's own overflow fix, "7-bit", costs a whole bit). TFLite (XNNPACK) never saturates.
+INT8_WEIGHTS = ("auto", "full", "pair-safe", "7-bit")
+AUTO = {"onnx": "full", "openvino": "pair-safe"}
+
+
+def resolve(int8_weights: str, fmt: str) -> str | None:
+    """The weight choice for one format (None where it does not apply)."""
+    if fmt not in AUTO:
+        return None
+    return AUTO[fmt] if int8_weights == "auto" else int8_weights
+
+# How a weight tensor's reduction axis is laid out: "conv" [O, C, kh, kw]; "kn" [K, N] (MatMul B,
+# Gemm B); "nk" [N, K] (Gemm with transB, MatMul with transpose_b).
+LAYOUTS = ("conv", "kn", "nk")
+
+
+def max_pair_sum(weights: np.ndarray, layout: str) -> np.ndarray:
+    """Per output channel, the largest |w_k| + |w_k+1| over neighbours on the reduction axis."""
+    weights = np.abs(np.asarray(weights, dtype=np.float64))
+    if layout == "conv":
+        views = [weights.reshape(len(weights), -1), weights.transpose(0, 2, 3, 1).reshape(len(weights), -1)]
+    elif layout == "kn":
+        views = [weights.T]
+    elif layout == "nk":
+        views = [weights]
+    else:
+        raise ValueError(f"unknown weight layout {layout!r}; one of {LAYOUTS}")
+    sums = []
+    for rows in views:
+        rows = np.pad(rows, ((0, 0), (0, rows.shape[1] % 2)))
+        sums.append((rows[:, 0::2] + rows[:, 1::2]).max(axis=1))
+    return np.max(sums, axis=0)
+
+
+def channel_axis(layout: str) -> int:
+    return 1 if layout == "kn" else 0
+
+
+def requantize(weights: np.ndarray, scale: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weights, scale) for the float ``weights``: ``scale`` where it already keeps every pair within
+    the bound, grown where it does not. ``scale`` is per output channel (any shape that broadcasts
+    along the layout's channel axis) or one per tensor; the result has the same shape and dtype."""
+    scale = np.asarray(scale)
+    need = max_pair_sum(weights, layout) / (PAIR_BOUND - 1)  # rounding adds at most 1 to a pair
+    if scale.size == 1:
+        need = np.asarray(need.max())
+    elif scale.size != need.size:
+        raise ValueError(f"scale of {scale.size} values for {need.size} output channels")
+    new_scale = np.maximum(scale.astype(np.float64), need.reshape(scale.shape))
+    shape = [1] * np.ndim(weights)
+    shape[channel_axis(layout)] = -1
+    divisor = new_scale.reshape(shape) if new_scale.size > 1 else new_scale.reshape(())
+    quantized = np.clip(np.round(np.asarray(weights, dtype=np.float64) / divisor), -127, 127)
+    assert max_pair_sum(quantized, layout).max() <= PAIR_BOUND
+    return quantized.astype(np.int8), new_scale.astype(scale.dtype)
+
+
+def scale_growth(old: np.ndarray, new: np.ndarray) -> float:
+    old = np.asarray(old, dtype=np.float64)
+    return float(np.median(np.asarray(new, dtype=np.float64) / np.where(old > 0, old, 1)))
