@@ -19,9 +19,9 @@ activations and per-channel int8 weights (U8S8).
   weights (``int8_weights``) / kernels              agreement  cosine  accuracy  latency
   ================================================  =========  ======  ========  =======
   ``full`` 8-bit, default U8S8 kernels (saturate)   0.926      0.921   0.835     0.69x
-  ``full`` 8-bit, ``x64quantprecision=1`` (U8U8)    0.983      0.995   0.876     1.00x
-  ``pair-safe``, default U8S8 kernels (exact)       0.967      0.990   0.876     0.7x
-  ``7-bit`` (``reduce_range``), U8S8 kernels        0.934      0.978   0.860     0.71x
+  ``full`` 8-bit, ``x64quantprecision=1`` (U8U8)    0.983      0.995   0.876     0.84-1.0x
+  ``pair-safe``, default U8S8 kernels (exact)       0.967      0.990   0.876     0.63-0.74x
+  ``7-bit`` (``reduce_range``), U8S8 kernels        0.934      0.978   0.860     0.71-0.80x
   8-bit as float fake-quant (no integer kernels)    0.992      0.995   0.876     -
   ================================================  =========  ======  ========  =======
 
