@@ -110,7 +110,8 @@ def quantize_int8(ov_model, calib: CalibrationSet, calib_input: str, ignored: li
 def bound_weight_pairs(ov_model) -> dict[str, Any]:
     """Make the int8 weights of Convolution/MatMul layers pair-safe (``export.pairs``), in place. NNCF
     leaves them as an int8 Constant -> Convert -> Multiply(per-channel scale) chain; both constants are
-    replaced. The fast bias correction NNCF ran stays as it was: measured, it still helps."""
+    replaced. NNCF's fast bias correction ran before this, for the 8-bit weights, and is left as it was
+    (correcting for the bounded weights instead is not done yet)."""
     import openvino as ov
     from openvino import opset13
 
