@@ -181,20 +181,18 @@ def onnx_variants(result, calib: Path, calib_size: int, inputs: np.ndarray, refe
             path = work / f"int8_{method}_{fmt}.onnx"
             onnx_export.quantize_int8(pre, path, cache, method, quant_format=fmt)
             variants[f"{method} {fmt}"] = path
-        if method == "minmax":  # weights bounded for saturating kernels (export --int8-weights pair-safe)
-            path = work / "int8_pair_safe.onnx"
-            onnx_export.quantize_int8(pre, path, cache, method, int8_weights="pair-safe")
-            variants["minmax QDQ pair-safe"] = path
-        if method == "minmax":  # the type choices, same ranges: S8S8 and 7-bit weights (reduce_range)
-            for label, kwargs in (("S8S8", dict(activation_type=QuantType.QInt8)),
-                                  ("U8S8 reduce_range", dict(reduce_range=True))):
-                path = work / f"int8_{label.replace(' ', '_')}.onnx"
-                with onnx_export.quiet_root_logger():
-                    quantize_static(str(pre), str(path), None, quant_format=QuantFormat.QDQ, per_channel=True,
-                                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                                    calibration_cache_path=str(cache), extra_options={"WeightSymmetric": True},
-                                    **{"activation_type": QuantType.QUInt8, **kwargs})
+        if method == "minmax":  # the weight and type choices, same ranges
+            for label, weights in (("pair-safe", "pair-safe"), ("U8S8 reduce_range", "7-bit")):
+                path = work / f"int8_{label.replace(' ', '_').replace('-', '_')}.onnx"
+                onnx_export.quantize_int8(pre, path, cache, method, int8_weights=weights)
                 variants[f"minmax QDQ {label}"] = path
+            path = work / "int8_S8S8.onnx"  # int8 activations: not an export choice, so ORT directly
+            with onnx_export.quiet_root_logger():
+                quantize_static(str(pre), str(path), None, quant_format=QuantFormat.QDQ, per_channel=True,
+                                weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache),
+                                extra_options={"WeightSymmetric": True})
+            variants["minmax QDQ S8S8"] = path
     # The runtime runs ORT INT8 with exact (U8U8) kernels on x86 CPUs without VNNI; the same artifacts
     # with the fast, saturating U8S8 kernels, for comparison (identical rows on VNNI/ARM CPUs).
     fast = {"exact_int8": False}

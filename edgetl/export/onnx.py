@@ -260,8 +260,7 @@ def bound_weight_pairs(path: Path) -> dict[str, Any]:
                 replace(bias_dq.input[0], np.round(bias / target).astype(np.int32))
                 replace(bias_dq.input[1], target)
     onnx.save(model, str(path))
-    return {"bound": pairs.PAIR_BOUND, "layers": len(growth),
-            "median_scale_growth": round(float(np.median(growth)), 3) if growth else 1.0}
+    return pairs.summary(growth)
 
 
 def quantize_dynamic(fp32_path: Path, out_path: Path) -> dict[str, Any]:

@@ -141,8 +141,7 @@ def bound_weight_pairs(ov_model) -> dict[str, Any]:
         convert.input(0).replace_source_output(opset13.constant(new_q).output(0))
         multiply.input(1).replace_source_output(opset13.constant(new_scale).output(0))
         growth.append(pairs.scale_growth(scale, new_scale))
-    return {"bound": pairs.PAIR_BOUND, "layers": len(growth),
-            "median_scale_growth": round(float(np.median(growth)), 3) if growth else 1.0}
+    return pairs.summary(growth)
 
 
 def quantize_int8_accuracy_aware(ov_model, calib: CalibrationSet, calib_input: str, check_inputs: np.ndarray,

@@ -81,3 +81,9 @@ def requantize(weights: np.ndarray, scale: np.ndarray, layout: str) -> tuple[np.
 def scale_growth(old: np.ndarray, new: np.ndarray) -> float:
     old = np.asarray(old, dtype=np.float64)
     return float(np.median(np.asarray(new, dtype=np.float64) / np.where(old > 0, old, 1)))
+
+
+def summary(growth: list[float]) -> dict:
+    """The sidecar's ``pair_safe`` block: the bound, layers re-quantized, median scale growth."""
+    return {"bound": PAIR_BOUND, "layers": len(growth),
+            "median_scale_growth": round(float(np.median(growth)), 3) if growth else 1.0}
