@@ -44,8 +44,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import CheckFailed, DeviceUnavailable, UsageError
-from .metadata import (MODEL_FILE, MODEL_METADATA, atomic_directory, read_json, read_sidecar, sha256_file,
-                       sidecar_path, software_versions, write_json)
+from .metadata import (MODEL_FILE, MODEL_METADATA, atomic_directory, check_output_dir, read_json, read_sidecar,
+                       sidecar_path, software_versions, verify_artifact, write_json)
 from .preprocess import Preprocessing
 from .runtime import backends
 
@@ -205,11 +205,9 @@ def check_target(target: str, formats: set[str]) -> dict[str, list[str]]:
 
 
 def verify_hashes(artifacts: list[Artifact]) -> None:
+    """Every file of every artifact against its sidecar (``metadata.verify_artifact``; exit 1)."""
     for artifact in artifacts:
-        recorded = artifact.sidecar.get("sha256")
-        if recorded and sha256_file(artifact.path) != recorded:
-            raise CheckFailed(f"{artifact.path}: content does not match the sha256 in its sidecar "
-                              f"(corrupt or replaced after export)")
+        verify_artifact(artifact.path, artifact.sidecar)
 
 
 # -- machine -----------------------------------------------------------------------------------------
@@ -617,9 +615,7 @@ def preflight(config: BenchConfig) -> Plan:
         reference = reference.parent
     if reference:
         check_reference(reference)
-    out = Path(config.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
-        raise UsageError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+    check_output_dir(config.out, bench_inputs(config, artifacts, reference), config.overwrite)
     if not Path(config.data).is_dir():
         raise UsageError(f"data folder {config.data} does not exist")
     classes = sorted(p.name for p in Path(config.data).iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -628,12 +624,20 @@ def preflight(config: BenchConfig) -> Plan:
     return Plan(artifacts, devices, reference, needs_tensorflow=reference is not None)
 
 
+def bench_inputs(config: BenchConfig, artifacts: list[Artifact], reference: Path | None) -> list[Path]:
+    """What --out may not be, hold or lie inside: the artifacts (as given and every file of each),
+    the data and the reference model."""
+    return [*map(Path, config.artifacts), *(f for a in artifacts for f in a.files), Path(config.data),
+            *([reference] if reference else [])]
+
+
 def bench(config: BenchConfig) -> BenchResult:
     plan = preflight(config)
     artifacts, devices, reference_dir = plan.artifacts, plan.devices, plan.reference
     batch_sizes = sorted({int(b) for b in config.batch_sizes})
     images = _scan(config.data)
-    with atomic_directory(config.out, config.overwrite) as tmp:
+    with atomic_directory(config.out, config.overwrite, inputs=bench_inputs(config, artifacts, reference_dir),
+                          verb="bench") as tmp:
         verify_hashes(artifacts)
         cache = InputCache(images.paths)
         truth = np.asarray(images.labels, np.int64)

@@ -7,9 +7,12 @@ unusable artifact, 3 no device); a usage error of the parser is one line and exi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -81,9 +84,7 @@ def finetune(
     input_size: Optional[int] = typer.Option(None, help="Override the backbone's input size."),
 ):
     """Fine-tune a backbone with a new classification head on an image folder."""
-    _load_tensorflow()
     from .finetune import FinetuneConfig
-    from .finetune import finetune as run_finetune
 
     config = FinetuneConfig(data=data, out=out, backbone=backbone,
                             backbones=tuple(_split([backbones])) if backbones else (), weights=weights,
@@ -91,6 +92,10 @@ def finetune(
                             fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, lr=lr,
                             fine_tune_lr=fine_tune_lr, dropout=dropout, val_split=val_split, seed=seed,
                             input_size=input_size)
+    config.validate()  # bad arguments and a forbidden --out fail before TensorFlow loads
+    _load_tensorflow()
+    from .finetune import finetune as run_finetune
+
     result = run_finetune(config)
     typer.echo(f"model: {result.model_dir}  val_accuracy: {result.val_accuracy}")
 
@@ -265,6 +270,7 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of text."),
     device: str = typer.Option("cpu", help="cpu | gpu | npu (the runtime's own providers/devices)."),
     threads: Optional[int] = typer.Option(None, min=1, help="Intra-op threads of the runtime."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip checking the artifact's files against the sha256 in its sidecar."),
 ):
     """Classify images with an exported artifact (no TensorFlow needed)."""
     # Device path: only edgetl.runtime (numpy, Pillow, one runtime); never _load_tensorflow() here.
@@ -275,7 +281,7 @@ def predict(
     from .runtime import EdgeModel
     from .runtime.model import iter_image_files
 
-    model = EdgeModel.load(artifact, device=device, threads=threads)
+    model = EdgeModel.load(artifact, device=device, threads=threads, verify=not no_verify)
     results = []
     for path, named in iter_image_files(images):
         try:
@@ -306,15 +312,47 @@ def _usage_error_types() -> tuple[type, ...]:
     return (ClickException,)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where Python next runs: every ``finally``/``except BaseException`` cleans up as
+    for Ctrl-C (atomic temp folders are removed). Not a KeyboardInterrupt, so it reaches ``main``."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Console entry point: one line and a non-zero code for every failure the user can fix."""
+    with _sigterm_as_exception():
+        return _main(argv)
+
+
+def _main(argv: Optional[list[str]] = None) -> int:
     _quiet_frameworks()
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgetl",
                               standalone_mode=False)
         return result if isinstance(result, int) else 0
+    except Terminated:
+        typer.echo("edgetl: terminated (SIGTERM); nothing half-written was left", err=True)
+        return 143
     except typer.Exit as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into Exit(130)
+            typer.echo("edgetl: interrupted; nothing half-written was left", err=True)
         return exc.exit_code
     except typer.Abort:
         typer.echo("edgetl: aborted", err=True)

@@ -25,8 +25,8 @@ from typing import Any
 from . import zoo
 from .data import ImageSet, load_pixels, load_splits, make_dataset
 from .errors import UsageError
-from .metadata import (MODEL_FILE, MODEL_METADATA, MODEL_SCHEMA, atomic_directory, sha256_file,
-                       software_versions, write_json)
+from .metadata import (MODEL_FILE, MODEL_METADATA, MODEL_SCHEMA, atomic_directory, check_output_dir,
+                       sha256_file, software_versions, write_json)
 from .preprocess import Preprocessing
 
 log = logging.getLogger("edgetl")
@@ -67,6 +67,12 @@ class FinetuneConfig:
             raise UsageError("epochs and batch size must be >= 1 and the learning rate > 0")
         if self.strategy == "freeze" and self.unfreeze_top < 1:
             raise UsageError("--unfreeze-top must be >= 1 for strategy 'freeze'")
+        check_output_dir(self.out, self.inputs())  # before training, not after it
+
+    def inputs(self) -> tuple[Path | None, ...]:
+        """What --out may not be, hold or lie inside: the data and a weights file."""
+        weights = Path(self.weights) if self.weights not in (None, "imagenet", "none") else None
+        return (Path(self.data), weights)
 
 
 @dataclass
@@ -240,7 +246,7 @@ def finetune(config: FinetuneConfig) -> TrainedModel:
     metrics = _evaluate(model, val_ds) if val_ds is not None else {}
     metadata = _metadata(config, train_set, val_set, recipe, history, metrics, unfrozen,
                          time.perf_counter() - started)
-    with atomic_directory(config.out) as tmp:
+    with atomic_directory(config.out, inputs=config.inputs(), verb="finetune") as tmp:
         model.save(tmp / MODEL_FILE)
         metadata["model_sha256"] = sha256_file(tmp / MODEL_FILE)
         write_json(tmp / MODEL_METADATA, metadata)

@@ -2,9 +2,10 @@
 bench against the reference, print the Markdown summary.
 
 Each stage writes its own sub-directory of ``out`` with a ``stage.json`` holding the fingerprint of
-its inputs (data content, upstream model hash, options). A rerun with the same fingerprint reuses the
-finished stage; ``force`` redoes everything. Stages are written atomically, so an interrupted run
-resumes at the first unfinished stage.
+its inputs (data content, upstream model hash, options) and the sha256 of every file it wrote. A rerun
+with the same fingerprint reuses the finished stage only when those files are all still there and
+intact (otherwise it says which is not and redoes the stage); ``force`` redoes everything. Stages are
+written atomically, so an interrupted run resumes at the first unfinished stage.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any, Callable
 from . import zoo
 from .data import ImageSet, load_splits, sample_dataset
 from .errors import CheckFailed, UsageError
-from .metadata import atomic_directory, read_json, write_json
+from .metadata import (OUTPUT_MARKER, atomic_directory, check_output_dir, output_marker, read_json, sha256_file,
+                       write_json)
 
 STAGE_FILE = "stage.json"
 
@@ -69,16 +71,53 @@ def _stage(name: str, directory: Path, key: str, config: RunConfig, result: RunR
     so a stage interrupted midway has no marker and is redone.
     """
     marker = directory / STAGE_FILE
-    if not config.force and marker.exists() and read_json(marker).get("key") == key:
+    record = _read_record(marker)
+    problem = None if config.force or record.get("key") != key else _damage(directory, record)
+    if not config.force and record.get("key") == key and problem is None:
         _say(config, f"== {name}: inputs unchanged, reusing {directory}")
         result.reused.append(name)
     else:
-        _say(config, f"== {name}")
+        why = (f": inputs unchanged but {problem}; redoing it" if problem
+               else ": inputs changed" if record.get("key") and not config.force else "")
+        _say(config, f"== {name}{why}")
         started = time.perf_counter()
         build(directory)
-        write_json(marker, {"stage": name, "key": key, "seconds": round(time.perf_counter() - started, 2)})
+        write_json(marker, {"stage": name, "key": key, "seconds": round(time.perf_counter() - started, 2),
+                            "outputs": _outputs(directory)})
     result.stages[name] = directory
     return directory
+
+
+def _read_record(marker: Path) -> dict[str, Any]:
+    try:
+        record = read_json(marker)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _outputs(directory: Path) -> dict[str, str]:
+    """sha256 of every file a stage wrote, by path relative to its directory."""
+    return {str(p.relative_to(directory)): sha256_file(p) for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.relative_to(directory).as_posix() not in (STAGE_FILE, OUTPUT_MARKER)}
+
+
+def _damage(directory: Path, record: dict[str, Any]) -> str | None:
+    """Why a finished stage cannot be reused (a recorded output missing or changed), or None."""
+    outputs = record.get("outputs")
+    if not isinstance(outputs, dict) or not outputs:
+        return "its stage.json records no outputs (written by an older edgetl)"
+    for name, digest in outputs.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256_file(path) != digest:
+            return f"{name} changed since it was written"
+    return None
+
+
+def _outputs_key(directory: Path) -> str:
+    return _key(_read_record(directory / STAGE_FILE).get("outputs") or {})
 
 
 def _materialise(images: ImageSet, dst: Path) -> None:
@@ -101,6 +140,13 @@ def run(config: RunConfig) -> RunResult:
     out = Path(config.out)
     data = Path(config.data) if config.data else sample_dataset()
     zoo.get(config.backbone)
+    # Before any work: the run folder and every stage folder must be edgetl's (or new), none an input.
+    stage_dirs = [out / name for name in ("data", "model", "export", "bench")]
+    for directory in (out, *stage_dirs):
+        check_output_dir(directory, inputs=(data,))
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / OUTPUT_MARKER).exists():
+        write_json(out / OUTPUT_MARKER, output_marker("run"))
     result = RunResult(out)
 
     # 1. Splits, materialised as folders: calibration uses train, the bench uses val.
@@ -111,7 +157,7 @@ def run(config: RunConfig) -> RunResult:
                       "classes": train.classes})
 
     def write_splits(directory: Path) -> None:
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, inputs=(data,), verb="run") as tmp:
             _materialise(train, tmp / "train")
             _materialise(val, tmp / "val")
 
@@ -144,7 +190,7 @@ def run(config: RunConfig) -> RunResult:
 
     # 4. Bench every artifact against the reference on the held-out split.
     bench_key = _key({"model": model_sha, "export": read_json(export_dir / STAGE_FILE)["key"],
-                      "target": config.target, "runs": config.runs})
+                      "artifacts": _outputs_key(export_dir), "target": config.target, "runs": config.runs})
     _stage("bench", out / "bench", bench_key, config, result,
            lambda d: bench(BenchConfig(artifacts=[export_dir], target=config.target, data=splits / "val",
                                        reference=model_dir, runs=config.runs, batch_sizes=(1,), out=d,

@@ -181,7 +181,8 @@ def test_corrupt_artifact_is_one_line_exit_1(matching_hash, artifacts_dir, small
     shutil.copy(sidecar_path(artifacts_dir / ONNX), sidecar_path(copy))
     copy.write_bytes(np.random.default_rng(0).bytes(4096))
     if matching_hash:  # sidecar rewritten to match: now open_backend itself must refuse the file
-        write_json(sidecar_path(copy), {**read_sidecar(copy), "sha256": sha256_file(copy)})
+        write_json(sidecar_path(copy), {**read_sidecar(copy), "sha256": sha256_file(copy),
+                                        "files": {ONNX: sha256_file(copy)}})
     code = main(["bench", str(copy), "--data", str(small_data), "--out", str(tmp_path / "out"),
                  "--runs", "1", "--warmup", "0", "--batch-sizes", "1"])
     err = capsys.readouterr().err.strip()
@@ -192,18 +193,24 @@ def test_corrupt_artifact_is_one_line_exit_1(matching_hash, artifacts_dir, small
 
 
 def test_existing_out_refused_without_overwrite(artifacts_dir, small_data, tmp_path, capsys):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("previous results")
-    args = ["bench", str(artifacts_dir / TFLITE), "--data", str(small_data), "--out", str(out),
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    (unrelated / "keep.txt").write_text("previous results")
+    args = ["bench", str(artifacts_dir / TFLITE), "--data", str(small_data),
             "--runs", "2", "--warmup", "0", "--batch-sizes", "2"]
-    assert main(args) == 2
+    for extra in ([], ["--overwrite"]):  # a folder edgetl did not write is never replaced
+        assert main(args + ["--out", str(unrelated), *extra]) == 2
+        assert "not written by edgetl" in capsys.readouterr().err
+    assert (unrelated / "keep.txt").read_text() == "previous results"
+    out = tmp_path / "out"
+    assert main(args + ["--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(args + ["--out", str(out)]) == 2  # its own earlier report: only with --overwrite
     assert "--overwrite" in capsys.readouterr().err
-    assert (out / "keep.txt").read_text() == "previous results"
-    assert main(args + ["--overwrite"]) == 0
+    assert main(args + ["--out", str(out), "--overwrite"]) == 0
     printed = capsys.readouterr().out
     assert f"## {TFLITE}" in printed and "fastest artifact within 1 point" in printed
-    assert not (out / "keep.txt").exists() and (out / "bench.json").exists()
+    assert (out / "bench.json").exists()
 
 
 def test_runtime_filter_and_bad_arguments(artifacts_dir, small_data, tmp_path):

@@ -24,8 +24,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import CheckFailed, UsageError
-from ..metadata import (ARTIFACT_SCHEMA, MODEL_METADATA, atomic_directory, read_json, sha256_file,
-                        sidecar_path, software_versions, write_json)
+from ..metadata import (ARTIFACT_SCHEMA, MODEL_METADATA, artifact_files, atomic_directory, check_output_dir,
+                        hash_artifact, read_json, sidecar_path, software_versions, write_json)
 from ..preprocess import Preprocessing
 
 log = logging.getLogger("edgetl")
@@ -131,9 +131,19 @@ class ExportConfig:
         if self.check is not None and not self.check.is_dir():
             raise UsageError(f"--check folder {self.check} does not exist")
         check_source(self.model, self.input_size)
-        model_dir = self.model if self.model.is_dir() else self.model.parent
-        if self.out.resolve() == model_dir.resolve() or model_dir.resolve().is_relative_to(self.out.resolve()):
-            raise UsageError(f"--out {self.out} would replace the model directory; choose another folder")
+        check_output_dir(self.out, self.inputs(), self.overwrite)
+
+    def inputs(self) -> tuple[Path | None, ...]:
+        """What --out may not be, hold or lie inside: the model (its directory), calibration and check
+        folders, and the data set whose val split parity reads."""
+        dataset_root = None
+        meta = (self.model if self.model.is_dir() else self.model.parent) / MODEL_METADATA
+        if self.model.is_dir() and meta.is_file():
+            try:
+                dataset_root = (read_json(meta).get("dataset") or {}).get("root")
+            except (OSError, ValueError, AttributeError):
+                pass
+        return (self.model, self.calib, self.check, dataset_root)
 
 
 @dataclass
@@ -226,7 +236,7 @@ def export(config: ExportConfig) -> ExportResult:
     source_info = source.describe()
 
     with tempfile.TemporaryDirectory(prefix="edgetl-export-work-") as work_dir, \
-            atomic_directory(config.out, overwrite=config.overwrite) as tmp:
+            atomic_directory(config.out, overwrite=config.overwrite, inputs=config.inputs(), verb="export") as tmp:
         work = Path(work_dir)
         if calib:
             write_json(tmp / CALIBRATION_FILE, calib.manifest)
@@ -474,14 +484,14 @@ class _Builder:
             from .tflite import input_quantization
 
             input_quant = input_quantization(path)
-        files = [path] + ([path.with_suffix(".bin")] if fmt == "openvino" else [])
+        files = hash_artifact(path)  # every file of the artifact (OpenVINO: .xml and .bin)
         return {
             "schema": ARTIFACT_SCHEMA,
             "format": fmt,
             "file": path.name,
-            "files": [f.name for f in files],
-            "sha256": sha256_file(path),
-            "size_bytes": sum(f.stat().st_size for f in files),
+            "files": files,
+            "sha256": files[path.name],  # the main file, for readers older than `files`
+            "size_bytes": sum(f.stat().st_size for f in artifact_files(path)),
             "labels": list(self.source.labels),
             "input": {"name": INPUT_NAME, "shape": [None, height, width, 3], "layout": "NHWC",
                       "dtype": input_dtype, "quantization": input_quant},

@@ -68,8 +68,21 @@ class PruneConfig:
             raise UsageError("epochs must be >= 0, batch size >= 1 and the learning rate > 0")
         if not Path(self.model_dir).is_dir():
             raise UsageError(f"model directory {self.model_dir} does not exist")
-        if self.out.resolve() == self.model_dir.resolve():
-            raise UsageError("--out would replace the model being pruned; choose another folder")
+        from ..metadata import check_output_dir
+
+        check_output_dir(self.out, self.inputs(), self.overwrite)
+
+    def inputs(self) -> tuple[Path | None, ...]:
+        """What --out may not be, hold or lie inside: the model and the recovery data."""
+        from ..metadata import MODEL_METADATA, read_json
+
+        data = self.data
+        if data is None:
+            try:
+                data = (read_json(self.model_dir / MODEL_METADATA).get("dataset") or {}).get("root")
+            except (OSError, ValueError, AttributeError):
+                data = None
+        return (self.model_dir, data)
 
 
 @dataclass
@@ -362,7 +375,7 @@ def _write(config: PruneConfig, model, metadata, record, metrics, history) -> di
     new["pruning"] = record
     if metrics:
         new["metrics"] = metrics
-    with atomic_directory(config.out, config.overwrite) as tmp:
+    with atomic_directory(config.out, config.overwrite, inputs=config.inputs(), verb="prune") as tmp:
         model.save(tmp / MODEL_FILE)
         new["model_sha256"] = sha256_file(tmp / MODEL_FILE)
         write_json(tmp / MODEL_METADATA, new)

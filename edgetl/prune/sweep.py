@@ -32,7 +32,7 @@ def run_sweep(config, rounds: int = 5, runs_per_round: int = 20):
     source_meta = read_model_metadata(config.model_dir)
     rows: list[dict[str, Any]] = []
     artifacts: dict[str, Path] = {}
-    with atomic_directory(config.out, config.overwrite) as tmp:
+    with atomic_directory(config.out, config.overwrite, inputs=config.inputs(), verb="prune") as tmp:
         dense = _row("dense", 0.0, config.model_dir, source_meta, None)
         artifacts["dense"] = _export(config.model_dir, tmp / "artifacts" / "dense", dense)
         rows.append(dense)

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import CheckFailed, UsageError
-from ..metadata import read_sidecar
+from ..metadata import read_sidecar, verify_artifact
 from ..preprocess import IMAGE_SUFFIXES, ImageDecodeError, Preprocessing, to_pil
 from .backends import Backend, artifact_format, open_backend
 
@@ -84,7 +84,7 @@ class EdgeModel:
         self._lock = contextlib.nullcontext() if reentrant else threading.Lock()
 
     @classmethod
-    def load(cls, artifact: str | Path, device: str = "cpu", threads: int | None = None,
+    def load(cls, artifact: str | Path, device: str = "cpu", threads: int | None = None, verify: bool = True,
              **backend_options) -> "EdgeModel":
         """Open ``.onnx`` (onnxruntime), ``.tflite`` (LiteRT) or ``.xml`` (OpenVINO) with its sidecar.
 
@@ -93,12 +93,17 @@ class EdgeModel:
         the backend: ``exact_int8=False`` lets ONNX Runtime use its faster, saturating INT8 kernels on
         x86 CPUs without VNNI (``edgetl.runtime.cpu``; artifacts exported with ``--int8-weights
         pair-safe`` get them by default, exactly); ``precision=None`` lets OpenVINO pick bf16.
+        ``verify`` checks every file of the artifact against the sha256 its sidecar records
+        (``CheckFailed`` on a mismatch); ``verify=False`` skips that (costs are in
+        tools/RESULTS-runtime.md).
         """
         path = Path(artifact)
         fmt = artifact_format(path)
         metadata = read_sidecar(path)
         if metadata.get("format") not in (None, fmt):
             raise UsageError(f"{path}: its sidecar describes a {metadata['format']} artifact, not {fmt}")
+        if verify:
+            verify_artifact(path, metadata)
         return cls(open_backend(path, device=device, threads=threads, **backend_options), metadata, path)
 
     # -- properties --------------------------------------------------------------------------------
