@@ -34,6 +34,9 @@ def _quiet_frameworks() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     for noisy in ("tensorflow", "absl", "tf2onnx", "nncf", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Pillow's DecompressionBombWarning (over 89 MP): edgetl's own, lower pixel cap already refuses
+    # those images with a one-line reason (edgetl.preprocess.DecodeRules.max_pixels).
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
 
 
 def _load_tensorflow() -> None:
@@ -285,7 +288,7 @@ def predict(
     results = []
     for path, named in iter_image_files(images):
         try:
-            image = open_image(path)
+            image = open_image(path, model.recipe.decode)
         except ImageDecodeError as exc:
             if named:
                 raise UsageError(str(exc)) from None

@@ -160,7 +160,11 @@ def load_pixels(paths: Sequence[Path], recipe: Preprocessing, training: bool = F
         canvas = None  # the recipe itself (shorter side to resize_shorter, centre crop): the runtime's path
     out = np.empty((len(paths), *(canvas or recipe.input_size), 3), np.uint8)
     for i, path in enumerate(paths):
-        out[i] = recipe.resize_and_crop(open_image(path), canvas)
+        try:
+            image = open_image(path, recipe.decode)
+        except ImageDecodeError as exc:  # changed since the scan, or over this recipe's pixel cap
+            raise UsageError(str(exc)) from None
+        out[i] = recipe.resize_and_crop(image, canvas)
     return out
 
 

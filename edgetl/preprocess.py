@@ -2,19 +2,37 @@
 
 Every backbone records how its input is made (resize, crop, normalisation) as a ``Preprocessing``
 value. Training, evaluation, export calibration, the bench and the device runtime all call
-``load_image``/``prepare`` so an artifact sees exactly the pixels its reference model saw.
+``open_image``/``prepare`` so an artifact sees exactly the pixels its reference model saw.
 This module must never import TensorFlow: the runtime embeds it.
+
+Decoding a file into RGB uint8 is one function, ``open_image`` (``decode_pixels`` for images already
+in memory), under ``DecodeRules`` that the recipe records (``preprocessing.decode`` in ``edgetl.json``
+and every sidecar) so a device app can do the same:
+
+* pixel cap (``max_pixels``, default 40 megapixels): checked on the header before any pixel is
+  decoded. A JPEG over it is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (DCT scaling,
+  ``Image.draft``) until it fits; any other file over it is refused (``ImageDecodeError``), as is
+  anything Pillow itself calls a decompression bomb (``Image.MAX_IMAGE_PIXELS``).
+* EXIF orientation applied (``exif_transpose``), as a phone's gallery shows the photo.
+* 16-bit greyscale (Pillow modes I;16, I;16B, I;16L, I) reduced to 8 bits by its high byte
+  (``high_bit_depth: "high_byte"``, v >> 8), the way Pillow already reduces 16-bit colour PNGs.
+* alpha (RGBA, LA, PA, P or L/RGB with a transparency key) composited over ``alpha_background``
+  (white by default) with Pillow's ``alpha_composite``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from dataclasses import dataclass
+import io
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import IO, Any, Sequence, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from .errors import UsageError
 
 # GIF (animated frames), TIFF and friends decode differently across libraries; training, export and
 # runtime agree only on these.
@@ -23,9 +41,55 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".ti
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
+# 40 MP: a 48/50 MP phone photo (JPEG) still decodes, at half size; a PNG whose header claims
+# 30000x30000 is refused before any memory is spent. Decoding within the cap costs at most about
+# 4 bytes x max_pixels (RGBA), plus the RGB result.
+DEFAULT_MAX_PIXELS = 40_000_000
+HIGH_BIT_DEPTH_RULES = ("high_byte",)
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+ImageSource = Union[str, Path, bytes, IO[bytes]]
+
 
 class ImageDecodeError(ValueError):
-    """The file is not an image the pipeline takes (corrupt, truncated, or an unsupported kind)."""
+    """The file is not an image the pipeline takes (corrupt, truncated, too large, or an unsupported kind)."""
+
+
+@dataclass(frozen=True)
+class DecodeRules:
+    """How an image file becomes RGB uint8 pixels before the recipe resizes it (see the module doc)."""
+
+    exif_transpose: bool = True
+    alpha_background: tuple[int, int, int] = (255, 255, 255)
+    high_bit_depth: str = "high_byte"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self):
+        background = tuple(self.alpha_background)
+        if len(background) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in background):
+            raise UsageError(f"decode rule alpha_background must be 3 integers in 0..255, got {self.alpha_background!r}")
+        object.__setattr__(self, "alpha_background", background)
+        if self.high_bit_depth not in HIGH_BIT_DEPTH_RULES:
+            raise UsageError(f"decode rule high_bit_depth must be one of {', '.join(HIGH_BIT_DEPTH_RULES)}, "
+                             f"got {self.high_bit_depth!r}")
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
+            raise UsageError(f"decode rule max_pixels must be a positive integer, got {self.max_pixels!r}")
+        if not isinstance(self.exif_transpose, bool):
+            raise UsageError(f"decode rule exif_transpose must be true or false, got {self.exif_transpose!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "alpha_background": list(self.alpha_background)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "DecodeRules":
+        """Rules from a recipe dict; absent (recipes written before the rules were recorded) = defaults."""
+        if not isinstance(data, dict):
+            if data is None:
+                return cls()
+            raise UsageError(f"preprocessing.decode must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -44,9 +108,10 @@ class Preprocessing:
     std: tuple[float, float, float] = (128.0, 128.0, 128.0)
     channel_order: str = "RGB"
     layout: str = "NHWC"
+    decode: DecodeRules = field(default_factory=DecodeRules)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "decode": self.decode.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
@@ -55,6 +120,7 @@ class Preprocessing:
         for key in ("input_size", "mean", "std"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
+        kwargs["decode"] = DecodeRules.from_dict(kwargs.get("decode"))
         return cls(**kwargs)
 
     def with_input_size(self, size: int | Sequence[int]) -> "Preprocessing":
@@ -103,37 +169,103 @@ class Preprocessing:
 
     def prepare(self, image: "str | Path | Image.Image | np.ndarray") -> np.ndarray:
         """One image (path, PIL image or HxWx3/HxW uint8 array) -> float32 HxWx3 model input."""
-        return self.normalize(self.resize_and_crop(to_pil(image)))
+        return self.normalize(self.resize_and_crop(to_pil(image, self.decode)))
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Decode a file into an RGB image, or raise ``ImageDecodeError`` saying why not."""
-    path = Path(path)
+def open_image(source: ImageSource, rules: DecodeRules | None = None) -> Image.Image:
+    """Decode a file (path, bytes or binary stream) into an RGB image under ``rules`` (default
+    ``DecodeRules()``), or raise ``ImageDecodeError`` saying why not. The one decode path of training,
+    calibration, bench, predict and the service."""
+    rules = rules or DecodeRules()
+    if isinstance(source, (str, Path)):
+        name = str(source)
+        try:
+            stream = open(source, "rb")
+        except FileNotFoundError:
+            raise ImageDecodeError(f"{name}: no such file") from None
+        except OSError as exc:
+            raise ImageDecodeError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    elif isinstance(source, (bytes, bytearray)):
+        name, stream = "image", io.BytesIO(source)
+    else:
+        name, stream = "image", contextlib.nullcontext(source)  # the caller's stream stays open
     try:
-        with Image.open(path) as image:
+        with stream as fp:
+            # Pillow never closes a stream it was handed, so the loaded image outlives it.
+            image = Image.open(fp)
             kind = image.format
             if kind not in ACCEPTED_FORMATS:
-                raise ImageDecodeError(f"{path}: {kind or 'unknown'} images are not supported "
+                raise ImageDecodeError(f"{name}: {kind or 'unknown'} images are not supported "
                                        f"(use {', '.join(ACCEPTED_FORMATS)})")
+            _fit_pixel_cap(image, rules.max_pixels, name)
             image.load()
-            return image.convert("RGB")
+            return decode_pixels(image, rules, owned=True)
     except ImageDecodeError:
         raise
-    except FileNotFoundError:
-        raise ImageDecodeError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"{name}: refused as a decompression bomb (Pillow: {exc})") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{name}: cannot decode image (not a JPEG, PNG, BMP or WEBP file)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        raise ImageDecodeError(f"{name}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
 
 
-def to_pil(image: "str | Path | Image.Image | np.ndarray") -> Image.Image:
-    """Accept a path, a PIL image (any mode) or a uint8 array (HxW, HxWx1, HxWx3, HxWx4)."""
+def _fit_pixel_cap(image: Image.Image, max_pixels: int, name: str) -> None:
+    """Before decoding: a JPEG over the cap is set to decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
+    scaling), the smallest reduction that fits; anything else over the cap is refused."""
+    width, height = image.size
+    if width * height <= max_pixels:
+        return
+    if image.format == "JPEG":
+        for factor in (2, 4, 8):
+            if -(-width // factor) * -(-height // factor) <= max_pixels:
+                image.draft(None, (max(1, width // factor), max(1, height // factor)))
+                if image.size[0] * image.size[1] <= max_pixels:
+                    return
+                break
+    raise ImageDecodeError(f"{name}: {width}x{height} is {width * height:,} pixels, over the "
+                           f"{max_pixels:,}-pixel cap (a decompression bomb, or raise max_pixels)")
+
+
+def decode_pixels(image: Image.Image, rules: DecodeRules | None = None, owned: bool = False) -> Image.Image:
+    """A loaded PIL image of any mode -> RGB under ``rules``: EXIF orientation, 16-bit to 8-bit,
+    alpha composited on the background. ``owned``: the image may be changed in place (else it is
+    left as it is and a new image is returned when anything changes)."""
+    rules = rules or DecodeRules()
+    if rules.exif_transpose and image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        image = ImageOps.exif_transpose(image, in_place=owned) or image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        image = _eight_bit_grey(image)
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (*rules.alpha_background, 255)), rgba)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _eight_bit_grey(image: Image.Image) -> Image.Image:
+    """16-bit greyscale (or 32-bit I holding 16-bit samples) -> L, or LA when a transparency key is set."""
+    samples = np.asarray(image)
+    if samples.dtype != np.uint16:  # big-endian I;16B, or int32 mode I
+        samples = np.clip(samples, 0, 65535).astype(np.uint16)
+    grey = Image.fromarray((samples >> 8).astype(np.uint8), "L")
+    key = image.info.get("transparency")
+    if isinstance(key, int):
+        grey.putalpha(Image.fromarray(np.where(samples == key, 0, 255).astype(np.uint8), "L"))
+    return grey
+
+
+def to_pil(image: "str | Path | Image.Image | np.ndarray", rules: DecodeRules | None = None) -> Image.Image:
+    """Accept a path, a PIL image (any mode) or an array (HxW, HxWx1, HxWx3, HxWx4; uint8, uint16 as
+    16-bit samples, or floats in 0..1) and return RGB under ``rules`` (the same as a decoded file)."""
     if isinstance(image, (str, Path)):
-        return open_image(image)
+        return open_image(image, rules)
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return decode_pixels(image, rules)
     if isinstance(image, np.ndarray):
         array = image
-        if array.dtype != np.uint8:
+        if array.dtype == np.uint16:
+            array = (array >> 8).astype(np.uint8)  # the high_byte rule, as for 16-bit files
+        elif array.dtype != np.uint8:
             if np.issubdtype(array.dtype, np.floating) and array.size and array.max() <= 1.0:
                 array = array * 255.0
             array = np.clip(array, 0, 255).astype(np.uint8)
@@ -142,6 +274,7 @@ def to_pil(image: "str | Path | Image.Image | np.ndarray") -> Image.Image:
         if array.ndim == 2:
             return Image.fromarray(array, "L").convert("RGB")
         if array.ndim == 3 and array.shape[-1] in (3, 4):
-            return Image.fromarray(array, "RGBA" if array.shape[-1] == 4 else "RGB").convert("RGB")
+            return decode_pixels(Image.fromarray(array, "RGBA" if array.shape[-1] == 4 else "RGB"), rules,
+                                 owned=True)
         raise ImageDecodeError(f"expected an HxW, HxWx3 or HxWx4 uint8 array, got shape {array.shape}")
     raise ImageDecodeError(f"cannot read an image from {type(image).__name__}")

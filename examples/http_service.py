@@ -1,15 +1,27 @@
 """A tiny HTTP image-classification service: ``edgetl.runtime`` + the standard library only.
 
     python examples/http_service.py model.onnx --host 0.0.0.0 --port 8080 [--top-k 5] [--threads 2]
+        [--workers 4] [--queue 16] [--timeout 5] [--max-pixels 40000000] [--max-body 20971520]
 
     curl -s --data-binary @bee.jpg http://HOST:8080/predict          # -> {"predictions": [...], ...}
     curl -s --data-binary @bee.jpg 'http://HOST:8080/predict?top_k=1'
     curl -s http://HOST:8080/health                                  # -> {"status": "ok", ...}
 
 POST /predict takes the raw bytes of one image (JPEG, PNG, BMP or WEBP) as the request body and
-answers JSON ``{"predictions": [{"label", "score"}...], "ms": ...}``; an undecodable body is a 400 with
-``{"error": ...}``. One ``EdgeModel`` serves every request thread (see ``edgetl.runtime`` on thread
-safety). On start it prints ``listening on http://HOST:PORT`` (``--port 0`` picks a free port).
+answers JSON ``{"predictions": [{"label", "score"}...], "ms": ...}``; errors are JSON ``{"error": ...}``:
+400 an undecodable image, one over the pixel cap (decompression bombs included) or a body shorter than
+its Content-Length; 408 a request not received within ``--timeout`` seconds; 413 a body over
+``--max-body``; 503 when all ``--workers`` are busy and ``--queue`` more connections already wait.
+Images are decoded exactly as training decoded them (``edgetl.preprocess.open_image`` under the
+artifact's recorded decode rules; ``--max-pixels`` overrides its pixel cap).
+
+Bounded by construction: one accepting thread hands connections to a fixed pool of ``--workers``
+threads (HTTP/1.0, one request per connection); each connection has ``--timeout`` seconds to deliver
+its whole request (headers and body), so idle or trickling clients are dropped; memory is about
+``--workers`` x (body + 4 bytes x max pixels). Client disconnects are one log line. One ``EdgeModel``
+serves every worker (see ``edgetl.runtime`` on thread safety). On start it prints
+``listening on http://HOST:PORT`` (``--port 0`` picks a free port); it binds 127.0.0.1 unless told
+otherwise. Start-up failures (bad arguments, port in use, unusable artifact) are one line, exit 2.
 
 On a device: ``pip install --no-deps edgetl`` and ``pip install numpy pillow onnxruntime`` (or the
 LiteRT / OpenVINO runtime for .tflite / .xml artifacts); TensorFlow is never needed.
@@ -18,24 +30,121 @@ LiteRT / OpenVINO runtime for .tflite / .xml artifacts); TensorFlow is never nee
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
+import signal
+import socket
 import sys
+import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs, urlparse
 
-from PIL import Image, UnidentifiedImageError
-
 from edgetl.errors import EdgetlError
+from edgetl.preprocess import DecodeRules, open_image
 from edgetl.runtime import EdgeModel
 
 MAX_BODY = 20 << 20  # bytes; a phone photo is a few MB
+_BUSY = json.dumps({"error": "server busy; retry shortly"}).encode()
+_BUSY_RESPONSE = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                  b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY), _BUSY))
 
 
-def make_handler(model: EdgeModel, default_top_k: int):
+def _log(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads that all end at one deadline: a client trickling a byte at a time cannot keep a
+    worker longer than a silent one."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self._sock, self._deadline = sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request not received in time")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
+class BoundedHTTPServer(HTTPServer):
+    """Accepts on the serving thread, handles on a fixed thread pool; answers 503 itself, without a
+    thread, when ``workers`` connections are in service and ``queue`` more wait."""
+
+    def __init__(self, address, workers: int, queue: int, timeout: float):
+        self.request_timeout = timeout
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="http-worker")
+        self._slots = threading.BoundedSemaphore(workers + queue)
+        super().__init__(address, BaseHTTPRequestHandler)  # the real handler is set once the model loads
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            return self._refuse(request, client_address)
+        try:
+            self._pool.submit(self._serve, request, client_address)
+        except RuntimeError:  # shutting down
+            self._slots.release()
+            self.shutdown_request(request)
+
+    def _serve(self, request, client_address):
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def _refuse(self, request, client_address):
+        try:
+            request.setblocking(False)
+            try:
+                request.recv(65536)  # what the client already sent, so closing does not reset the 503
+            except OSError:
+                pass
+            request.settimeout(1.0)
+            request.sendall(_BUSY_RESPONSE)
+        except OSError:
+            pass
+        finally:
+            self.shutdown_request(request)
+        _log(f"{client_address[0]} busy: answered 503")
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            _log(f"{client_address[0]} client went away ({exc.__class__.__name__})")
+        else:  # a bug: still one line, the service keeps serving
+            _log(f"{client_address[0]} error: {exc.__class__.__name__}: {exc}")
+
+    def server_close(self):
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def make_handler(model: EdgeModel, default_top_k: int, rules: DecodeRules | None = None,
+                 max_body: int = MAX_BODY):
+    rules = rules or model.recipe.decode
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "edgetl-http/1"
+
+        def setup(self):
+            super().setup()
+            timeout = getattr(self.server, "request_timeout", None)
+            if timeout:
+                self.connection.settimeout(timeout)  # for writes; reads keep to the deadline below
+                self.rfile.close()  # the socket's own reader: replaced, the socket stays open
+                self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + timeout))
 
         def do_GET(self):
             if urlparse(self.path).path != "/health":
@@ -56,15 +165,22 @@ def make_handler(model: EdgeModel, default_top_k: int):
                 return self._reply(400, {"error": "top_k must be at least 1"})
             if length <= 0:
                 return self._reply(400, {"error": "send the image bytes as the request body"})
-            if length > MAX_BODY:
-                return self._reply(413, {"error": f"image larger than {MAX_BODY} bytes"})
-            body = self.rfile.read(length)
+            if length > max_body:
+                return self._reply(413, {"error": f"image larger than {max_body} bytes"})
+            try:
+                body = self.rfile.read(length)
+            except TimeoutError:
+                return self._reply(408, {"error": "request body not received in time"})
+            if len(body) < length:
+                return self._reply(400, {"error": f"the body ended after {len(body)} of {length} bytes"})
             started = time.perf_counter()
             try:
-                image = _decode(body)
-                ranked = model.predict(image, top_k=top_k)
-            except (EdgetlError, ValueError) as exc:
+                ranked = model.predict(open_image(body, rules), top_k=top_k)
+            except (EdgetlError, ValueError) as exc:  # ImageDecodeError is a ValueError
                 return self._reply(400, {"error": str(exc)})
+            except Exception as exc:  # a runtime failure: answer, log one line, keep serving
+                self.log_error("inference failed: %s: %s", exc.__class__.__name__, exc)
+                return self._reply(500, {"error": "inference failed"})
             self._reply(200, {"predictions": [{"label": label, "score": score} for label, score in ranked],
                               "ms": round((time.perf_counter() - started) * 1000, 2)})
 
@@ -77,42 +193,81 @@ def make_handler(model: EdgeModel, default_top_k: int):
             self.wfile.write(data)
 
         def log_message(self, format, *args):  # one short line per request on stderr
-            sys.stderr.write(f"{self.address_string()} {format % args}\n")
+            _log(f"{self.address_string()} {format % args}")
 
     return Handler
 
 
-def _decode(body: bytes) -> Image.Image:
-    # Same accepted formats as files (edgetl.preprocess): GIF/TIFF decode differently across libraries.
-    from edgetl.preprocess import ACCEPTED_FORMATS
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + error
+        _log(f"http_service: error: {message}")
+        sys.exit(2)
 
+
+def _bounded_int(low: int, high: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}, got {value}" if high is not None
+                                             else f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
     try:
-        with Image.open(io.BytesIO(body)) as image:
-            if image.format not in ACCEPTED_FORMATS:
-                raise ValueError(f"{image.format} images are not supported (use {', '.join(ACCEPTED_FORMATS)})")
-            image.load()
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot decode image ({exc.__class__.__name__})") from None
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve an exported edgetl artifact over HTTP.")
+    parser = _Parser(description="Serve an exported edgetl artifact over HTTP.")
     parser.add_argument("artifact", help="model.onnx / model.tflite / model.xml with its sidecar .json")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--port", type=_bounded_int(0, 65535), default=8080, help="0 picks a free port")
+    parser.add_argument("--top-k", type=_bounded_int(1), default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=_bounded_int(1), default=None, help="runtime intra-op threads")
+    parser.add_argument("--workers", type=_bounded_int(1), default=4, help="requests served at once")
+    parser.add_argument("--queue", type=_bounded_int(0), default=16,
+                        help="connections that may wait for a worker; beyond them: 503")
+    parser.add_argument("--timeout", type=_positive_float, default=5.0,
+                        help="seconds a connection has to deliver its whole request")
+    parser.add_argument("--max-pixels", type=_bounded_int(1), default=None,
+                        help="pixel cap of a decoded image (default: the artifact's recipe, 40 MP)")
+    parser.add_argument("--max-body", type=_bounded_int(1), default=MAX_BODY, help="largest body in bytes")
     args = parser.parse_args(argv)
+    # Pillow warns from 89 MP up; the pixel cap already answers those images with a 400.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
+
+    try:  # bind first: a port in use fails before the model's load time
+        server = BoundedHTTPServer((args.host, args.port), args.workers, args.queue, args.timeout)
+    except (OSError, OverflowError) as exc:
+        _log(f"http_service: error: cannot listen on {args.host}:{args.port}: {exc}")
+        return 2
     try:
         model = EdgeModel.load(args.artifact, device=args.device, threads=args.threads)
+        rules = model.recipe.decode
+        if args.max_pixels:
+            rules = dataclasses.replace(rules, max_pixels=args.max_pixels)
     except EdgetlError as exc:
-        print(f"http_service: error: {exc}", file=sys.stderr)
+        server.server_close()
+        _log(f"http_service: error: {exc}")
         return exc.exit_code
-    server = ThreadingHTTPServer((args.host, args.port), make_handler(model, args.top_k))
-    server.daemon_threads = True
+    except Exception as exc:  # a runtime's own error on an unusable file: still one line
+        server.server_close()
+        _log(f"http_service: error: cannot load {args.artifact}: {exc.__class__.__name__}: {exc}")
+        return 2
+    server.RequestHandlerClass = make_handler(model, args.top_k, rules, args.max_body)
     host, port = server.server_address[:2]
+    signal.signal(signal.SIGTERM, _interrupt)
     print(f"listening on http://{host}:{port}", flush=True)
     try:
         server.serve_forever()
@@ -121,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgetl.preprocess import open_image  # noqa: E402
 from edgetl.runtime import EdgeModel  # noqa: E402
 from edgetl.runtime.backends import (OPENVINO_DEVICE, _import, ort_session_options)  # noqa: E402
 
@@ -153,7 +154,7 @@ def cold_start(path: Path, image: Path, threads: int | None, runs: int) -> dict[
 def latency(path: Path, image: Path, threads: int | None, repeat: int, warmup: int = 5) -> dict:
     model = EdgeModel.load(path, threads=threads)
     bare = bare_runner(path, threads)
-    pixels = model.recipe.resize_and_crop(__import__("PIL.Image", fromlist=["Image"]).open(image))
+    pixels = model.recipe.resize_and_crop(open_image(image, model.recipe.decode))
     batch = model.prepare(pixels)
     np.testing.assert_allclose(bare(batch).reshape(1, -1), model.run(batch), rtol=1e-5, atol=1e-5)
     variants = {"bare": lambda: bare(batch), "run": lambda: model.run(batch),

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..errors import CheckFailed, UsageError
 from ..metadata import read_sidecar, verify_artifact
-from ..preprocess import IMAGE_SUFFIXES, ImageDecodeError, Preprocessing, to_pil
+from ..preprocess import IMAGE_SUFFIXES, DecodeRules, ImageDecodeError, Preprocessing, to_pil
 from .backends import Backend, artifact_format, open_backend
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
@@ -130,7 +130,7 @@ class EdgeModel:
             if _is_cropped_pixels(image, (height, width)):
                 pixels[i] = image  # already resized and cropped (e.g. a camera pipeline's crop)
             else:
-                pixels[i] = self.recipe.resize_and_crop(_decode(image))
+                pixels[i] = self.recipe.resize_and_crop(_decode(image, self.recipe.decode))
         if self._feeds_pixels:
             batch = pixels
         else:
@@ -214,9 +214,9 @@ def _is_cropped_pixels(image, size: tuple[int, int]) -> bool:
             and image.shape == (*size, 3))
 
 
-def _decode(image: ImageLike) -> Image.Image:
+def _decode(image: ImageLike, rules: DecodeRules) -> Image.Image:
     try:
-        return to_pil(image)
+        return to_pil(image, rules)
     except ImageDecodeError as exc:
         raise UsageError(str(exc)) from None
 
