@@ -206,7 +206,7 @@ def open_image(source: ImageSource, rules: DecodeRules | None = None) -> Image.I
         raise ImageDecodeError(f"{name}: refused as a decompression bomb (Pillow: {exc})") from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{name}: cannot decode image (not a JPEG, PNG, BMP or WEBP file)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+    except Exception as exc:  # hostile files reach plugin internals (struct.error, zlib.error, ...)
         raise ImageDecodeError(f"{name}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
 
 
@@ -232,7 +232,7 @@ def decode_pixels(image: Image.Image, rules: DecodeRules | None = None, owned: b
     alpha composited on the background. ``owned``: the image may be changed in place (else it is
     left as it is and a new image is returned when anything changes)."""
     rules = rules or DecodeRules()
-    if rules.exif_transpose and image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+    if rules.exif_transpose and _orientation(image) != 1:
         image = ImageOps.exif_transpose(image, in_place=owned) or image
     if image.mode in _SIXTEEN_BIT_MODES:
         image = _eight_bit_grey(image)
@@ -240,6 +240,15 @@ def decode_pixels(image: Image.Image, rules: DecodeRules | None = None, owned: b
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (*rules.alpha_background, 255)), rgba)
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF Orientation tag (1 = upright); unreadable EXIF counts as upright, not as a bad image."""
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _eight_bit_grey(image: Image.Image) -> Image.Image:
