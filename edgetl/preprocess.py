@@ -17,7 +17,7 @@ and every sidecar) so a device app can do the same:
 * 16-bit greyscale (Pillow modes I;16, I;16B, I;16L, I) reduced to 8 bits by its high byte
   (``high_bit_depth: "high_byte"``, v >> 8), the way Pillow already reduces 16-bit colour PNGs.
 * alpha (RGBA, LA, PA, P or L/RGB with a transparency key) composited over ``alpha_background``
-  (white by default) with Pillow's ``alpha_composite``.
+  (white by default): Pillow's ``paste`` with the alpha band as mask.
 """
 
 from __future__ import annotations
@@ -144,7 +144,8 @@ class Preprocessing:
         explicit ``size`` (a training canvas): shorter side to fit ``size``, centre crop ``size``.
         """
         height, width = size or self.input_size
-        image = image.convert("RGB")
+        if image.mode != "RGB":  # (an RGB image is only read here: no copy of a large photo)
+            image = image.convert("RGB")
         resample = _RESAMPLE[self.interpolation]
         if self.resize_shorter:
             shorter = min(height, width) if size else self.resize_shorter
@@ -237,8 +238,11 @@ def decode_pixels(image: Image.Image, rules: DecodeRules | None = None, owned: b
     if image.mode in _SIXTEEN_BIT_MODES:
         image = _eight_bit_grey(image)
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (*rules.alpha_background, 255)), rgba)
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        # "over": background x (1 - alpha) + colour x alpha, pasted with the alpha band as the mask
+        # (half the memory of alpha_composite, which needs two more RGBA copies).
+        image = Image.new("RGB", rgba.size, rules.alpha_background)
+        image.paste(rgba, (0, 0), rgba)
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
