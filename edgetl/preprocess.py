@@ -42,8 +42,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".ti
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 # 40 MP: a 48/50 MP phone photo (JPEG) still decodes, at half size; a PNG whose header claims
-# 30000x30000 is refused before any memory is spent. Decoding within the cap costs at most about
-# 4 bytes x max_pixels (RGBA), plus the RGB result.
+# 30000x30000 is refused before any memory is spent. A decode within the cap peaks at about 4 bytes
+# per pixel for RGB and 8 for RGBA (a 39 MP PNG: 157 / 299 MB).
 DEFAULT_MAX_PIXELS = 40_000_000
 HIGH_BIT_DEPTH_RULES = ("high_byte",)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -68,7 +68,8 @@ class DecodeRules:
     def __post_init__(self):
         background = tuple(self.alpha_background)
         if len(background) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in background):
-            raise UsageError(f"decode rule alpha_background must be 3 integers in 0..255, got {self.alpha_background!r}")
+            raise UsageError(f"decode rule alpha_background must be 3 integers in 0..255, "
+                             f"got {self.alpha_background!r}")
         object.__setattr__(self, "alpha_background", background)
         if self.high_bit_depth not in HIGH_BIT_DEPTH_RULES:
             raise UsageError(f"decode rule high_bit_depth must be one of {', '.join(HIGH_BIT_DEPTH_RULES)}, "
@@ -98,7 +99,8 @@ class Preprocessing:
 
     Steps: resize so the shorter side is ``resize_shorter`` (``interpolation``), centre-crop to
     ``input_size`` (H, W), reorder channels to ``channel_order``, then ``(x - mean) / std`` per channel
-    with ``x`` in 0..255 (mean/std given in the output channel order).
+    with ``x`` in 0..255 (mean/std given in the output channel order). ``decode``: how files become
+    those RGB pixels in the first place (``DecodeRules``).
     """
 
     input_size: tuple[int, int] = (224, 224)

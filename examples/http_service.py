@@ -19,7 +19,7 @@ Bounded by construction: one accepting thread hands connections to a fixed pool 
 threads (HTTP/1.0, one request per connection); each connection has ``--timeout`` seconds from accept
 to deliver its whole request (headers and body), so idle or trickling clients are dropped, and a
 wave of them blocks the service for about ``--timeout`` seconds, queue included; memory is about
-``--workers`` x (body + 4 bytes x max pixels). Client disconnects are one log line. One ``EdgeModel``
+``--workers`` x (body + 8 bytes x max pixels) at most. Client disconnects are one log line. One ``EdgeModel``
 serves every worker (see ``edgetl.runtime`` on thread safety). On start it prints
 ``listening on http://HOST:PORT`` (``--port 0`` picks a free port); it binds 127.0.0.1 unless told
 otherwise. Start-up failures (bad arguments, port in use, unusable artifact) are one line, exit 2.
@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue", type=_bounded_int(0), default=16,
                         help="connections that may wait for a worker; beyond them: 503")
     parser.add_argument("--timeout", type=_positive_float, default=5.0,
-                        help="seconds a connection has to deliver its whole request")
+                        help="seconds from accept a connection has to deliver its whole request "
+                             "(raise it for slow uplinks)")
     parser.add_argument("--max-pixels", type=_bounded_int(1), default=None,
                         help="pixel cap of a decoded image (default: the artifact's recipe, 40 MP)")
     parser.add_argument("--max-body", type=_bounded_int(1), default=MAX_BODY, help="largest body in bytes")

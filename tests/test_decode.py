@@ -36,15 +36,17 @@ def bomb_png(path: Path, width: int, height: int, bit_depth: int = 8) -> Path:
     packer = zlib.compressobj(9)
     data = [packer.compress(row * 256) for _ in range(height // 256)]
     data += [packer.compress(row * (height % 256)), packer.flush()]
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0))
-                     + chunk(b"IDAT", b"".join(data)) + chunk(b"IEND", b""))
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)  # greyscale, no interlace
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(data))
+                     + chunk(b"IEND", b""))
     return path
 
 
 @pytest.fixture(scope="module")
 def bombs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bombs")
-    made = {"30k": bomb_png(root / "bomb30k.png", 30000, 30000, 1), "13k": bomb_png(root / "big13k.png", 13000, 13000)}
+    made = {"30k": bomb_png(root / "bomb30k.png", 30000, 30000, 1),
+            "13k": bomb_png(root / "big13k.png", 13000, 13000)}
     with Image.open(made["13k"]) as image:  # a real PNG, as Pillow reads it
         assert image.size == (13000, 13000) and image.mode == "L"
     return made
