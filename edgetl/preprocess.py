@@ -231,10 +231,12 @@ def _fit_pixel_cap(image: Image.Image, max_pixels: int, name: str) -> None:
 
 
 def decode_pixels(image: Image.Image, rules: DecodeRules | None = None, owned: bool = False) -> Image.Image:
-    """A loaded PIL image of any mode -> RGB under ``rules``: EXIF orientation, 16-bit to 8-bit,
-    alpha composited on the background. ``owned``: the image may be changed in place (else it is
-    left as it is and a new image is returned when anything changes)."""
+    """A PIL image of any mode -> RGB under ``rules``: pixel cap (images from ``Image.open`` not yet
+    decoded), EXIF orientation, 16-bit to 8-bit, alpha composited on the background. ``owned``: the
+    image may be changed in place (else a new image is returned when anything changes)."""
     rules = rules or DecodeRules()
+    if getattr(image, "tile", None):  # from Image.open, not decoded yet: the cap applies as to a file
+        _fit_pixel_cap(image, rules.max_pixels, getattr(image, "filename", "") or "image")
     if rules.exif_transpose and _orientation(image) != 1:
         image = ImageOps.exif_transpose(image, in_place=owned) or image
     if image.mode in _SIXTEEN_BIT_MODES:

@@ -93,6 +93,9 @@ def test_pixel_cap_is_configurable_and_jpegs_over_it_decode_smaller(tmp_path):
     jpeg = tmp_path / "photo.jpg"
     Image.new("RGB", (4000, 3000), (30, 140, 220)).save(jpeg, quality=92)
     assert open_image(jpeg).size == (4000, 3000)
+    with Image.open(png) as lazy:  # an opened, not yet decoded image gets the cap too
+        with pytest.raises(ImageDecodeError, match="over the 5,000,000-pixel cap"):
+            to_pil(lazy, DecodeRules(max_pixels=5_000_000))
     half = open_image(jpeg, DecodeRules(max_pixels=4_000_000))  # libjpeg's DCT scaling, not a refusal
     quarter = open_image(jpeg, DecodeRules(max_pixels=1_000_000))
     assert half.size == (2000, 1500) and quarter.size == (1000, 750)
