@@ -16,9 +16,10 @@ Images are decoded exactly as training decoded them (``edgetl.preprocess.open_im
 artifact's recorded decode rules; ``--max-pixels`` overrides its pixel cap).
 
 Bounded by construction: one accepting thread hands connections to a fixed pool of ``--workers``
-threads (HTTP/1.0, one request per connection); each connection has ``--timeout`` seconds to deliver
-its whole request (headers and body), so idle or trickling clients are dropped; memory is about
-``--workers`` x (body + 4 bytes x max pixels). Client disconnects are one log line. One ``EdgeModel``
+threads (HTTP/1.0, one request per connection); each connection has ``--timeout`` seconds from accept
+to deliver its whole request (headers and body), so idle or trickling clients are dropped, and a
+wave of them blocks the service for about ``--timeout`` seconds, queue included; memory is about
+``--workers`` x (body + 8 bytes x max pixels) at most. Client disconnects are one log line. One ``EdgeModel``
 serves every worker (see ``edgetl.runtime`` on thread safety). On start it prints
 ``listening on http://HOST:PORT`` (``--port 0`` picks a free port); it binds 127.0.0.1 unless told
 otherwise. Start-up failures (bad arguments, port in use, unusable artifact) are one line, exit 2.
@@ -30,6 +31,7 @@ LiteRT / OpenVINO runtime for .tflite / .xml artifacts); TensorFlow is never nee
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import io
 import json
@@ -48,9 +50,20 @@ from edgetl.preprocess import DecodeRules, open_image
 from edgetl.runtime import EdgeModel
 
 MAX_BODY = 20 << 20  # bytes; a phone photo is a few MB
+LINGER_MAX = 256  # refused sockets kept half-open for a second so their 503 is not lost to a reset
 _BUSY = json.dumps({"error": "server busy; retry shortly"}).encode()
 _BUSY_RESPONSE = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
                   b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY), _BUSY))
+
+
+def _drain(sock: socket.socket) -> None:
+    """Read and drop what has arrived on a non-blocking socket (at most 1 MB)."""
+    for _ in range(16):
+        try:
+            if not sock.recv(65536):
+                return
+        except BlockingIOError:
+            return
 
 
 def _log(line: str) -> None:
@@ -60,42 +73,51 @@ def _log(line: str) -> None:
 
 class _DeadlineReader(io.RawIOBase):
     """Socket reads that all end at one deadline: a client trickling a byte at a time cannot keep a
-    worker longer than a silent one."""
+    worker longer than a silent one. Past the deadline, bytes that have already arrived are still
+    read (a request that waited in the queue complete is served); waiting for more is a timeout."""
 
-    def __init__(self, sock: socket.socket, deadline: float):
-        self._sock, self._deadline = sock, deadline
+    def __init__(self, sock: socket.socket, deadline: float, write_timeout: float):
+        self._sock, self._deadline, self._write_timeout = sock, deadline, write_timeout
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
         left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("request not received in time")
-        self._sock.settimeout(left)
-        return self._sock.recv_into(buffer)
+        self._sock.settimeout(max(left, 0.0))
+        try:
+            return self._sock.recv_into(buffer)
+        except BlockingIOError:  # timeout 0: nothing has arrived
+            raise TimeoutError("request not received in time") from None
+        finally:
+            self._sock.settimeout(self._write_timeout)  # responses (and http.server's errors) block again
 
 
 class BoundedHTTPServer(HTTPServer):
     """Accepts on the serving thread, handles on a fixed thread pool; answers 503 itself, without a
     thread, when ``workers`` connections are in service and ``queue`` more wait."""
 
+    request_queue_size = 128  # listen backlog: a burst is accepted (and answered) instead of SYN-dropped
+
     def __init__(self, address, workers: int, queue: int, timeout: float):
         self.request_timeout = timeout
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="http-worker")
         self._slots = threading.BoundedSemaphore(workers + queue)
+        self._lingering: collections.deque = collections.deque()  # (close at, socket) of 503s
+        self._worker = threading.local()  # when the connection a worker serves was accepted
         super().__init__(address, BaseHTTPRequestHandler)  # the real handler is set once the model loads
 
     def process_request(self, request, client_address):
         if not self._slots.acquire(blocking=False):
             return self._refuse(request, client_address)
         try:
-            self._pool.submit(self._serve, request, client_address)
+            self._pool.submit(self._serve, request, client_address, time.monotonic())
         except RuntimeError:  # shutting down
             self._slots.release()
             self.shutdown_request(request)
 
-    def _serve(self, request, client_address):
+    def _serve(self, request, client_address, accepted: float):
+        self._worker.accepted = accepted
         try:
             self.finish_request(request, client_address)
         except Exception:
@@ -105,19 +127,37 @@ class BoundedHTTPServer(HTTPServer):
             self._slots.release()
 
     def _refuse(self, request, client_address):
+        """503 without a thread. The socket lingers half-closed for a second, then whatever the client
+        sent meanwhile is drained before closing: closing on unread data would send a reset, which
+        makes the client's kernel drop the 503 it has not read yet."""
         try:
             request.setblocking(False)
-            try:
-                request.recv(65536)  # what the client already sent, so closing does not reset the 503
-            except OSError:
-                pass
-            request.settimeout(1.0)
-            request.sendall(_BUSY_RESPONSE)
+            _drain(request)
+            request.send(_BUSY_RESPONSE)  # a few hundred bytes: fits any fresh socket's send buffer
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close_request(request)
+        else:
+            self._lingering.append((time.monotonic() + 1.0, request))
+            while len(self._lingering) > LINGER_MAX:
+                self._close_lingering(self._lingering.popleft()[1])
+        _log(f"{client_address[0]} busy: answered 503")
+
+    def service_actions(self):  # the serving loop calls this at least every poll interval
+        while self._lingering and self._lingering[0][0] <= time.monotonic():
+            self._close_lingering(self._lingering.popleft()[1])
+
+    def _close_lingering(self, request):
+        try:
+            _drain(request)
         except OSError:
             pass
-        finally:
-            self.shutdown_request(request)
-        _log(f"{client_address[0]} busy: answered 503")
+        self.close_request(request)
+
+    def request_deadline(self) -> float:
+        """The connection being served has until this time (monotonic) to deliver its request: the
+        timeout counts from accept, so clients queued behind idle ones do not hold workers anew."""
+        return getattr(self._worker, "accepted", time.monotonic()) + self.request_timeout
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
@@ -128,6 +168,8 @@ class BoundedHTTPServer(HTTPServer):
 
     def server_close(self):
         super().server_close()
+        while self._lingering:
+            self.close_request(self._lingering.popleft()[1])
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -140,11 +182,18 @@ def make_handler(model: EdgeModel, default_top_k: int, rules: DecodeRules | None
 
         def setup(self):
             super().setup()
-            timeout = getattr(self.server, "request_timeout", None)
-            if timeout:
-                self.connection.settimeout(timeout)  # for writes; reads keep to the deadline below
+            if isinstance(self.server, BoundedHTTPServer):
                 self.rfile.close()  # the socket's own reader: replaced, the socket stays open
-                self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + timeout))
+                self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self.server.request_deadline(),
+                                                               self.server.request_timeout))
+
+        def _reply(self, status: int, payload: dict) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
         def do_GET(self):
             if urlparse(self.path).path != "/health":
@@ -183,14 +232,6 @@ def make_handler(model: EdgeModel, default_top_k: int, rules: DecodeRules | None
                 return self._reply(500, {"error": "inference failed"})
             self._reply(200, {"predictions": [{"label": label, "score": score} for label, score in ranked],
                               "ms": round((time.perf_counter() - started) * 1000, 2)})
-
-        def _reply(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
         def log_message(self, format, *args):  # one short line per request on stderr
             _log(f"{self.address_string()} {format % args}")
@@ -239,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue", type=_bounded_int(0), default=16,
                         help="connections that may wait for a worker; beyond them: 503")
     parser.add_argument("--timeout", type=_positive_float, default=5.0,
-                        help="seconds a connection has to deliver its whole request")
+                        help="seconds from accept a connection has to deliver its whole request "
+                             "(raise it for slow uplinks)")
     parser.add_argument("--max-pixels", type=_bounded_int(1), default=None,
                         help="pixel cap of a decoded image (default: the artifact's recipe, 40 MP)")
     parser.add_argument("--max-body", type=_bounded_int(1), default=MAX_BODY, help="largest body in bytes")

@@ -14,9 +14,10 @@ The backend follows the artifact type: ``.onnx`` -> onnxruntime, ``.tflite`` -> 
 own execution providers/devices and ``threads=`` fixes its intra-op thread count. Preprocessing is
 replayed from the artifact's sidecar ``<artifact>.json`` (resize, crop, normalise, layout, input
 quantization), so the artifact sees the pixels its source model was checked on. Paths, PIL images in
-any mode (grayscale and RGBA are converted to RGB) and HxW/HxWx3/HxWx4 uint8 arrays of any size are
-accepted and resized/cropped per the recipe; only an HxWx3 uint8 array of exactly ``input_size`` is
-taken as already cropped and fed as is.
+any mode and HxW/HxWx3/HxWx4 arrays of any size are decoded under the recipe's decode rules (EXIF
+orientation, 16-bit reduced to 8, alpha composited on white, the pixel cap: ``models/README.md``) and
+resized/cropped per the recipe; only an HxWx3 uint8 array of exactly ``input_size`` is taken as
+already cropped and fed as is.
 
 Thread safety: one ``EdgeModel`` may serve several threads. ONNX Runtime sessions are called
 concurrently (``InferenceSession.run`` is thread-safe); LiteRT interpreters and OpenVINO infer
