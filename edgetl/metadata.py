@@ -376,6 +376,9 @@ def verify_artifact(artifact: str | Path, sidecar: dict[str, Any] | None = None)
     main = sidecar.get("file") or artifact.name
     if not isinstance(recorded, dict):
         recorded = {main: sidecar["sha256"]} if sidecar.get("sha256") else {}
+    elif main not in recorded:
+        raise CheckFailed(f"{sidecar_path(artifact)}: its files do not include the artifact {main} itself "
+                          f"(edited by hand?); re-export it")
     for name, digest in recorded.items():
         relative = Path(name)
         if relative.is_absolute() or ".." in relative.parts:
