@@ -297,7 +297,7 @@ def _exchange(a: Path, b: Path) -> bool:
     code = ctypes.get_errno()
     if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
         return False
-    raise OSError(code, os.strerror(code), str(b))
+    raise OSError(code, os.strerror(code), str(b))  # ENOENT is FileNotFoundError
 
 
 def _commit(tmp: Path, out: Path) -> None:
@@ -307,9 +307,15 @@ def _commit(tmp: Path, out: Path) -> None:
         if os.path.lexists(out):
             if not out.is_dir():
                 raise UsageError(f"{out} became a file while edgetl was writing it; nothing was replaced")
-            if _exchange(tmp, out):
+            try:
+                exchanged = _exchange(tmp, out)
+            except FileNotFoundError:  # removed meanwhile by someone else than edgetl
+                exchanged = False
+            if exchanged:
                 old = tmp  # now holds the previous output
-            else:
+            elif not os.path.lexists(out):
+                os.replace(tmp, out)
+            else:  # no atomic exchange here: writers stay serialised, a reader may briefly miss ``out``
                 old = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.old")
                 os.replace(out, old)
                 os.replace(tmp, out)
