@@ -122,7 +122,12 @@ def test_export_refuses_unrelated_and_input_folders_and_replaces_its_own(exporte
                       (tiny_model_dir.parent, "input of this command"), (sample_dir, "input of this command")):
         assert main([*base, "--out", str(out)]) == 2
         assert says in _one_line_error(capsys)
+    for out, says in ((unrelated, "not written by edgetl"), (tiny_model_dir / "pruned", "lies inside"),
+                      (tiny_model_dir, "input of this command")):  # prune: the same rule
+        assert main(["prune", str(tiny_model_dir), "--out", str(out), "--epochs", "0"]) == 2
+        assert says in _one_line_error(capsys)
     assert (unrelated / "keep.txt").read_text() == "mine" and not (tiny_model_dir / "artifacts").exists()
+    assert not (tiny_model_dir / "pruned").exists()
     # Rerunning export into its own previous --out still replaces it.
     out = tmp_path / "again"
     shutil.copytree(exported, out)
