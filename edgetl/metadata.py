@@ -194,8 +194,8 @@ def check_output_dir(out: str | Path, inputs: Iterable[str | Path | None] = (), 
             continue
         source = Path(given).resolve()
         if _same_or_inside(source, target):
-            what = "is" if source == target else "holds"
-            raise UsageError(f"{option} {out} {what} {given}, an input of this command; "
+            what = "is" if source == target else f"holds {given},"
+            raise UsageError(f"{option} {out} {what} an input of this command; "
                              f"edgetl never replaces its inputs: choose another folder")
         if target.is_relative_to(source):
             raise UsageError(f"{option} {out} lies inside {given}, an input of this command; "
