@@ -194,8 +194,8 @@ def check_output_dir(out: str | Path, inputs: Iterable[str | Path | None] = (), 
             continue
         source = Path(given).resolve()
         if _same_or_inside(source, target):
-            what = "is" if source == target else "holds"
-            raise UsageError(f"{option} {out} {what} {given}, an input of this command; "
+            what = "is" if source == target else f"holds {given},"
+            raise UsageError(f"{option} {out} {what} an input of this command; "
                              f"edgetl never replaces its inputs: choose another folder")
         if target.is_relative_to(source):
             raise UsageError(f"{option} {out} lies inside {given}, an input of this command; "
@@ -297,7 +297,7 @@ def _exchange(a: Path, b: Path) -> bool:
     code = ctypes.get_errno()
     if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
         return False
-    raise OSError(code, os.strerror(code), str(b))
+    raise OSError(code, os.strerror(code), str(b))  # ENOENT is FileNotFoundError
 
 
 def _commit(tmp: Path, out: Path) -> None:
@@ -307,9 +307,15 @@ def _commit(tmp: Path, out: Path) -> None:
         if os.path.lexists(out):
             if not out.is_dir():
                 raise UsageError(f"{out} became a file while edgetl was writing it; nothing was replaced")
-            if _exchange(tmp, out):
+            try:
+                exchanged = _exchange(tmp, out)
+            except FileNotFoundError:  # removed meanwhile by someone else than edgetl
+                exchanged = False
+            if exchanged:
                 old = tmp  # now holds the previous output
-            else:
+            elif not os.path.lexists(out):
+                os.replace(tmp, out)
+            else:  # no atomic exchange here: writers stay serialised, a reader may briefly miss ``out``
                 old = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.old")
                 os.replace(out, old)
                 os.replace(tmp, out)
@@ -376,6 +382,9 @@ def verify_artifact(artifact: str | Path, sidecar: dict[str, Any] | None = None)
     main = sidecar.get("file") or artifact.name
     if not isinstance(recorded, dict):
         recorded = {main: sidecar["sha256"]} if sidecar.get("sha256") else {}
+    elif main not in recorded:
+        raise CheckFailed(f"{sidecar_path(artifact)}: its files do not include the artifact {main} itself "
+                          f"(edited by hand?); re-export it")
     for name, digest in recorded.items():
         relative = Path(name)
         if relative.is_absolute() or ".." in relative.parts:

@@ -211,7 +211,7 @@ def test_int8_input_artifact_gets_quantized_input(runtime_model_dir, artifacts, 
     details = Interpreter(model_path=str(path)).get_input_details()[0]
     scale, zero = details["quantization"]
     output_scale = Interpreter(model_path=str(path)).get_output_details()[0]["quantization"][0]
-    sidecar.update(file=path.name, sha256=sha256_file(path))
+    sidecar.update(file=path.name, sha256=sha256_file(path), files={path.name: sha256_file(path)})
     sidecar["input"].update(dtype="int8", quantization={"scale": scale, "zero_point": zero})
     sidecar["output"]["dtype"] = "int8"
     write_json(sidecar_path(path), sidecar)

@@ -122,7 +122,12 @@ def test_export_refuses_unrelated_and_input_folders_and_replaces_its_own(exporte
                       (tiny_model_dir.parent, "input of this command"), (sample_dir, "input of this command")):
         assert main([*base, "--out", str(out)]) == 2
         assert says in _one_line_error(capsys)
+    for out, says in ((unrelated, "not written by edgetl"), (tiny_model_dir / "pruned", "lies inside"),
+                      (tiny_model_dir, "input of this command")):  # prune: the same rule
+        assert main(["prune", str(tiny_model_dir), "--out", str(out), "--epochs", "0"]) == 2
+        assert says in _one_line_error(capsys)
     assert (unrelated / "keep.txt").read_text() == "mine" and not (tiny_model_dir / "artifacts").exists()
+    assert not (tiny_model_dir / "pruned").exists()
     # Rerunning export into its own previous --out still replaces it.
     out = tmp_path / "again"
     shutil.copytree(exported, out)
@@ -178,6 +183,11 @@ def test_zeroed_openvino_weights_fail_load_predict_and_bench(exported, sample_di
                  "--runs", "1", "--warmup", "0", "--batch-sizes", "1"]) == 1
     assert "model_openvino_fp32.bin does not match" in _one_line_error(capsys)
     assert not (tmp_path / "b").exists()
+    service = subprocess.run([sys.executable, str(REPO / "examples" / "http_service.py"), str(copy / XML),
+                              "--port", "0"], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert service.returncode == 1 and "model_openvino_fp32.bin does not match" in service.stderr
+    assert "listening" not in service.stdout
     # The fast path that skips verification is explicit, and then the damage is not noticed.
     assert len(EdgeModel.load(copy / XML, verify=False).predict(image, top_k=1)) == 1
     assert main(["predict", str(copy / XML), image, "--no-verify"]) == 0

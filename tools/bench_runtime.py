@@ -210,7 +210,9 @@ def report(rows: list[dict], args, out: Path) -> None:
         lines.append(f"| {row['name']} | {cell('bare')} | {cell('run')} | {cell('predict')} | "
                      f"{cell('predict(jpeg)')} | {s['run']['median'] / s['bare']['median']:.2f} | "
                      f"{s['predict']['median'] / s['bare']['median']:.2f} |")
-    out.write_text("\n".join(lines) + "\n")
+    previous = out.read_text() if out.exists() else ""
+    kept = previous[previous.index("<!-- bench_verify -->"):] if "<!-- bench_verify -->" in previous else ""
+    out.write_text("\n".join(lines) + "\n" + (f"\n{kept}" if kept else ""))  # tools/bench_verify.py's block
     print("\n".join(lines))
 
 
