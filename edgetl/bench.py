@@ -546,6 +546,9 @@ def check_reference(path: Path) -> None:
     for name in (MODEL_FILE, MODEL_METADATA):
         if not (Path(path) / name).exists():
             raise UsageError(f"--reference {path}: not a model directory (no {name})")
+    from .metadata import read_model_metadata
+
+    read_model_metadata(path)  # invalid edgetl.json: one line before TensorFlow loads
 
 
 def reference_outputs(model_dir: Path, cache: InputCache, runs: int, warmup: int,
@@ -618,6 +621,9 @@ def preflight(config: BenchConfig) -> Plan:
     if reference:
         check_reference(reference)
     out = Path(config.out)
+    from .writable import check_output_dir
+
+    check_output_dir(out)  # a file, the current directory, or an unwritable parent: one line, now
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
         raise UsageError(f"{out} exists and is not empty (pass --overwrite to replace it)")
     if not Path(config.data).is_dir():

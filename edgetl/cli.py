@@ -81,9 +81,7 @@ def finetune(
     input_size: Optional[int] = typer.Option(None, help="Override the backbone's input size."),
 ):
     """Fine-tune a backbone with a new classification head on an image folder."""
-    _load_tensorflow()
     from .finetune import FinetuneConfig
-    from .finetune import finetune as run_finetune
 
     config = FinetuneConfig(data=data, out=out, backbone=backbone,
                             backbones=tuple(_split([backbones])) if backbones else (), weights=weights,
@@ -91,6 +89,10 @@ def finetune(
                             fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, lr=lr,
                             fine_tune_lr=fine_tune_lr, dropout=dropout, val_split=val_split, seed=seed,
                             input_size=input_size)
+    config.validate()  # bad arguments and an unwritable --out fail before TensorFlow and training
+    _load_tensorflow()
+    from .finetune import finetune as run_finetune
+
     result = run_finetune(config)
     typer.echo(f"model: {result.model_dir}  val_accuracy: {result.val_accuracy}")
 
@@ -328,6 +330,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         typer.echo("edgetl: interrupted; nothing half-written was left", err=True)
         return 130
+    except OSError as exc:  # disk full, permission, read-only mid-write: one line; other OSErrors are bugs
+        from .writable import describe_os_error
+
+        message = describe_os_error(exc)
+        if message is None:
+            raise
+        typer.echo(f"edgetl: error: {message}", err=True)
+        return 2
 
 
 def entry() -> None:

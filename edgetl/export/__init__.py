@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import CheckFailed, UsageError
-from ..metadata import (ARTIFACT_SCHEMA, MODEL_METADATA, atomic_directory, read_json, sha256_file,
+from ..metadata import (ARTIFACT_SCHEMA, MODEL_METADATA, atomic_directory, read_model_metadata, sha256_file,
                         sidecar_path, software_versions, write_json)
 from ..preprocess import Preprocessing
 
@@ -134,6 +134,9 @@ class ExportConfig:
         model_dir = self.model if self.model.is_dir() else self.model.parent
         if self.out.resolve() == model_dir.resolve() or model_dir.resolve().is_relative_to(self.out.resolve()):
             raise UsageError(f"--out {self.out} would replace the model directory; choose another folder")
+        from ..writable import check_output_dir
+
+        check_output_dir(self.out)
 
 
 @dataclass
@@ -266,9 +269,8 @@ def _say(config: ExportConfig, message: str) -> None:
 
 def _recipe_without_tensorflow(config: ExportConfig) -> Preprocessing:
     directory = config.model if config.model.is_dir() else config.model.parent
-    meta = directory / MODEL_METADATA
-    if meta.exists():
-        return Preprocessing.from_dict(read_json(meta)["preprocessing"])
+    if (directory / MODEL_METADATA).exists():
+        return Preprocessing.from_dict(read_model_metadata(directory)["preprocessing"])
     return Preprocessing().with_input_size(config.input_size)
 
 
