@@ -238,6 +238,7 @@ def bench_command(
     strict: bool = typer.Option(False, "--strict", help="Any CPU fallback on gpu/npu is an error (exit 1)."),
     fast_int8: bool = typer.Option(False, "--fast-int8", help="ONNX Runtime INT8 on x86 CPUs without VNNI: the faster, saturating U8S8 kernels instead of exact ones."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+    overhead_check: bool = typer.Option(True, "--overhead-check/--no-overhead-check", help="Measure the timing harness's own overhead (10 x --runs extra calls on the first artifact)."),
 ):
     """Latency, memory, size and accuracy of artifacts vs their FP32 Keras reference."""
     from .errors import UsageError
@@ -251,10 +252,18 @@ def bench_command(
 
     config = BenchConfig(artifacts=tuple(artifacts), data=data, out=out, target=target, reference=reference,
                          runs=runs, warmup=warmup, batch_sizes=sizes, threads=threads, runtime=runtime,
-                         strict=strict, overwrite=overwrite, exact_int8=not fast_int8)
+                         strict=strict, overwrite=overwrite, exact_int8=not fast_int8,
+                         measure_overhead=overhead_check)
     if preflight(config).needs_tensorflow:  # fail fast (device, --out, files) before TensorFlow loads
         _load_tensorflow()  # quietly: keeps CUDA probing chatter off stderr
-    result = run_bench(config)
+    try:
+        result = run_bench(config)
+    except EdgetlError as exc:  # some artifacts failed: the report of the others still prints
+        partial = getattr(exc, "result", None)
+        if partial is not None:
+            typer.echo(partial.markdown)
+            typer.echo(f"report: {partial.out}")
+        raise
     typer.echo(result.markdown)
     typer.echo(f"report: {result.out}")
 
