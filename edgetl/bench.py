@@ -391,12 +391,14 @@ def accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 5) -> dict[str, An
 
 
 def compare_outputs(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Same-space comparison (logits with logits, probabilities with probabilities)."""
+    """Same-space comparison (logits with logits, probabilities with probabilities), with export
+    parity's tie and zero-vector rules (``export.parity.agreement_rows``)."""
+    from .export.parity import agreement_rows
+
     a, b = outputs.astype(np.float64), reference.astype(np.float64)
-    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     diff = np.abs(a - b)
     # A NaN row agrees with nothing; NaN statistics become null (JSON has no NaN).
-    agree = (a.argmax(1) == b.argmax(1)) & np.isfinite(a).all(1)
+    agree, cosine = agreement_rows(b, a)
     return {"top1_agreement": float(np.mean(agree)), "cosine_mean": _finite(cosine.mean()),
             "cosine_min": _finite(cosine.min()), "max_abs_diff": _finite(diff.max()),
             "mean_abs_diff": _finite(diff.mean())}
@@ -544,6 +546,9 @@ def check_reference(path: Path) -> None:
     for name in (MODEL_FILE, MODEL_METADATA):
         if not (Path(path) / name).exists():
             raise UsageError(f"--reference {path}: not a model directory (no {name})")
+    from .metadata import read_model_metadata
+
+    read_model_metadata(path)  # invalid edgetl.json: one line before TensorFlow loads
 
 
 def reference_outputs(model_dir: Path, cache: InputCache, runs: int, warmup: int,
@@ -631,22 +636,55 @@ def bench_inputs(config: BenchConfig, artifacts: list[Artifact], reference: Path
             *([reference] if reference else [])]
 
 
+class StrictPlacementError(CheckFailed):
+    """--strict and a CPU fallback: stops the whole bench (unlike one unusable artifact)."""
+
+
+def cap_batch_sizes(batch_sizes: Sequence[int], n_images: int) -> list[int]:
+    """Batch sizes above the number of images are capped to it, with a warning: a larger batch would
+    only repeat the same images, at the cost of its memory and time."""
+    capped = sorted({min(int(b), n_images) for b in batch_sizes})
+    too_big = sorted(int(b) for b in batch_sizes if int(b) > n_images)
+    if too_big:
+        log.warning("--batch-sizes %s larger than the %d images of --data: capped to %d",
+                    ",".join(map(str, too_big)), n_images, n_images)
+    return capped
+
+
 def bench(config: BenchConfig) -> BenchResult:
+    """Bench every artifact; one that cannot be used (hash mismatch, runtime refuses it) is reported
+    as failed in bench.json/report.md while the others are benched, then ``CheckFailed`` (exit 1) is
+    raised with the written result attached as ``.result``. When none can be used nothing is written."""
     plan = preflight(config)
     artifacts, devices, reference_dir = plan.artifacts, plan.devices, plan.reference
-    batch_sizes = sorted({int(b) for b in config.batch_sizes})
     images = _scan(config.data)
+    batch_sizes = cap_batch_sizes(config.batch_sizes, len(images))
     with atomic_directory(config.out, config.overwrite, inputs=bench_inputs(config, artifacts, reference_dir),
                           verb="bench") as tmp:
-        verify_hashes(artifacts)
         cache = InputCache(images.paths)
         truth = np.asarray(images.labels, np.int64)
-        results, outputs = [], []
+        results, outputs, benched, failed = [], [], [], []
         for artifact in artifacts:  # artifacts first: a corrupt one fails before the Keras model loads
             log.info("bench %s on %s", artifact.name, config.target)
-            entry, raw = _bench_artifact(artifact, config, batch_sizes, cache, images.classes, truth)
+            try:
+                verify_hashes([artifact])
+                entry, raw = _bench_artifact(artifact, config, batch_sizes, cache, images.classes, truth)
+            except StrictPlacementError:
+                raise
+            except CheckFailed as exc:
+                reason = " ".join(str(exc).split())
+                log.warning("%s: not benched: %s", artifact.name, reason)
+                failed.append({"path": str(artifact.path), "name": artifact.name, "format": artifact.format,
+                               "quantization": artifact.quantization, "reason": reason})
+                continue
             results.append(entry)
             outputs.append(raw)
+            benched.append(artifact)
+        if not benched:
+            raise CheckFailed(failed[0]["reason"] if len(failed) == 1 else
+                              f"none of the {len(failed)} artifacts could be benched: "
+                              + "; ".join(f"{f['name']}: {f['reason']}" for f in failed))
+        artifacts = benched
         reference = None
         if reference_dir:
             log.info("reference: %s", reference_dir)
@@ -657,6 +695,8 @@ def bench(config: BenchConfig) -> BenchResult:
                     entry["vs_reference"] = compare_with_reference(artifact, raw, reference)
         overhead = _overhead(artifacts[0], config, cache, batch_sizes[0]) if config.measure_overhead else None
         report = _assemble(config, artifacts, results, reference, images, cache, devices, overhead, batch_sizes)
+        report["failed"] = failed
+        report["settings"]["batch_sizes_requested"] = [int(b) for b in config.batch_sizes]
         from . import report as reporting
 
         markdown = reporting.render_markdown(report)
@@ -664,7 +704,14 @@ def bench(config: BenchConfig) -> BenchResult:
         write_csv(tmp / "bench.csv", report["rows"])
         (tmp / "report.md").write_text(markdown)
         (tmp / "report.html").write_text(reporting.render_html(report))
-    return BenchResult(json=report, rows=report["rows"], markdown=markdown, out=Path(config.out))
+    result = BenchResult(json=report, rows=report["rows"], markdown=markdown, out=Path(config.out))
+    if failed:
+        error = CheckFailed(f"{len(failed)} of {len(failed) + len(benched)} artifact(s) could not be benched ("
+                            + "; ".join(f"{f['name']}: {f['reason']}" for f in failed)
+                            + f"); the others are in {config.out}")
+        error.result = result
+        raise error
+    return result
 
 
 def _scan(data: Path):
@@ -750,7 +797,8 @@ def _overhead(artifact: Artifact, config: BenchConfig, cache: InputCache, batch_
     batch = batch_of(cache.inputs_for(artifact), batch_size if backend.dynamic_batch else backend.input_shape[0])
     for _ in range(max(config.warmup, 1)):
         backend.run(batch)
-    result = harness_overhead(lambda: backend.run(batch), max(config.runs, 30))
+    # 2 loops x 5 rounds x --runs calls: bounded by --runs like the timed runs (--no-overhead-check: none).
+    result = harness_overhead(lambda: backend.run(batch), config.runs)
     return {"artifact": artifact.name, "batch_size": len(batch), **result}
 
 
@@ -763,7 +811,7 @@ def check_placement(artifact: Artifact, placement: dict[str, Any], config: Bench
     elif not placement["verified"]:
         problem = f"placement cannot be verified ({placement['method']})"
     if problem and config.strict:
-        raise CheckFailed(f"--strict: {artifact.name} on --target {config.target}: {problem}")
+        raise StrictPlacementError(f"--strict: {artifact.name} on --target {config.target}: {problem}")
     if problem:
         log.warning("%s on --target %s: %s", artifact.name, config.target, problem)
 

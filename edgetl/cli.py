@@ -95,7 +95,7 @@ def finetune(
                             fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, lr=lr,
                             fine_tune_lr=fine_tune_lr, dropout=dropout, val_split=val_split, seed=seed,
                             input_size=input_size)
-    config.validate()  # bad arguments and a forbidden --out fail before TensorFlow loads
+    config.validate()  # bad arguments, a forbidden or unwritable --out: before TensorFlow and training
     _load_tensorflow()
     from .finetune import finetune as run_finetune
 
@@ -244,6 +244,7 @@ def bench_command(
     strict: bool = typer.Option(False, "--strict", help="Any CPU fallback on gpu/npu is an error (exit 1)."),
     fast_int8: bool = typer.Option(False, "--fast-int8", help="ONNX Runtime INT8 on x86 CPUs without VNNI: the faster, saturating U8S8 kernels instead of exact ones."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+    overhead_check: bool = typer.Option(True, "--overhead-check/--no-overhead-check", help="Measure the timing harness's own overhead (10 x --runs extra calls on the first artifact)."),
 ):
     """Latency, memory, size and accuracy of artifacts vs their FP32 Keras reference."""
     from .errors import UsageError
@@ -257,10 +258,18 @@ def bench_command(
 
     config = BenchConfig(artifacts=tuple(artifacts), data=data, out=out, target=target, reference=reference,
                          runs=runs, warmup=warmup, batch_sizes=sizes, threads=threads, runtime=runtime,
-                         strict=strict, overwrite=overwrite, exact_int8=not fast_int8)
+                         strict=strict, overwrite=overwrite, exact_int8=not fast_int8,
+                         measure_overhead=overhead_check)
     if preflight(config).needs_tensorflow:  # fail fast (device, --out, files) before TensorFlow loads
         _load_tensorflow()  # quietly: keeps CUDA probing chatter off stderr
-    result = run_bench(config)
+    try:
+        result = run_bench(config)
+    except EdgetlError as exc:  # some artifacts failed: the report of the others still prints
+        partial = getattr(exc, "result", None)
+        if partial is not None:
+            typer.echo(partial.markdown)
+            typer.echo(f"report: {partial.out}")
+        raise
     typer.echo(result.markdown)
     typer.echo(f"report: {result.out}")
 
@@ -369,6 +378,14 @@ def _main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         typer.echo("edgetl: interrupted; nothing half-written was left", err=True)
         return 130
+    except OSError as exc:  # disk full, permission, read-only mid-write: one line; other OSErrors are bugs
+        from .writable import describe_os_error
+
+        message = describe_os_error(exc)
+        if message is None:
+            raise
+        typer.echo(f"edgetl: error: {message}", err=True)
+        return 2
 
 
 def entry() -> None:

@@ -67,12 +67,38 @@ class FinetuneConfig:
             raise UsageError("epochs and batch size must be >= 1 and the learning rate > 0")
         if self.strategy == "freeze" and self.unfreeze_top < 1:
             raise UsageError("--unfreeze-top must be >= 1 for strategy 'freeze'")
+        self._validate_numbers()
+        if not Path(self.data).is_dir():
+            raise UsageError(f"data folder {self.data} does not exist")
+        pre_split = (Path(self.data) / "train").is_dir() and (Path(self.data) / "val").is_dir()
+        if not pre_split and not 0.0 < self.val_split < 1.0:
+            # No held-out images would mean no val accuracy (nan) and no parity set for export.
+            raise UsageError(f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}; "
+                             f"to choose the validation images yourself, use DATA/train and DATA/val")
         check_output_dir(self.out, self.inputs())  # before training, not after it
 
     def inputs(self) -> tuple[Path | None, ...]:
         """What --out may not be, hold or lie inside: the data and a weights file."""
         weights = Path(self.weights) if self.weights not in (None, "imagenet", "none") else None
         return (Path(self.data), weights)
+
+    def _validate_numbers(self) -> None:
+        """Ranges Keras would otherwise reject with a traceback, or silently replace."""
+        if self.fine_tune_epochs is not None and self.fine_tune_epochs < 1:
+            raise UsageError(f"--fine-tune-epochs must be >= 1, got {self.fine_tune_epochs}")
+        if self.fine_tune_lr is not None and self.fine_tune_lr <= 0:
+            raise UsageError(f"--fine-tune-lr must be > 0, got {self.fine_tune_lr}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.input_size is not None:
+            if self.strategy == "stack":
+                raise UsageError("--input-size does not apply to strategy 'stack' (each backbone keeps "
+                                 "its own size)")
+            spec = zoo.get(self.backbone)
+            if self.input_size < spec.min_input_size:
+                # 0 included: it used to fall back to the default size silently.
+                raise UsageError(f"--input-size must be >= {spec.min_input_size} for {spec.name}, "
+                                 f"got {self.input_size}")
 
 
 @dataclass
@@ -211,6 +237,9 @@ def finetune(config: FinetuneConfig) -> TrainedModel:
     started = time.perf_counter()
     train_set, val_set = load_splits(config.data, config.val_split, config.seed)
     n_classes = len(train_set.classes)
+    if not len(val_set):
+        raise UsageError(f"{config.data}: no validation images (--val-split {config.val_split} of "
+                         f"{len(train_set)} images, or an empty val folder); raise --val-split or add images")
 
     if config.strategy == "stack":
         model, recipe = build_stack(list(config.backbones), config.weights, n_classes, config.dropout,
@@ -332,8 +361,6 @@ def _log(config: FinetuneConfig, message: str) -> None:
 
 def load_trained(model_dir: str | Path):
     """(keras model, metadata) from a model directory."""
-    import keras
-
     from .metadata import read_model_metadata
 
     model_dir = Path(model_dir)
@@ -341,4 +368,29 @@ def load_trained(model_dir: str | Path):
     path = model_dir / MODEL_FILE
     if not path.exists():
         raise UsageError(f"{model_dir}: no {MODEL_FILE}")
-    return keras.models.load_model(path, compile=False), metadata
+    return load_keras_model(path), metadata
+
+
+def check_keras_file(path: str | Path) -> None:
+    """Without TensorFlow: the file exists and is a complete zip archive (a .keras file is one)."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise UsageError(f"{path}: not a valid Keras file (truncated, or not a .keras zip archive)")
+
+
+def load_keras_model(path: str | Path):
+    """``keras.models.load_model`` with one-line errors: Keras reports a truncated file as "File not
+    found", so the zip container is checked first."""
+    import keras
+
+    path = Path(path)
+    check_keras_file(path)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # corrupt members, foreign layers: one line, not a traceback
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise UsageError(f"{path}: not a valid Keras file, Keras cannot load it ({first})") from None

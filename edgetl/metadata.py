@@ -182,12 +182,15 @@ def check_output_dir(out: str | Path, inputs: Iterable[str | Path | None] = (), 
     (``is_edgetl_output``) and is replaced only with ``overwrite``. ``inputs`` (data, model, artifacts,
     calibration/check folders, reference: files or folders) may not be ``out``, inside it, or hold it.
     """
+    from .writable import check_writable
+
     out = Path(out)
     try:
         if not out.is_dir() and os.path.lexists(out):
             raise UsageError(f"{option} {out} is an existing file, not a folder; choose a folder path")
     except OSError as exc:
         raise UsageError(f"{option} {out}: {exc.strerror or exc}") from None
+    check_writable(out, option)  # not the working directory, and its parent writable
     target = out.resolve()
     for given in inputs:
         if given is None or str(given) == "":
@@ -425,9 +428,36 @@ def read_sidecar(artifact: str | Path) -> dict[str, Any]:
 
 
 def read_model_metadata(model_dir: str | Path) -> dict[str, Any]:
+    """``edgetl.json`` of a model directory, checked: one line naming the file and the field when it
+    is missing, not JSON, or lacks what export/prune/bench read (``check_model_metadata``)."""
     model_dir = Path(model_dir)
     path = model_dir / MODEL_METADATA
     if not path.exists():
-        raise UsageError(f"{model_dir}: no {MODEL_METADATA}; pass --input-size and --labels "
-                         f"for a model not made by edgetl")
-    return read_json(path)
+        raise UsageError(f"{model_dir}: no {MODEL_METADATA} (not a model directory written by "
+                         f"`edgetl finetune` or `edgetl prune`)")
+    try:
+        data = read_json(path)
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        raise UsageError(f"{path}: not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+    check_model_metadata(data, path)
+    return data
+
+
+def check_model_metadata(data: Any, path: str | Path) -> None:
+    """Required fields: ``labels`` (non-empty list of names), ``preprocessing.input_size`` ([H, W]
+    positive integers); ``output`` and ``dataset`` must be objects when present."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    labels = data.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise UsageError(f"{path}: field 'labels' is {'missing' if labels is None else 'invalid'} "
+                         f"(a non-empty list of class names)")
+    recipe = data.get("preprocessing")
+    size = recipe.get("input_size") if isinstance(recipe, dict) else None
+    if not (isinstance(size, list) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        field = "preprocessing" if not isinstance(recipe, dict) else "preprocessing.input_size"
+        raise UsageError(f"{path}: field '{field}' is missing or invalid (the recipe with input_size [H, W])")
+    for field in ("output", "dataset"):
+        if field in data and data[field] is not None and not isinstance(data[field], dict):
+            raise UsageError(f"{path}: field '{field}' must be an object")

@@ -252,6 +252,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(markdown_table(mine, ARTIFACT_COLUMNS))
         lines.append("")
+    failed = report.get("failed") or []
+    if failed:
+        lines.append("## Not benched")
+        lines.append("")
+        lines += [f"- **{f['name']}** ({f['format']}): FAILED: {f['reason']}" for f in failed]
+        lines.append("")
     lines.append("## Summary")
     lines.append("")
     lines.append(markdown_table(rows, SUMMARY_COLUMNS))
@@ -265,7 +271,9 @@ def render_html(report: dict[str, Any]) -> str:
     rows = report["rows"]
     smallest = min((r["batch_size"] for r in rows), default=1)
     at_smallest = [r for r in rows if r["batch_size"] == smallest]
-    parts = [f"<p class=\"rec\">{html.escape(report['recommendation']['text'])}</p>",
+    failed = "".join(f"<p><b>{html.escape(f['name'])}</b> ({html.escape(f['format'])}): FAILED: "
+                     f"{html.escape(f['reason'])}</p>" for f in report.get("failed") or [])
+    parts = [failed + f"<p class=\"rec\">{html.escape(report['recommendation']['text'])}</p>",
              f"<p>machine: {html.escape(_machine_line(report['machine']))}</p>",
              "<h2>Summary</h2>", html_table(rows, SUMMARY_COLUMNS)]
     parts.append(img(scatter_png(at_smallest, "latency_p50_ms", "top1",

@@ -93,7 +93,8 @@ def test_full_strategy_and_stack(sample_dir, tmp_path):
                          for l in norms)
     _reload_matches(result, sample_dir)
 
-    stack = finetune(_config(sample_dir, tmp_path / "stack", strategy="stack",
+    # input_size=None: a stack keeps each backbone's own size (--input-size is refused for it).
+    stack = finetune(_config(sample_dir, tmp_path / "stack", strategy="stack", input_size=None,
                              backbones=("mobilenet_v3_small", "mobilenet_v2")))
     metadata = _reload_matches(stack, sample_dir)
     assert metadata["output"]["logits_layer"] is None

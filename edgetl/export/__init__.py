@@ -25,7 +25,8 @@ import numpy as np
 
 from ..errors import CheckFailed, UsageError
 from ..metadata import (ARTIFACT_SCHEMA, MODEL_METADATA, artifact_files, atomic_directory, check_output_dir,
-                        hash_artifact, read_json, sidecar_path, software_versions, write_json)
+                        hash_artifact, read_json, read_model_metadata, sidecar_path, software_versions,
+                        write_json)
 from ..preprocess import Preprocessing
 
 log = logging.getLogger("edgetl")
@@ -276,9 +277,8 @@ def _say(config: ExportConfig, message: str) -> None:
 
 def _recipe_without_tensorflow(config: ExportConfig) -> Preprocessing:
     directory = config.model if config.model.is_dir() else config.model.parent
-    meta = directory / MODEL_METADATA
-    if meta.exists():
-        return Preprocessing.from_dict(read_json(meta)["preprocessing"])
+    if (directory / MODEL_METADATA).exists():
+        return Preprocessing.from_dict(read_model_metadata(directory)["preprocessing"])
     return Preprocessing().with_input_size(config.input_size)
 
 
@@ -346,7 +346,8 @@ class _Builder:
         key = ("onnx", input_dtype)
         if key not in self._cache:
             path = self.work / f"onnx_fp32_{input_dtype}.onnx"
-            details = onnx_export.convert(self.keras_graph(input_dtype), path, input_dtype, self.config.opset)
+            details = onnx_export.convert(self.keras_graph(input_dtype), path, input_dtype, self.config.opset,
+                                          output_name=self.source.output_kind)
             self._cache[key] = (path, details)
         return self._cache[key]
 
@@ -449,7 +450,7 @@ class _Builder:
         graph = self.keras_graph(input_dtype, tflite_int8=int8_pixels)
         calib_input = "pixels_float" if int8_pixels else "float32"
         return tflite_export.convert(graph, path, mode, self.calib, calib_input, uint8_input=int8_pixels,
-                                     float_nodes=float_nodes)
+                                     float_nodes=float_nodes, output_name=self.source.output_kind)
 
     def _build_openvino(self, path: Path, mode: str, input_dtype: str, ignored: list[str] | None = None) -> dict:
         from . import openvino as ov_export
@@ -476,8 +477,6 @@ class _Builder:
     # description
     def sidecar(self, path: Path, fmt: str, mode: str, input_dtype: str, details: dict, parity_result: dict,
                 runtime: dict, float_layers: list[str]) -> dict[str, Any]:
-        from .keras_graph import INPUT_NAME
-
         height, width = self.source.input_size
         input_quant = None
         if fmt == "tflite" and mode == "int8" and input_dtype == "uint8":
@@ -485,6 +484,9 @@ class _Builder:
 
             input_quant = input_quantization(path)
         files = hash_artifact(path)  # every file of the artifact (OpenVINO: .xml and .bin)
+        from .io_names import io_names
+
+        names = io_names(path, fmt)
         return {
             "schema": ARTIFACT_SCHEMA,
             "format": fmt,
@@ -493,9 +495,10 @@ class _Builder:
             "sha256": files[path.name],  # the main file, for readers older than `files`
             "size_bytes": sum(f.stat().st_size for f in artifact_files(path)),
             "labels": list(self.source.labels),
-            "input": {"name": INPUT_NAME, "shape": [None, height, width, 3], "layout": "NHWC",
+            # names: what this format's client API sees (export.io_names), e.g. TFLite signature keys
+            "input": {**names["input"], "shape": [None, height, width, 3], "layout": "NHWC",
                       "dtype": input_dtype, "quantization": input_quant},
-            "output": {"name": self.source.output_kind, "kind": self.source.output_kind, "dtype": "float32",
+            "output": {**names["output"], "kind": self.source.output_kind, "dtype": "float32",
                        "softmax": "apply in float" if self.source.output_kind == "logits" else "in graph"},
             "preprocessing": self.source.recipe.to_dict(),
             "quantization": {

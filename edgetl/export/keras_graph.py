@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..metadata import MODEL_FILE, MODEL_METADATA, read_json, sha256_file
+from ..metadata import MODEL_FILE, MODEL_METADATA, read_model_metadata, sha256_file
 from ..preprocess import Preprocessing
 
 INPUT_NAME = "image"
@@ -62,20 +62,22 @@ def check_source(model: str | Path, input_size: int | None) -> None:
     if not (directory / MODEL_METADATA).exists() and not input_size:
         raise UsageError(f"{directory}: no {MODEL_METADATA}; pass --input-size (and --labels) "
                          f"to export a model not made by edgetl")
+    if (directory / MODEL_METADATA).exists():
+        read_model_metadata(directory)  # invalid JSON or missing fields: one line, before TensorFlow
+    from ..finetune import check_keras_file
+
+    check_keras_file(path)
 
 
 def load_source(model: str | Path, input_size: int | None = None, labels: list[str] | None = None) -> SourceModel:
-    import keras
+    from ..finetune import load_keras_model
 
     check_source(model, input_size)
     path, directory = resolve_model_path(model)
     meta_path = directory / MODEL_METADATA
-    try:
-        keras_model = keras.models.load_model(path, compile=False)
-    except Exception as exc:  # corrupt or foreign file: one line, not a traceback
-        raise UsageError(f"{path}: Keras cannot load it ({str(exc).splitlines()[0][:200]})") from None
+    keras_model = load_keras_model(path)
     if meta_path.exists():
-        metadata = read_json(meta_path)
+        metadata = read_model_metadata(directory)
         recipe = Preprocessing.from_dict(metadata["preprocessing"])
         if input_size and tuple(recipe.input_size) != (input_size, input_size):
             raise UsageError(f"--input-size {input_size} disagrees with {meta_path} "

@@ -66,8 +66,11 @@ _HISTOGRAM_OPTIONS = {
 }
 
 
-def convert(model, path: Path, input_dtype: str, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
-    """Keras model -> ONNX with a dynamic batch dimension. Returns how it was converted."""
+def convert(model, path: Path, input_dtype: str, opset: int = DEFAULT_OPSET,
+            output_name: str | None = None) -> dict[str, Any]:
+    """Keras model -> ONNX with a dynamic batch dimension, its single output renamed ``output_name``
+    (tf2onnx names it after the last Keras layer or nested model, e.g. ``logits_model`` behind a
+    uint8 input). Returns how it was converted."""
     import tensorflow as tf
     import tf2onnx
 
@@ -93,16 +96,25 @@ def convert(model, path: Path, input_dtype: str, opset: int = DEFAULT_OPSET) -> 
                         "; ".join(attempts))
             model.export(str(path), format="onnx", verbose=False)
             converter = "keras.export"
-    _rename_output(path)
+    _rename_output(path, output_name)
     return {"converter": converter, "opset": opset}
 
 
 def _rename_output(path: Path, name_for_single: str | None = None) -> None:
-    """Make the batch dimension symbolic as 'batch' (tf2onnx writes 'unk__123')."""
+    """Make the batch dimension symbolic as 'batch' (tf2onnx writes 'unk__123'); with
+    ``name_for_single``, rename a single graph output to it (and every reference to the old name)."""
     import onnx
 
     model = onnx.load(str(path))
     changed = False
+    outputs = model.graph.output
+    if name_for_single and len(outputs) == 1 and outputs[0].name != name_for_single:
+        old = outputs[0].name
+        for node in model.graph.node:
+            node.output[:] = [name_for_single if o == old else o for o in node.output]
+            node.input[:] = [name_for_single if i == old else i for i in node.input]
+        outputs[0].name = name_for_single
+        changed = True
     for value in list(model.graph.input) + list(model.graph.output):
         dim = value.type.tensor_type.shape.dim[0]
         if not dim.HasField("dim_value") and dim.dim_param != "batch":

@@ -192,7 +192,8 @@ def _onnx(builder, input_dtype: str, path: Path, details: dict, inputs: np.ndarr
 def _tflite(builder, input_dtype: str, path: Path, details: dict):
     from . import tflite as tflite_export
 
-    ranked = tflite_export.rank_layers(builder.keras_graph(input_dtype), builder.calib, "float32", RANK_IMAGES)
+    ranked = tflite_export.rank_layers(builder.keras_graph(input_dtype), builder.calib, "float32", RANK_IMAGES,
+                                       output_name=builder.source.output_kind)
     return _float_until_passing(
         builder, input_dtype, path, details, ranked, "RMSE / scale of the op output (QuantizationDebugger)",
         lambda candidate, names: builder._build_tflite(candidate, "int8", input_dtype, float_nodes=names))

@@ -1,7 +1,10 @@
 """TFLite (LiteRT) artifacts through ``tf.lite.TFLiteConverter.from_keras_model``.
 
 ``from_concrete_functions`` given the Keras model as trackable silently writes a model that outputs NaN
-with TF 2.21/Keras 3.15, so the Keras entry point is the only one used.
+with TF 2.21/Keras 3.15, so the Keras entry point is the only one used. The graph is wrapped so its
+output is a dict ``{output_name: tensor}``: the signature's output key is then ``logits`` (or
+``probabilities``), what the sidecar says, instead of the converter's ``output_0``; the input key is the
+Keras input's name, ``image``. ``io_names`` reads back what a client sees.
 
 Modes: fp32; fp16 (float16 weights, float compute on CPU); dynamic (int8 weights, dynamic-range
 activations); int8 (full integer, builtins INT8 only, calibrated on the representative set). INT8
@@ -23,13 +26,14 @@ from .calibration import CalibrationSet
 
 def convert(model, path: Path, mode: str, calib: CalibrationSet | None = None,
             calib_input: str = "float32", uint8_input: bool = False,
-            float_nodes: list[str] | None = None) -> dict[str, Any]:
+            float_nodes: list[str] | None = None, output_name: str = "logits") -> dict[str, Any]:
     """``calib_input`` is how calibration batches are made for this graph (see CalibrationSet.batches);
     ``uint8_input`` with int8 makes the converter expose a uint8 input tensor. ``float_nodes`` (int8,
     float input only): output tensor names of ops to leave in float (selective quantization through
     TFLite's QuantizationDebugger; the rest stays full-integer)."""
     import tensorflow as tf
 
+    model = named_output(model, output_name)
     if float_nodes:
         return _convert_selective(model, path, calib, calib_input, float_nodes)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -54,6 +58,31 @@ def convert(model, path: Path, mode: str, calib: CalibrationSet | None = None,
         flatbuffer = converter.convert()
     path.write_bytes(flatbuffer)
     return details
+
+
+def named_output(model, output_name: str):
+    """The same graph with its single output keyed ``output_name`` (the signature output key)."""
+    import keras
+
+    if isinstance(model.output, dict):
+        return model
+    return keras.Model(model.input, {output_name: model.output}, name=model.name)
+
+
+def io_names(path: Path) -> dict[str, dict[str, str]]:
+    """What a LiteRT client sees: the signature (``get_signature_runner(name)``), its input/output
+    keys, and the tensor names ``get_input_details()``/``get_output_details()`` report."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    signatures = interpreter.get_signature_list()
+    name = "serving_default" if "serving_default" in signatures else next(iter(signatures), None)
+    keys = signatures.get(name, {}) if name else {}
+    tensors = {"input": interpreter.get_input_details()[0]["name"],
+               "output": interpreter.get_output_details()[0]["name"]}
+    return {side: {"name": (keys.get(f"{side}s") or [tensors[side]])[0], "signature": name,
+                   "signature_key": (keys.get(f"{side}s") or [None])[0], "tensor_name": tensors[side]}
+            for side in ("input", "output")}
 
 
 def input_quantization(path: Path) -> dict[str, float] | None:
@@ -89,13 +118,14 @@ def _debugger(model, calib: CalibrationSet, calib_input: str, debug_images: int,
 
 
 def rank_layers(model, calib: CalibrationSet, calib_input: str = "float32",
-                debug_images: int = 32) -> list[tuple[str, float]]:
+                debug_images: int = 32, output_name: str = "logits") -> list[tuple[str, float]]:
     """(output tensor name, RMSE / scale) of every quantized op, worst first: TFLite's
     QuantizationDebugger runs the quantized model with float references beside each op on
     ``debug_images`` calibration images; RMSE over the op's own quantization step is its own error
     (the measure TFLite's selective-quantization guide ranks by)."""
     import csv
 
+    model = named_output(model, output_name)  # the graph convert() quantizes, so tensor names match
     with contextlib.redirect_stdout(io.StringIO()):  # the converter prints SavedModel signatures
         debugger = _debugger(model, calib, calib_input, debug_images)
         debugger.run()

@@ -68,6 +68,14 @@ class PruneConfig:
             raise UsageError("epochs must be >= 0, batch size >= 1 and the learning rate > 0")
         if not Path(self.model_dir).is_dir():
             raise UsageError(f"model directory {self.model_dir} does not exist")
+        from ..metadata import MODEL_FILE, read_model_metadata
+
+        read_model_metadata(self.model_dir)  # missing, not JSON, or lacking fields: one line, before TensorFlow
+        if not (self.model_dir / MODEL_FILE).is_file():
+            raise UsageError(f"{self.model_dir}: no {MODEL_FILE} to prune")
+        from ..finetune import check_keras_file
+
+        check_keras_file(self.model_dir / MODEL_FILE)
         from ..metadata import check_output_dir
 
         check_output_dir(self.out, self.inputs(), self.overwrite)
@@ -281,7 +289,10 @@ class _Data:
         from ..preprocess import Preprocessing
 
         dataset = metadata.get("dataset") or {}
-        root = Path(config.data or dataset.get("root") or "")
+        if not config.data and not dataset.get("root"):
+            raise UsageError(f"{config.model_dir}: its edgetl.json records no training data "
+                             f"(dataset.root); pass --data")
+        root = Path(config.data or dataset.get("root"))
         if not config.data and not root.is_dir():
             raise UsageError(f"{config.model_dir} was trained on {root}, which is gone; pass --data")
         val_split, seed = dataset.get("val_split", 0.2), dataset.get("seed", 0)

@@ -35,6 +35,8 @@ class BackboneSpec:
     builder: Builder
     imagenet_source: str  # where ImageNet weights come from, for errors and metadata
     family: str = "generic"  # topology family, read by the structured pruner
+    # Smallest input side the topology takes: five stride-2 stages (Keras Applications refuse < 32).
+    min_input_size: int = 32
 
     def build(self, weights: str = "imagenet", input_size: int | None = None,
               include_top: bool = False):
@@ -144,7 +146,7 @@ register(BackboneSpec("efficientnet_b0", 224, _crop_recipe(224, **_RAW_PIXELS), 
 register(BackboneSpec("resnet50", 224, _crop_recipe(224, **_CAFFE_MODE), 2048,
                       _keras_app("ResNet50"), "Keras Applications"))
 register(BackboneSpec("inception_v3", 299, _crop_recipe(299, **_TF_MODE), 2048,
-                      _keras_app("InceptionV3"), "Keras Applications"))
+                      _keras_app("InceptionV3"), "Keras Applications", min_input_size=75))
 register(BackboneSpec("vgg19", 224, _crop_recipe(224, **_CAFFE_MODE), 512,
                       _keras_app("VGG19"), "Keras Applications", family="plain_conv"))
 

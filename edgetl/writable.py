@@ -1,0 +1,61 @@
+"""Output folders that can actually be written, checked before any work, and OS write failures as
+one line.
+
+Every verb writes its ``--out`` through ``metadata.atomic_directory``: a temporary sibling renamed
+into place. So what must be writable is ``--out``'s parent (or its nearest existing ancestor, which
+gets the missing folders), and ``--out`` must not be a file or the folder the process runs in.
+``check_writable`` checks exactly that (``metadata.check_output_dir``, the one output-folder rule,
+calls it first), so an unwritable ``--out`` fails in a second instead of
+after training or conversion.
+
+``describe_os_error`` is what ``cli.main`` prints for the OS errors that are the machine's state,
+not edgetl's bug (permission, read-only file system, disk or quota full, file-size limit) when one
+is raised mid-write; every other ``OSError`` keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import UsageError
+
+# errno values that describe the machine (permissions, space, limits), never a code path of edgetl.
+ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                                errno.EFBIG})
+
+
+def check_writable(out: str | Path, option: str = "--out") -> None:
+    """UsageError (one line) unless ``out`` can be written as an output folder: not a file, not the
+    current directory or one holding it (replacing it would delete the shell's working directory),
+    and its parent (or nearest existing ancestor) writable, probed by creating and removing a
+    hidden folder there."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{option} {out} is an existing file, not a folder; name a folder")
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise UsageError(f"{option} {out} is the current directory (or holds it), which edgetl would "
+                         f"replace as a whole; name a new folder, e.g. {option} ./edgetl-out")
+    ancestor = resolved.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{option} {out}: {ancestor} is a file, so no folder can be made under it")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".edgetl-write-probe-", dir=ancestor))
+    except OSError as exc:
+        raise UsageError(f"{option} {out} cannot be written: {ancestor}: {exc.strerror or exc}") from None
+
+
+def describe_os_error(exc: BaseException) -> str | None:
+    """One line for an OSError caused by the machine's state (see ENVIRONMENT_ERRNOS), else None."""
+    if not isinstance(exc, OSError) or exc.errno not in ENVIRONMENT_ERRNOS:
+        return None
+    where = f"{exc.filename}: " if exc.filename else ""
+    hint = {errno.ENOSPC: " (the disk is full)", errno.EDQUOT: " (the disk quota is used up)",
+            errno.EFBIG: " (a file-size limit, ulimit -f)"}.get(exc.errno, "")
+    return f"{where}{exc.strerror or exc}{hint}".replace("\n", " ")
