@@ -808,7 +808,7 @@ ROW_COLUMNS = ["artifact", "kind", "backbone", "format", "runtime", "quantizatio
                "gzip_bytes", "load_ms", "latency_min_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
                "latency_mean_ms", "latency_std_ms", "throughput_ips", "peak_rss_mb", "top1", "top5",
                "agreement", "cosine_mean", "max_abs_diff", "speedup_vs_fp32", "size_ratio_vs_fp32",
-               "cpu_fallback_nodes", "device"]
+               "cpu_fallback_nodes", "device", "latency_evidence", "accuracy_evidence"]
 
 
 def build_rows(results: list[dict], reference: dict | None, batch_sizes: list[int]) -> list[dict[str, Any]]:
@@ -834,6 +834,8 @@ def build_rows(results: list[dict], reference: dict | None, batch_sizes: list[in
                 "speedup_vs_fp32": None, "size_ratio_vs_fp32": None,
                 "cpu_fallback_nodes": entry["placement"]["cpu_fallback_nodes"],
                 "device": ",".join(entry["placement"]["devices"]),
+                # every figure says how it was obtained (targets/bench.py adds simulated/estimated rows)
+                "latency_evidence": "measured", "accuracy_evidence": "measured",
             })
     # Ratios against the FP32 (quantization none) artifact of the same model, format and batch size.
     for row in rows:
@@ -852,7 +854,8 @@ def build_rows(results: list[dict], reference: dict | None, batch_sizes: list[in
                 **{f"latency_{k}_ms": timing[k] for k in TIMING_KEYS},
                 "throughput_ips": size * 1e3 / timing["mean"],
                 "top1": reference["accuracy"]["top1"], "top5": reference["accuracy"]["top5"],
-                "agreement": 1.0, "device": reference["device"]})
+                "agreement": 1.0, "device": reference["device"],
+                "latency_evidence": "measured", "accuracy_evidence": "measured"})
     return [{key: row.get(key) for key in ROW_COLUMNS} for row in rows]
 
 
