@@ -145,7 +145,7 @@ class Artifact:
 
 
 # -- 1. artifacts ------------------------------------------------------------------------------------
-def expand_artifacts(paths: Sequence[str | Path], runtime: str = "auto") -> list[Artifact]:
+def expand_artifacts(paths: Sequence[str | Path], runtime: str = "auto", compiled_too: bool = False) -> list[Artifact]:
     """ARTIFACT arguments -> artifacts with their sidecars; a directory means every artifact in it."""
     wanted_format = RUNTIMES[runtime]
     found: list[Path] = []
@@ -153,7 +153,8 @@ def expand_artifacts(paths: Sequence[str | Path], runtime: str = "auto") -> list
         if path.is_dir():
             inside = sorted(p for p in path.iterdir() if p.suffix.lower() in backends.FORMAT_BY_SUFFIX
                             and sidecar_path(p).exists())
-            inside = [p for p in inside if wanted_format in (None, backends.artifact_format(p))]
+            inside = [p for p in inside if wanted_format in (None, backends.artifact_format(p))
+                      and (compiled_too or _cpu_runnable(p))]
             if not inside:
                 what = f"{runtime} " if wanted_format else ""
                 raise UsageError(f"{path}: no {what}artifact (*.onnx, *.tflite, *.xml with a .json sidecar) in it")
@@ -169,6 +170,12 @@ def expand_artifacts(paths: Sequence[str | Path], runtime: str = "auto") -> list
     names = [p.name for p in unique]
     return [Artifact(p, read_sidecar(p), p.name if names.count(p.name) == 1 else f"{p.parent.name}/{p.name}")
             for p in unique]
+
+
+def _cpu_runnable(path: Path) -> bool:
+    """Compiled NPU artifacts (Vela's ethos-u op, QNN EPContext) load only with their device's runtime;
+    a folder listing skips them (``edgetl bench --target npu:...`` picks them up)."""
+    return (read_sidecar(path).get("target") or {}).get("cpu_runnable", True) is not False
 
 
 # -- 2. devices --------------------------------------------------------------------------------------

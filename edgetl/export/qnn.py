@@ -16,10 +16,13 @@ Steps (``export.target`` drives them):
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import CheckFailed, UsageError
 from .calibration import CalibrationSet, ort_data_reader
@@ -120,7 +123,27 @@ def cpu_nodes(qdq_path: Path, soc: str | None) -> list[dict[str, str]]:
     with tempfile.TemporaryDirectory(prefix="edgetl-qnn-ctx-") as tmp:
         ctx = Path(tmp) / "ctx.onnx"
         ort.InferenceSession(str(qdq_path), sess_options=qnn_session_options(soc, True, context_file=ctx))
-        return context_cpu_nodes(ctx)
+        if ctx.exists():
+            return context_cpu_nodes(ctx)
+        # The HTP took nothing (e.g. a symbolic batch), so no EPContext model was written: one profiled
+        # run says which (optimized) nodes the CPU EP ran.
+        options = qnn_session_options(soc, True)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(qdq_path), sess_options=options)
+        feed = {}
+        for spec in session.get_inputs():
+            shape = [d if isinstance(d, int) else 1 for d in spec.shape]
+            feed[spec.name] = np.zeros(shape, np.uint8 if "uint8" in spec.type else np.float32)
+        session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    nodes = {}
+    for event in events:
+        args = event.get("args", {})
+        if event.get("cat") == "Node" and args.get("provider") == "CPUExecutionProvider":
+            name = event.get("name", "").removesuffix("_kernel_time")
+            nodes.setdefault(name, {"name": name, "op_type": args.get("op_name", "?")})
+    return list(nodes.values())
 
 
 def context_cpu_nodes(ctx_path: Path) -> list[dict[str, str]]:

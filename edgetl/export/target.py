@@ -214,6 +214,7 @@ def _build_qnn(ctx: _Context):
                  "compiled": ctx_path.name}
     ctx_block = {**block, "role": "EPContext model: QNN context binary for the SoC, embedded (embed_mode 1)",
                  "compile_seconds": compiled["compile_seconds"], "embed_mode": 1, "uncompiled": qdq.name,
+                 "cpu_runnable": False,
                  "uncompiled_sha256": sha256_file(qdq),
                  "simulator_wall_ms_per_image": {"value": round(wall_ms, 1), "evidence": "simulated",
                                                  "note": "x86 HTP simulator wall time, not device latency"}

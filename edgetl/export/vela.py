@@ -34,7 +34,9 @@ from .calibration import CalibrationSet
 VELA_EXTRA = ".[ethos-u]"
 _OPS = re.compile(r"^(CPU|NPU) operators = (\d+)")
 _PLACED = re.compile(r"^\s+(CPU|NPU): (\w+) = (.*?)(?: \(outputs .*\))?$")
-_UNSUPPORTED = re.compile(r"^Warning: (\w+) '(.*)' is not supported on the NPU")
+# Vela's "supported operators" warnings: the legacy compiler's form and the regor (5.x) form.
+_UNSUPPORTED = re.compile(r"^Warning: (\w+) '(.*)' is not supported on the NPU"
+                          r"|^Warning \(supported operators\) operator: (\w+), ofm: '(.*)'")
 # Estimate fields kept from Vela's summary CSV (all of it stays beside the artifact).
 SUMMARY_FIELDS = ("accelerator_configuration", "system_config", "memory_mode", "core_clock", "inference_time",
                   "inferences_per_second", "cycles_npu", "cycles_total", "sram_memory_used", "dram_memory_used",
@@ -119,11 +121,11 @@ def parse_placement(stdout: str) -> dict[str, Any]:
         elif match := _PLACED.match(line):
             listed[match.group(1)].append({"op_type": match.group(2), "name": match.group(3)})
         elif match := _UNSUPPORTED.match(line):
-            reason = lines[i + 1].strip(" -") if i + 1 < len(lines) else ""
-            unsupported.append({"op_type": match.group(1), "name": match.group(2), "reason": reason})
+            reason = lines[i + 1].strip(" -").removeprefix("Reason: ") if i + 1 < len(lines) else ""
+            op_type, name = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+            unsupported.append({"op_type": op_type, "name": name, "reason": reason})
     return {"npu_ops": counts["NPU"], "cpu_ops": counts["CPU"], "total_ops": counts["NPU"] + counts["CPU"],
-            "cpu": [*unsupported, *[op for op in listed["CPU"]
-                                    if not any(u["name"] == op["name"] for u in unsupported)]]}
+            "cpu": unsupported or listed["CPU"]}
 
 
 def describe_unsupported(placement: dict[str, Any], limit: int = 5) -> str:

@@ -66,7 +66,7 @@ def _plan(config: TargetBenchConfig) -> _Plan:
     levels = ("hardware", "simulator", "estimator") if config.simulate else ("hardware",)
     target = targets.resolve(config.target, levels)
     level = target.availability().level
-    artifacts = base.expand_artifacts(config.artifacts)
+    artifacts = base.expand_artifacts(config.artifacts, compiled_too=True)
     if target.kind == "npu":
         artifacts = [a for a in artifacts if (a.sidecar.get("target") or {}).get("name") == target.name
                      and (a.sidecar["target"].get("compiled") is None)]
@@ -263,7 +263,7 @@ def _litert_version() -> str:
 
 
 # -- the document ------------------------------------------------------------------------------------
-def _rows(entries: list[dict], reference: dict | None) -> list[dict[str, Any]]:
+def _rows(entries: list[dict], reference: dict | None, ref_entry: dict | None) -> list[dict[str, Any]]:
     from .. import bench as base
 
     rows = []
@@ -292,8 +292,8 @@ def _rows(entries: list[dict], reference: dict | None) -> list[dict[str, Any]]:
             "artifact": "reference (keras)", "kind": "reference", "backbone": reference.get("backbone"),
             "format": "keras", "runtime": "tensorflow", "quantization": "none", "batch_size": 1,
             **{f"latency_{k}_ms": timing[k] for k in base.TIMING_KEYS}, "throughput_ips": 1e3 / timing["mean"],
-            "agreement": 1.0, "device": reference["device"],
-            "accuracy_evidence": "measured", "latency_evidence": "measured"})
+            "agreement": 1.0, "device": reference["device"], "top1": ref_entry["accuracy"]["top1"],
+            "top5": ref_entry["accuracy"]["top5"], "accuracy_evidence": "measured", "latency_evidence": "measured"})
     return rows
 
 
@@ -311,7 +311,7 @@ def _assemble(config, plan, images, cache, entries, reference) -> dict[str, Any]
                      "accuracy": {**ref_acc, "n_images": int(len(truth))},
                      "latency_ms": {str(k): v for k, v in reference["latency_ms"].items()},
                      "versions": reference["versions"], "evidence": "measured"}
-    rows = _rows(entries, reference)
+    rows = _rows(entries, reference, ref_entry)
     found = plan.target.availability()
     return {
         "schema": base.BENCH_SCHEMA,
