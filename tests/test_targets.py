@@ -132,6 +132,12 @@ def test_qnn_export_is_static_qdq_and_compiles_for_the_soc(qnn_export):
     # the HTP's fixed-point requantization is not ORT's CPU kernels (so not the CPU EP in disguise)
     assert 0 < parity["vs_cpu_qdq_max_abs_diff"] < 3.0
     assert target["simulator_wall_ms_per_image"]["evidence"] == "simulated"
+    from edgetl.errors import DeviceUnavailable
+    from edgetl.runtime.backends import open_backend, qnn_ep_devices, qnn_is_simulator
+
+    if qnn_is_simulator(qnn_ep_devices()):  # the simulator never stands in for the device unasked
+        with pytest.raises(DeviceUnavailable, match="simulator"):
+            open_backend(ctx, "npu")
     cpu_sidecar = json.loads((qnn_export.out / (qdq.name + ".json")).read_text())
     assert cpu_sidecar["parity"]["evidence"] == "measured" and cpu_sidecar["target"]["compiled"] == ctx.name
 

@@ -50,8 +50,8 @@ def qnn_variants(args, work: Path) -> dict:
     from edgetl.export.parity import compare, run_batches
     from edgetl.runtime.backends import open_backend
 
-    rows = {}
-    for scheme in qnn.QNN_SCHEMES:
+    rows = dict((args.previous.get("qnn") or {}).get("schemes") or {}) if "qnn-schemes" in args.skip else {}
+    for scheme in [] if "qnn-schemes" in args.skip else qnn.QNN_SCHEMES:
         out = work / f"qnn_{scheme}"
         started = time.perf_counter()
         result = export(ExportConfig(model=args.model, out=out, calib=args.calib, calib_size=args.calib_size,
@@ -77,14 +77,16 @@ def qnn_variants(args, work: Path) -> dict:
     config = EC(model=args.model, out=work / "unused", calib=args.calib)
     checks = _check_set(config, source, calib)
     reference = _keras_reference(source, checks)
-    fp32, static, pre = work / "fp32.onnx", work / "static.onnx", work / "pre.onnx"
+    fp32 = work / "fp32.onnx"
     onnx_export.convert(output_model(source), fp32, "float32")
-    qnn.fix_batch(fp32, static)
-    onnx_export.preprocess(static, pre)
     cache = work / "ranges.json"
-    onnx_export.calibrate(pre, calib, "float32", "minmax", cache)
+    # ranges and QDQ on the dynamic-batch graph (edgetl's calibration feeds chunks), then batch fixed to 1
+    dynamic_pre, dynamic_qdq = work / "pre_dynamic.onnx", work / "edgetl_u8s8_dynamic.onnx"
+    onnx_export.preprocess(fp32, dynamic_pre)
+    onnx_export.calibrate(dynamic_pre, calib, "float32", "minmax", cache)
+    onnx_export.quantize_int8(dynamic_pre, dynamic_qdq, cache, "minmax")
     edgetl_qdq = work / "edgetl_u8s8.onnx"
-    onnx_export.quantize_int8(pre, edgetl_qdq, cache, "minmax")
+    qnn.fix_batch(dynamic_qdq, edgetl_qdq)
     compiled = qnn.compile_context(edgetl_qdq, work / "edgetl_u8s8_ctx.onnx", qnn.DEFAULT_SOC)
     inputs = source.recipe.normalize(checks.pixels)
     htp = open_backend(work / "edgetl_u8s8_ctx.onnx", "npu", soc=qnn.DEFAULT_SOC, simulate=True)
@@ -149,7 +151,9 @@ def benches(args, work: Path, val: Path) -> dict:
     from edgetl.export import ExportConfig, export
 
     found = {}
-    for target, folder in (("npu:qnn-htp", work / "qnn_u8u8"), ("npu:ethos-u55-256", work / "u55")):
+    from edgetl.export.qnn import DEFAULT_SCHEME
+
+    for target, folder in (("npu:qnn-htp", work / f"qnn_{DEFAULT_SCHEME}"), ("npu:ethos-u55-256", work / "u55")):
         report = bench_target(TargetBenchConfig(artifacts=[folder], data=val, out=work / f"bench_{target[4:]}",
                                                 target=target, simulate=True, runs=10, overwrite=True)).json
         found[target] = _bench_summary(report)
@@ -186,8 +190,9 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="edgetl-targets-"))
     work.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    args.previous, args.skip = dict(results), skip
     results["model"] = str(args.model)
-    if "qnn" not in skip:
+    if "qnn" not in skip:  # "qnn-schemes": keep the scheme rows of a previous run
         results["qnn"] = qnn_variants(args, work)
         args.out.write_text(json.dumps(results, indent=2, default=str))
     if "ethos" not in skip:

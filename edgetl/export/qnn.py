@@ -6,8 +6,9 @@ Steps (``export.target`` drives them):
 1. FP32 ONNX (tf2onnx) with the batch fixed to 1: the HTP compiles static graphs, and with a symbolic
    batch ORT leaves shape nodes for the CPU EP (session creation fails with ``disable_cpu_ep_fallback``).
 2. ``qnn_preprocess_model`` (ORT's QNN-specific fusions), then ``get_qnn_qdq_config`` + ``quantize``:
-   QDQ with uint8 activations and per-tensor uint8 weights by default (``QNN_SCHEMES``: the other
-   schemes are measured in tools/RESULTS-targets.md).
+   QDQ with uint8 activations and symmetric int8 per-channel weights by default (``QNN_SCHEMES``; ORT's
+   own default, per-tensor uint8 weights, and 16-bit activations are measured against it in
+   tools/RESULTS-targets.md).
 3. Session creation on the QNN HTP backend with ``ep.context_enable`` writes the EPContext model: one
    ``EPContext`` node holding the compiled QNN context binary (embed mode 1) for ``soc_model``. That is
    what a Snapdragon device loads. Nodes the HTP cannot take stay as ordinary ONNX nodes beside it:
@@ -42,7 +43,7 @@ QNN_SCHEMES = {
     "u8s8-per-channel": ("QUInt8", "QInt8", True),
     "u16u8": ("QUInt16", "QUInt8", False),  # 16-bit activations (W8A16), slower on the HTP
 }
-DEFAULT_SCHEME = "u8u8"
+DEFAULT_SCHEME = "u8s8-per-channel"  # best simulated cosine at 8-bit activations (tools/RESULTS-targets.md)
 
 
 def check_soc(soc: str) -> str:

@@ -218,7 +218,7 @@ def _build() -> dict[str, Target]:
                ArtifactSpec("keras", False, "fp32", "float32"), "none (model.keras)", "TensorFlow on CUDA",
                probe_keras_gpu, "gpu"),
         Target("npu:qnn-htp", "npu", "Qualcomm Hexagon NPU (HTP), ONNX Runtime QNN EP",
-               ArtifactSpec("onnx", True, "QDQ uint8 activations / uint8 weights per tensor "
+               ArtifactSpec("onnx", True, "QDQ uint8 activations / int8 per-channel weights "
                                           "(onnxruntime get_qnn_qdq_config)", "float32 (Q/DQ at the edges)"),
                "ONNX Runtime QNN EP -> EPContext model (QNN context binary) for --soc",
                "onnxruntime + onnxruntime-qnn HTP backend; here: Qualcomm's HTP simulator", probe_qnn, "npu"),
