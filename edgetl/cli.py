@@ -192,7 +192,7 @@ def export(
     overwrite: bool = typer.Option(True, help="Replace an existing --out folder."),
     target: Optional[str] = typer.Option(None, help="Export what one target runs (see `edgetl targets`), e.g. npu:qnn-htp, npu:ethos-u55-256, gpu:cuda; replaces --format/--quantize."),
     soc: Optional[str] = typer.Option(None, help="npu:qnn-htp: Snapdragon to compile for (default SM8850, Snapdragon 8 Elite Gen 5), e.g. SM8750, SM8650, SC8380XP."),
-    qnn_scheme: str = typer.Option("u8s8-per-channel", help="npu:qnn-htp quantization (get_qnn_qdq_config): u8s8-per-channel (uint8 activations, symmetric int8 per-channel weights) | u8u8 (its defaults) | u16u8 (16-bit activations)."),
+    qnn_scheme: str = typer.Option("edgetl", help="npu:qnn-htp quantization: edgetl (the CPU INT8 recipe, batch fixed: most accurate on the HTP) | u8s8-per-channel | u8u8 | u16u8 (ORT get_qnn_qdq_config)."),
     system_config: Optional[str] = typer.Option(None, help="npu:ethos-u*: Vela system config (default: Vela's for that NPU)."),
     memory_mode: Optional[str] = typer.Option(None, help="npu:ethos-u*: Vela memory mode (default: Vela's)."),
     allow_cpu_fallback: bool = typer.Option(False, "--allow-cpu-fallback", help="NPU targets: accept ops left for the CPU instead of failing."),

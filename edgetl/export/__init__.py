@@ -80,7 +80,7 @@ class ExportConfig:
     # --target (edgetl.targets): what that target runs instead of --format/--quantize (export/target.py)
     target: str | None = None
     soc: str | None = None  # npu:qnn-htp: Snapdragon to compile the EPContext model for (export/qnn.py)
-    qnn_scheme: str = "u8s8-per-channel"  # export/qnn.py QNN_SCHEMES
+    qnn_scheme: str = "edgetl"  # export/qnn.py QNN_SCHEMES
     system_config: str | None = None  # npu:ethos-u*: Vela system config / memory mode (default: Vela's)
     memory_mode: str | None = None
     allow_cpu_fallback: bool = False  # ops the NPU cannot take: an error unless allowed

@@ -182,10 +182,14 @@ def _build_qnn(ctx: _Context):
     started = time.perf_counter()
     fp32 = ctx.work / "fp32.onnx"
     converted = onnx_export.convert(output_model(ctx.source), fp32, "float32", config.opset)
-    static = ctx.work / "static.onnx"
-    qnn.fix_batch(fp32, static)
     qdq = ctx.out / "model_qnn_int8.onnx"
-    details = {**converted, **qnn.quantize(static, qdq, ctx.calib, config.qnn_scheme), "static_batch": 1}
+    if config.qnn_scheme == "edgetl":
+        details = qnn.quantize_edgetl(fp32, qdq, ctx.calib, ctx.work)
+    else:
+        static = ctx.work / "static.onnx"
+        qnn.fix_batch(fp32, static)
+        details = qnn.quantize(static, qdq, ctx.calib, config.qnn_scheme)
+    details = {**converted, **details, "static_batch": 1}
     quantized_at = time.perf_counter()
     compiled = qnn.compile_context(qdq, ctx.out / f"model_qnn_int8_{soc.lower()}_ctx.onnx", soc,
                                    config.allow_cpu_fallback)
@@ -205,7 +209,7 @@ def _build_qnn(ctx: _Context):
     htp_parity["vs_cpu_qdq_max_abs_diff"] = float(np.abs(htp_outputs - run_batches(cpu.run, inputs, 1)).max())
     del cpu, htp
     input_spec = {"dtype": "float32", "quantization": None}
-    quant = {"method": "onnxruntime get_qnn_qdq_config (QDQ)", "details": details,
+    quant = {"method": f"QDQ for the HTP ({details['quantizer']})", "details": details,
              "per_channel": details["per_channel"]}
     block = {"name": ctx.target.name, "kind": "npu", "soc": soc, "soc_name": compiled["soc_name"],
              "compiled_by": ctx.target.compiled_by, "nodes": compiled["nodes"], "cpu_nodes": compiled["cpu_nodes"],

@@ -219,7 +219,7 @@ def _build() -> dict[str, Target]:
                probe_keras_gpu, "gpu"),
         Target("npu:qnn-htp", "npu", "Qualcomm Hexagon NPU (HTP), ONNX Runtime QNN EP",
                ArtifactSpec("onnx", True, "QDQ uint8 activations / int8 per-channel weights "
-                                          "(onnxruntime get_qnn_qdq_config)", "float32 (Q/DQ at the edges)"),
+                                          "(batch 1)", "float32 (Q/DQ at the edges)"),
                "ONNX Runtime QNN EP -> EPContext model (QNN context binary) for --soc",
                "onnxruntime + onnxruntime-qnn HTP backend; here: Qualcomm's HTP simulator", probe_qnn, "npu"),
         *[_ethos_u_target(config) for config in ETHOS_U_CONFIGS],
