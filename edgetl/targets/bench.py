@@ -189,8 +189,9 @@ def _qnn_artifact(artifact, config: TargetBenchConfig, plan: _Plan, cache) -> tu
         load_ms=load_ms, memory={"rss_before_mb": memory.before_mb, "peak_rss_mb": memory.peak_mb,
                                  "scope": memory.scope},
         placement={"requested": "npu", "devices": devices,
-                   "nodes": {"QNN": int(nodes.get("on_npu", 0)), "CPU": len(left)},
-                   "method": "EPContext model: nodes outside the EPContext node stay on the CPU EP",
+                   "nodes": {"QNN": int(nodes.get("compute_ops_on_npu", nodes.get("on_npu", 0))), "CPU": len(left)},
+                   "method": "EPContext model: nodes outside the EPContext node stay on the CPU EP "
+                             f"(counted: layers; with Q/DQ nodes {nodes.get('on_npu')} of {nodes.get('total')} on the HTP)",
                    "cpu_fallback_nodes": len(left), "verified": True},
         latency_ms=latency,
         evidence={"accuracy": evidence, "vs_reference": evidence, "load_ms": evidence,
