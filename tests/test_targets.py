@@ -263,3 +263,15 @@ def test_vela_bench_estimates_and_simulates(vela_export, small_data, tmp_path):
     assert entry["placement"]["nodes"]["CPU"] == 0
     markdown = (out / "report.md").read_text()
     assert "(estimated" in markdown and "KiB (estimated)" in markdown
+
+
+def test_plain_cpu_bench_skips_compiled_models_and_runs_int8_io(vela_export, small_data, tmp_path):
+    from edgetl.bench import BenchConfig, bench
+
+    result = bench(BenchConfig(artifacts=[vela_export.out], data=small_data, out=tmp_path / "cpu", runs=2,
+                               warmup=1, batch_sizes=(1,), measure_overhead=False))
+    names = [entry["name"] for entry in result.json["artifacts"]]
+    assert names == ["model_tflite_int8_io8.tflite"]  # the ethos-u custom-op model needs the NPU driver
+    row = result.rows[0]
+    assert row["latency_evidence"] == "measured" and row["latency_p50_ms"] > 0
+    assert row["agreement"] >= 0.75

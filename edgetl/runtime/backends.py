@@ -327,6 +327,7 @@ def qnn_session_options(soc: str | None = None, allow_cpu_fallback: bool = False
     if not devices:
         raise DeviceUnavailable("onnxruntime-qnn registered no QNN device")
     options = ort_session_options(threads, exact_int8=False)
+    options.log_severity_level = 3  # the plugin warns about Windows-only features on every session
     if not allow_cpu_fallback:
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     if context_file is not None:

@@ -285,8 +285,7 @@ def preflight_export(config) -> Target:
             raise UsageError(f"--target {target.name} needs a full-integer model: pass --calib DIR")
         found = target.availability()
         if found.level == "none":
-            raise DeviceUnavailable(f"--target {target.name} needs {found.detail.split(' is not')[0]}: "
-                                    f"pip install '{found.install or '?'}'")
+            raise DeviceUnavailable(f"--target {target.name}: {found.detail}; {found.install}")
     return target
 
 
