@@ -145,7 +145,7 @@ class Artifact:
 
 
 # -- 1. artifacts ------------------------------------------------------------------------------------
-def expand_artifacts(paths: Sequence[str | Path], runtime: str = "auto") -> list[Artifact]:
+def expand_artifacts(paths: Sequence[str | Path], runtime: str = "auto", compiled_too: bool = False) -> list[Artifact]:
     """ARTIFACT arguments -> artifacts with their sidecars; a directory means every artifact in it."""
     wanted_format = RUNTIMES[runtime]
     found: list[Path] = []
@@ -153,7 +153,8 @@ def expand_artifacts(paths: Sequence[str | Path], runtime: str = "auto") -> list
         if path.is_dir():
             inside = sorted(p for p in path.iterdir() if p.suffix.lower() in backends.FORMAT_BY_SUFFIX
                             and sidecar_path(p).exists())
-            inside = [p for p in inside if wanted_format in (None, backends.artifact_format(p))]
+            inside = [p for p in inside if wanted_format in (None, backends.artifact_format(p))
+                      and (compiled_too or _cpu_runnable(p))]
             if not inside:
                 what = f"{runtime} " if wanted_format else ""
                 raise UsageError(f"{path}: no {what}artifact (*.onnx, *.tflite, *.xml with a .json sidecar) in it")
@@ -169,6 +170,12 @@ def expand_artifacts(paths: Sequence[str | Path], runtime: str = "auto") -> list
     names = [p.name for p in unique]
     return [Artifact(p, read_sidecar(p), p.name if names.count(p.name) == 1 else f"{p.parent.name}/{p.name}")
             for p in unique]
+
+
+def _cpu_runnable(path: Path) -> bool:
+    """Compiled NPU artifacts (Vela's ethos-u op, QNN EPContext) load only with their device's runtime;
+    a folder listing skips them (``edgetl bench --target npu:...`` picks them up)."""
+    return (read_sidecar(path).get("target") or {}).get("cpu_runnable", True) is not False
 
 
 # -- 2. devices --------------------------------------------------------------------------------------
@@ -732,7 +739,9 @@ def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[i
         backend = backends.open_backend(artifact.path, config.target, config.threads,
                                         **config.backend_options(artifact.format))
         load_ms = (time.perf_counter() - start) * 1e3
-        if backend.input_dtype != inputs.dtype:
+        # int8-I/O artifacts (Ethos-U) take the normalised floats; the backend quantizes them itself
+        int8_io = artifact.sidecar["input"].get("dtype") == "int8" and backend.input_dtype == np.int8
+        if backend.input_dtype != inputs.dtype and not int8_io:
             raise CheckFailed(f"{artifact.path}: the graph takes {backend.input_dtype} but its sidecar says "
                               f"{artifact.sidecar['input'].get('dtype')}")
         fixed = None if backend.dynamic_batch else backend.input_shape[0]
@@ -860,7 +869,7 @@ ROW_COLUMNS = ["artifact", "kind", "backbone", "format", "runtime", "quantizatio
                "gzip_bytes", "load_ms", "latency_min_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
                "latency_mean_ms", "latency_std_ms", "throughput_ips", "peak_rss_mb", "top1", "top5",
                "agreement", "cosine_mean", "max_abs_diff", "speedup_vs_fp32", "size_ratio_vs_fp32",
-               "cpu_fallback_nodes", "device"]
+               "cpu_fallback_nodes", "device", "latency_evidence", "accuracy_evidence"]
 
 
 def build_rows(results: list[dict], reference: dict | None, batch_sizes: list[int]) -> list[dict[str, Any]]:
@@ -886,6 +895,8 @@ def build_rows(results: list[dict], reference: dict | None, batch_sizes: list[in
                 "speedup_vs_fp32": None, "size_ratio_vs_fp32": None,
                 "cpu_fallback_nodes": entry["placement"]["cpu_fallback_nodes"],
                 "device": ",".join(entry["placement"]["devices"]),
+                # every figure says how it was obtained (targets/bench.py adds simulated/estimated rows)
+                "latency_evidence": "measured", "accuracy_evidence": "measured",
             })
     # Ratios against the FP32 (quantization none) artifact of the same model, format and batch size.
     for row in rows:
@@ -904,7 +915,8 @@ def build_rows(results: list[dict], reference: dict | None, batch_sizes: list[in
                 **{f"latency_{k}_ms": timing[k] for k in TIMING_KEYS},
                 "throughput_ips": size * 1e3 / timing["mean"],
                 "top1": reference["accuracy"]["top1"], "top5": reference["accuracy"]["top5"],
-                "agreement": 1.0, "device": reference["device"]})
+                "agreement": 1.0, "device": reference["device"],
+                "latency_evidence": "measured", "accuracy_evidence": "measured"})
     return [{key: row.get(key) for key in ROW_COLUMNS} for row in rows]
 
 

@@ -198,6 +198,12 @@ def export(
     input_size: Optional[int] = typer.Option(None, help="Input size, for a model without edgetl.json."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated class names, for a model without edgetl.json."),
     overwrite: bool = typer.Option(True, help="Replace an existing --out folder."),
+    target: Optional[str] = typer.Option(None, help="Export what one target runs (see `edgetl targets`), e.g. npu:qnn-htp, npu:ethos-u55-256, gpu:cuda; replaces --format/--quantize."),
+    soc: Optional[str] = typer.Option(None, help="npu:qnn-htp: Snapdragon to compile for (default SM8850, Snapdragon 8 Elite Gen 5), e.g. SM8750, SM8650, SC8380XP."),
+    qnn_scheme: str = typer.Option("edgetl", help="npu:qnn-htp quantization: edgetl (the CPU INT8 recipe, batch fixed: most accurate on the HTP) | u8s8-per-channel | u8u8 | u16u8 (ORT get_qnn_qdq_config)."),
+    system_config: Optional[str] = typer.Option(None, help="npu:ethos-u*: Vela system config (default: Vela's for that NPU)."),
+    memory_mode: Optional[str] = typer.Option(None, help="npu:ethos-u*: Vela memory mode (default: Vela's)."),
+    allow_cpu_fallback: bool = typer.Option(False, "--allow-cpu-fallback", help="NPU targets: accept ops left for the CPU instead of failing."),
 ):
     """Export a trained model to ONNX / TFLite / OpenVINO, FP32 or quantized, with parity checks."""
     from .export import ExportConfig
@@ -209,12 +215,29 @@ def export(
                           calib_size=calib_size, calib_method=calib_method, check=check,
                           min_agreement=min_agreement, accuracy_aware=accuracy_aware,
                           int8_weights=int8_weights, opset=opset, input_size=input_size,
-                          labels=tuple(_split([labels])) if labels else (), overwrite=overwrite)
+                          labels=tuple(_split([labels])) if labels else (), overwrite=overwrite,
+                          target=target, soc=soc, qnn_scheme=qnn_scheme, system_config=system_config,
+                          memory_mode=memory_mode, allow_cpu_fallback=allow_cpu_fallback)
     config.validate()  # bad arguments fail before TensorFlow's start-up cost
+    if target:
+        from .targets import preflight_export
+
+        preflight_export(config)  # unknown target, missing tooling (exit 3), no --calib: before TensorFlow
     _load_tensorflow()
     result = run_export(config)
     typer.echo(result.table())
     typer.echo(f"wrote {len(result.artifacts)} artifact(s) to {result.out}")
+
+
+@app.command("targets")
+def list_targets(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
+    """List every target: the artifact it needs, how it is compiled and run, and what this machine has."""
+    import json
+
+    from . import targets
+
+    rows = targets.table()
+    typer.echo(json.dumps(rows, indent=2) if as_json else targets.render_table(rows))
 
 
 @app.command("backbones")
@@ -232,7 +255,7 @@ def list_backbones():
 @app.command("bench")
 def bench_command(
     artifacts: List[Path] = typer.Argument(..., help="Artifacts (.onnx/.tflite/.xml with sidecars) or folders of them."),
-    target: str = typer.Option("cpu", help="cpu | gpu | npu (exit 3 when this machine has no such device)."),
+    target: str = typer.Option("cpu", help="cpu | gpu | npu, or a registered target such as npu:qnn-htp, npu:ethos-u55-256, gpu:cuda (`edgetl targets`); exit 3 when this machine has no such device."),
     data: Path = typer.Option(..., "--data", help="Labelled image folder DATA/<class>/* for accuracy."),
     out: Path = typer.Option(..., "--out", "-o", help="Report directory (bench.json, bench.csv, report.md/.html)."),
     reference: Optional[Path] = typer.Option(None, help="FP32 Keras model dir (default: the sidecars' source model)."),
@@ -245,9 +268,24 @@ def bench_command(
     fast_int8: bool = typer.Option(False, "--fast-int8", help="ONNX Runtime INT8 on x86 CPUs without VNNI: the faster, saturating U8S8 kernels instead of exact ones."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
     overhead_check: bool = typer.Option(True, "--overhead-check/--no-overhead-check", help="Measure the timing harness's own overhead (10 x --runs extra calls on the first artifact)."),
+    simulate: bool = typer.Option(False, "--simulate", help="NPU targets without the device: the vendor simulator's accuracy/agreement and the compiler's estimated latency and memory (labelled simulated/estimated)."),
+    allow_cpu_fallback: bool = typer.Option(False, "--allow-cpu-fallback", help="NPU targets: accept nodes left for the CPU instead of failing."),
 ):
     """Latency, memory, size and accuracy of artifacts vs their FP32 Keras reference."""
     from .errors import UsageError
+
+    if ":" in target or simulate:  # a registered target (npu:qnn-htp, gpu:cuda, ...): edgetl.targets.bench
+        from .targets.bench import TargetBenchConfig, bench_target, preflight_target
+
+        tconfig = TargetBenchConfig(artifacts=tuple(artifacts), data=data, out=out, target=target,
+                                    reference=reference, simulate=simulate, allow_cpu_fallback=allow_cpu_fallback,
+                                    runs=runs, warmup=warmup, threads=threads, overwrite=overwrite)
+        if preflight_target(tconfig):
+            _load_tensorflow()
+        result = bench_target(tconfig)
+        typer.echo(result.markdown)
+        typer.echo(f"report: {result.out}")
+        return
 
     try:
         sizes = tuple(int(b) for b in _split([batch_sizes]))

@@ -203,6 +203,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     reference = report.get("reference")
     lines = [f"# edgetl bench: target {report['target']}", ""]
     lines.append(f"- machine: {_machine_line(report['machine'])}")
+    lines.append("- evidence: every figure below is **measured** on this machine (simulated/estimated NPU "
+                 "figures come from `edgetl bench --target npu:... --simulate`)")
     threads = settings["threads"]["requested"]
     lines.append(f"- runs: {settings['runs']} timed after {settings['warmup']} warm-up, batch sizes "
                  f"{', '.join(map(str, settings['batch_sizes']))}, threads: {threads or 'runtime default'}")

@@ -78,6 +78,13 @@ class ExportConfig:
     labels: tuple[str, ...] = ()
     overwrite: bool = True
     verbose: bool = True
+    # --target (edgetl.targets): what that target runs instead of --format/--quantize (export/target.py)
+    target: str | None = None
+    soc: str | None = None  # npu:qnn-htp: Snapdragon to compile the EPContext model for (export/qnn.py)
+    qnn_scheme: str = "edgetl"  # export/qnn.py QNN_SCHEMES
+    system_config: str | None = None  # npu:ethos-u*: Vela system config / memory mode (default: Vela's)
+    memory_mode: str | None = None
+    allow_cpu_fallback: bool = False  # ops the NPU cannot take: an error unless allowed
     # Aliases other stages use: model_dir= for model=, quantize= ("none" = fp32) for modes=.
     model_dir: Path | None = None
     quantize: str | tuple[str, ...] | None = None
@@ -218,6 +225,10 @@ def artifact_name(fmt: str, mode: str, input_dtype: str) -> str:
 def export(config: ExportConfig) -> ExportResult:
     """Convert, quantize, check and describe; see the module docstring."""
     config.validate()
+    if config.target and config.target != "cpu":
+        from .target import export_target
+
+        return export_target(config)
     recipe = _recipe_without_tensorflow(config)
     calib = None
     if "int8" in config.modes or (config.calib is not None):
