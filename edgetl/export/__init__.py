@@ -73,6 +73,7 @@ class ExportConfig:
     # int8 weights for ONNX and OpenVINO: auto | full | pair-safe | 7-bit (see export/pairs.py)
     int8_weights: str = "auto"
     opset: int = 17
+    static_batch: int | None = None  # a fixed batch size in the artifacts (benchmark_app, NPU compilers)
     input_size: int | None = None  # for models without edgetl.json
     labels: tuple[str, ...] = ()
     overwrite: bool = True
@@ -126,6 +127,8 @@ class ExportConfig:
                              "(a few hundred representative images, labels not needed)")
         if not 0.0 < self.min_agreement <= 1.0:
             raise UsageError(f"--min-agreement must be in (0, 1], got {self.min_agreement}")
+        if self.static_batch is not None and self.static_batch < 1:
+            raise UsageError(f"--static-batch must be >= 1, got {self.static_batch}")
         if self.calib_size < 1:
             raise UsageError(f"--calib-size must be >= 1, got {self.calib_size}")
         if self.check is not None and not self.check.is_dir():
@@ -377,6 +380,7 @@ class _Builder:
         started = time.perf_counter()
         path = self.out / artifact_name(fmt, mode, input_dtype)
         details = getattr(self, f"_build_{fmt}")(path, mode, input_dtype)
+        interface = self.embed(path, fmt, mode, input_dtype, details)
         parity_result, runtime = self.check(path, mode, input_dtype)
         float_layers: list[str] = []
         if mode == "int8" and not parity_result["passed"] and self.config.accuracy_aware:
@@ -384,9 +388,21 @@ class _Builder:
 
             path, details, parity_result, runtime, float_layers = make_accurate(
                 self, fmt, input_dtype, path, details, parity_result)
+            interface = self.embed(path, fmt, mode, input_dtype, details, float_layers)
         sidecar = self.sidecar(path, fmt, mode, input_dtype, details, parity_result, runtime, float_layers)
+        sidecar["output"].update(interface)
         write_json(sidecar_path(path), sidecar)
         return ArtifactResult(fmt, mode, input_dtype, path, sidecar, time.perf_counter() - started)
+
+    def embed(self, path: Path, fmt: str, mode: str, input_dtype: str, details: dict,
+              float_layers: list[str] | None = None) -> dict:
+        """Metadata inside the artifact for clients without the sidecar (``embedded_metadata``); returns
+        the output fields it changed (TFLite: a probabilities output 0, logits 1)."""
+        from .embedded_metadata import description, embed
+
+        draft = self.sidecar(path, fmt, mode, input_dtype, details, {},
+                             {"runtime": None, "runtime_version": None}, list(float_layers or []))
+        return embed(path, fmt, description(draft))
 
     def int8_weights(self, fmt: str) -> str | None:
         from .pairs import resolve
@@ -483,7 +499,7 @@ class _Builder:
             "sha256": sha256_file(path),
             "size_bytes": sum(f.stat().st_size for f in files),
             "labels": list(self.source.labels),
-            "input": {"name": INPUT_NAME, "shape": [None, height, width, 3], "layout": "NHWC",
+            "input": {"name": INPUT_NAME, "shape": [self.config.static_batch, height, width, 3], "layout": "NHWC",
                       "dtype": input_dtype, "quantization": input_quant},
             "output": {"name": self.source.output_kind, "kind": self.source.output_kind, "dtype": "float32",
                        "softmax": "apply in float" if self.source.output_kind == "logits" else "in graph"},
