@@ -13,9 +13,9 @@ FORMATS = ("onnx", "tflite", "openvino")
 
 
 @pytest.mark.slow
-def test_run_on_embedded_sample_then_reuse(tmp_path, capsys):
+def test_run_on_embedded_sample_then_reuse(sample_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["run", "--out", str(out), "--backbone", "mobilenet_v2", "--weights", "none", "--input-size", "96",
+    args = ["run", str(sample_dir), "--out", str(out), "--backbone", "mobilenet_v2", "--weights", "none", "--input-size", "96",
             "--epochs", "1", "--runs", "3"]
     assert main(args) == 0
     printed = capsys.readouterr().out
