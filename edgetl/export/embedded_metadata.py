@@ -169,7 +169,8 @@ def embed_tflite(path: Path, described: dict[str, Any]) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if described["output"]["kind"] == "logits" and len(graph.outputs) == 1:
         _append_softmax(model)
-    if [graph.tensors[i].name for i in graph.outputs] == [PROBABILITIES, LOGITS]:
+    output_names = [_text(graph.tensors[i].name) for i in graph.outputs]
+    if output_names == [PROBABILITIES, LOGITS]:
         changes = {"name": LOGITS, "index": 1, "probabilities": {"name": PROBABILITIES, "index": 0,
                                                                   "op": "float SOFTMAX of the logits"}}
         described = {**described, "output": {**described["output"], **changes}}
@@ -180,9 +181,9 @@ def embed_tflite(path: Path, described: dict[str, Any]) -> dict[str, Any]:
             tensor.shape[0] = int(static_batch)
             if tensor.shapeSignature is not None and len(tensor.shapeSignature):
                 tensor.shapeSignature[0] = int(static_batch)
-    metadata = _tflite_metadata(described, [graph.tensors[i].name for i in graph.outputs])
+    metadata = _tflite_metadata(described, output_names)
     model.buffers.append(_buffer(metadata))
-    model.metadata = [m for m in (model.metadata or []) if m.name != TFLITE_METADATA_NAME]
+    model.metadata = [m for m in (model.metadata or []) if _text(m.name) != TFLITE_METADATA_NAME]
     entry = flatbuffer_utils.schema_fb.MetadataT()
     entry.name, entry.buffer = TFLITE_METADATA_NAME, len(model.buffers) - 1
     model.metadata.append(entry)
@@ -194,6 +195,10 @@ def embed_tflite(path: Path, described: dict[str, Any]) -> dict[str, Any]:
         archive.writestr(TFLITE_FILE, json.dumps(described, indent=2, sort_keys=True))
     _atomic_bytes(path, data.getvalue())
     return changes
+
+
+def _text(name) -> str:
+    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 def _buffer(data: bytes):
