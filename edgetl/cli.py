@@ -28,7 +28,10 @@ def _quiet_frameworks() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    from .console import stderr as edgetl_stderr
+
+    # edgetl's warnings reach the terminal even while the converters' chatter is silenced (--verbose).
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=edgetl_stderr)
     for noisy in ("tensorflow", "absl", "tf2onnx", "nncf", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
@@ -51,6 +54,17 @@ def _load_tensorflow() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the converters' and runtimes' own "
+                                 "stderr output (TensorFlow, TFLite converter, XNNPACK, NNCF), silenced by default."),
+):
+    from .console import quiet_native_stderr
+
+    ctx.with_resource(quiet_native_stderr(enabled=not verbose))
 
 
 def _split(values: Optional[List[str]]) -> list[str]:
@@ -187,6 +201,7 @@ def export(
     accuracy_aware: bool = typer.Option(False, help="Keep the most sensitive layers in float until --min-agreement holds."),
     int8_weights: str = typer.Option("auto", help="ONNX/OpenVINO int8 weights: auto (ONNX full, OpenVINO pair-safe) | full (8-bit) | pair-safe (a little coarser, so x86 CPUs without VNNI run them exactly on their fast kernels) | 7-bit (ORT reduce_range / NNCF overflow fix)."),
     opset: int = typer.Option(17, help="ONNX opset (tf2onnx supports <= 18)."),
+    static_batch: Optional[int] = typer.Option(None, "--static-batch", help="Fixed batch size N in the artifacts' input (benchmark_app, NPU compilers; default dynamic)."),
     input_size: Optional[int] = typer.Option(None, help="Input size, for a model without edgetl.json."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated class names, for a model without edgetl.json."),
     overwrite: bool = typer.Option(True, help="Replace an existing --out folder."),
@@ -200,7 +215,7 @@ def export(
                           input_dtypes=tuple(_split(input_dtype) or ["float32"]), calib=calib,
                           calib_size=calib_size, calib_method=calib_method, check=check,
                           min_agreement=min_agreement, accuracy_aware=accuracy_aware,
-                          int8_weights=int8_weights, opset=opset, input_size=input_size,
+                          int8_weights=int8_weights, opset=opset, static_batch=static_batch, input_size=input_size,
                           labels=tuple(_split([labels])) if labels else (), overwrite=overwrite)
     config.validate()  # bad arguments fail before TensorFlow's start-up cost
     _load_tensorflow()
@@ -236,6 +251,7 @@ def bench_command(
     strict: bool = typer.Option(False, "--strict", help="Any CPU fallback on gpu/npu is an error (exit 1)."),
     fast_int8: bool = typer.Option(False, "--fast-int8", help="ONNX Runtime INT8 on x86 CPUs without VNNI: the faster, saturating U8S8 kernels instead of exact ones."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+    profile: bool = typer.Option(False, "--profile", help="Per-op profile of each artifact (ONNX Runtime profiling, OpenVINO performance counters): top ops and the share by op kind."),
 ):
     """Latency, memory, size and accuracy of artifacts vs their FP32 Keras reference."""
     from .errors import UsageError
@@ -249,7 +265,7 @@ def bench_command(
 
     config = BenchConfig(artifacts=tuple(artifacts), data=data, out=out, target=target, reference=reference,
                          runs=runs, warmup=warmup, batch_sizes=sizes, threads=threads, runtime=runtime,
-                         strict=strict, overwrite=overwrite, exact_int8=not fast_int8)
+                         strict=strict, overwrite=overwrite, exact_int8=not fast_int8, profile=profile)
     if preflight(config).needs_tensorflow:  # fail fast (device, --out, files) before TensorFlow loads
         _load_tensorflow()  # quietly: keeps CUDA probing chatter off stderr
     result = run_bench(config)

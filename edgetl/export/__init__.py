@@ -234,14 +234,22 @@ def export(config: ExportConfig) -> ExportResult:
         if calib:
             write_json(tmp / CALIBRATION_FILE, calib.manifest)
         builder = _Builder(config, source, calib, checks, reference, source_info, work, tmp)
-        for input_dtype in config.input_dtypes:
-            for fmt in config.formats:
-                for mode in config.modes:
-                    artifact = builder.build(fmt, mode, input_dtype)
-                    result.artifacts.append(artifact)
-                    _say(config, f"{artifact.path.name}: {artifact.size_bytes / 1e6:.2f} MB, "
-                                 f"{_parity_line(artifact.parity)} "
-                                 f"[{'ok' if artifact.passed else 'FAILED'}] ({artifact.seconds:.1f}s)")
+        from ..console import progress
+
+        total = len(config.input_dtypes) * len(config.formats) * len(config.modes)
+        with progress(total, "export", enabled=config.verbose) as bar:
+            for input_dtype in config.input_dtypes:
+                for fmt in config.formats:
+                    for mode in config.modes:
+                        bar.describe(f"export {artifact_name(fmt, mode, input_dtype)}: convert, "
+                                     f"{'calibrate, ' if mode == 'int8' else ''}check")
+                        artifact = builder.build(fmt, mode, input_dtype)
+                        result.artifacts.append(artifact)
+                        bar.advance()
+                        if config.verbose:
+                            bar.print(f"{artifact.path.name}: {artifact.size_bytes / 1e6:.2f} MB, "
+                                      f"{_parity_line(artifact.parity)} "
+                                      f"[{'ok' if artifact.passed else 'FAILED'}] ({artifact.seconds:.1f}s)")
         write_json(tmp / SUMMARY_FILE, result.summary())
     for artifact in result.artifacts:  # paths point into the final directory, not the temp one
         artifact.path = Path(config.out) / artifact.path.name
@@ -264,7 +272,9 @@ def _parity_line(parity: dict[str, Any]) -> str:
 
 def _say(config: ExportConfig, message: str) -> None:
     if config.verbose:
-        print(message, file=sys.stderr, flush=True)
+        from ..console import say
+
+        say(message)
 
 
 def _recipe_without_tensorflow(config: ExportConfig) -> Preprocessing:
