@@ -69,3 +69,16 @@ def tiny_model_copy(tiny_model_dir, tmp_path) -> Path:
     dst = tmp_path / "model"
     shutil.copytree(tiny_model_dir, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def exported_artifacts(tiny_model_dir, sample_dir, tmp_path_factory) -> Path:
+    """FP32 and INT8 of every format from the tiny model, exported once for the client and profile
+    tests (read-only: copy before changing)."""
+    from edgetl.export import ExportConfig, export
+
+    out = tmp_path_factory.mktemp("exported") / "artifacts"
+    export(ExportConfig(model=tiny_model_dir, out=out, formats=("onnx", "tflite", "openvino"),
+                        modes=("fp32", "int8"), calib=sample_dir, calib_size=16, min_agreement=0.9,
+                        verbose=False))
+    return out

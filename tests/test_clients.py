@@ -24,12 +24,8 @@ MIN_AGREEMENT = 0.99
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_model_dir, sample_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("clients") / "artifacts"
-    export(ExportConfig(model=tiny_model_dir, out=out, formats=("onnx", "tflite", "openvino"),
-                        modes=("fp32", "int8"), calib=sample_dir, calib_size=16, min_agreement=0.9,
-                        verbose=False))
-    return out
+def exported(exported_artifacts) -> Path:
+    return exported_artifacts
 
 
 @pytest.fixture(scope="module")
