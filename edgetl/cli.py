@@ -299,7 +299,9 @@ def predict(
         except ImageDecodeError as exc:
             if named:
                 raise UsageError(str(exc)) from None
-            typer.echo(f"edgetl: warning: skipped {exc}", err=True)
+            from .console import stderr as edgetl_stderr
+
+            typer.echo(f"edgetl: warning: skipped {exc}", file=edgetl_stderr)
             continue
         ranked = model.predict(image, top_k=top_k)
         results.append((path, ranked))
