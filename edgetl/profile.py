@@ -9,7 +9,8 @@ top ops by time and the share of time by op kind:
   median over the runs;
 * LiteRT: not available. ai-edge-litert 2.3 has no op profiler in its Python API (the interpreter's
   ``experimental_force_delegate_node_profiling`` feeds the C++ profiler that only the native
-  benchmark_model tool reads), so TFLite artifacts get ``{"available": false, "reason": ...}``.
+  benchmark_model tool reads, and the wheel's ``litert-benchmark`` times whole runs), so TFLite
+  artifacts get ``{"available": false, "reason": ...}``.
 
 Kinds: ``depthwise`` (grouped convolutions with one input channel per group), ``pointwise`` (1x1
 convolutions and fully connected layers: the matrix multiplications), ``other`` (everything else:
@@ -31,8 +32,9 @@ import numpy as np
 
 KINDS = ("depthwise", "pointwise", "other")
 TOP_OPS = 10
-LITERT_UNAVAILABLE = ("ai-edge-litert 2.3 exposes no per-op profiler to Python (op profiles come only from "
-                      "the native benchmark_model tool)")
+LITERT_UNAVAILABLE = ("ai-edge-litert 2.3 has no per-op profiler in Python: its Interpreter exposes none and "
+                      "its litert-benchmark tool times whole runs; per-op profiles need the native C++ "
+                      "benchmark_model, which the wheel does not ship")
 
 
 def profile_artifact(path: Path, fmt: str, batch: np.ndarray, runs: int = 20, threads: int | None = None,

@@ -115,9 +115,10 @@ def scatter_png(rows: Sequence[dict[str, Any]], x: str, y: str, label: str = "ar
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     points = [r for r in rows if r.get(x) is not None and r.get(y) is not None]
+    colors = []
     for row in points:
         marker = "*" if row.get("kind") == "reference" else "o"
-        ax.scatter(row[x], row[y], s=80 if marker == "*" else 40, marker=marker)
+        colors.append(ax.scatter(row[x], row[y], s=80 if marker == "*" else 40, marker=marker).get_facecolor()[0])
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(COLUMNS.get(x, (x, ""))[0])
@@ -126,7 +127,7 @@ def scatter_png(rows: Sequence[dict[str, Any]], x: str, y: str, label: str = "ar
     ax.grid(alpha=0.3)
     if points:
         ax.margins(x=0.25, y=0.2)  # room for labels beside the outermost points
-        _place_labels(fig, ax, [(r[x], r[y], str(r.get(label, ""))) for r in points])
+        _place_labels(fig, ax, [(r[x], r[y], str(r.get(label, ""))) for r in points], colors=colors)
     return _png(fig)
 
 
@@ -135,9 +136,10 @@ _OFFSETS = [(6, 5), (6, -13), (-6, 5), (-6, -13), (0, 14), (0, -22)]
 _OFFSETS += [(dx * k, dy * k) for k in (2, 3, 4) for dx, dy in _OFFSETS]
 
 
-def _place_labels(fig, ax, points: list[tuple[float, float, str]], fontsize: int = 8) -> None:
+def _place_labels(fig, ax, points: list[tuple[float, float, str]], fontsize: int = 8, colors=None) -> None:
     """Greedy placement: each label (points in order of x) takes the first candidate offset whose box
-    overlaps no box placed so far and no marker; labels moved away from their point get a thin leader."""
+    overlaps no box placed so far and no marker; labels moved away from their point get a thin leader,
+    and each label has its point's colour, so crowded points stay readable."""
     fig.canvas.draw()  # fixes limits and transforms
     to_pixels = ax.transData.transform
     scale = fig.dpi / 72.0
@@ -169,9 +171,10 @@ def _place_labels(fig, ax, points: list[tuple[float, float, str]], fontsize: int
             left = mx - width / 2
         taken.append((left, my + dy * scale, left + width, my + dy * scale + height))
         far = abs(dx) > 8 or dy > 8 or dy < -16
-        ax.annotate(text, (px, py), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+        color = colors[i] if colors is not None else "black"
+        ax.annotate(text, (px, py), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize, color=color,
                     ha="center" if dx == 0 else ("left" if dx > 0 else "right"), va="bottom",
-                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if far else None)
+                    arrowprops={"arrowstyle": "-", "lw": 0.6, "color": color} if far or dx < 0 or dy < 0 else None)
 
 
 def boxplot_png(series: dict[str, Sequence[float]], title: str, ylabel: str = "latency (ms)") -> str:
