@@ -37,7 +37,7 @@ import platform
 import sys
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -83,6 +83,12 @@ class BenchConfig:
     # ONNX Runtime INT8 on x86 without VNNI: exact U8U8 kernels (default) or the faster, saturating
     # U8S8 ones (edgetl.runtime.cpu); the choice is recorded per artifact as runtime_settings.
     exact_int8: bool = True
+    # --profile: per-op profile of each artifact on its runtime (edgetl.profile)
+    profile: bool = False
+    profile_runs: int = 20
+    # OpenVINO FP32 IRs also at the CPU plugin's own precision where it is not f32 (bf16 CPUs)
+    openvino_native_precision: bool = True
+    benchmark_app_seconds: int = 2  # 0: do not run benchmark_app beside edgetl's timing
 
     def backend_options(self, fmt: str) -> dict:
         return {"exact_int8": self.exact_int8} if fmt == "onnx" else {}
@@ -115,6 +121,7 @@ class Artifact:
     path: Path
     sidecar: dict[str, Any]
     name: str = ""  # how reports name it: the file name, or parent/file when file names collide
+    options: dict[str, Any] = field(default_factory=dict)  # backend options of this variant (precision)
 
     @property
     def format(self) -> str:
@@ -664,6 +671,7 @@ def bench(config: BenchConfig) -> BenchResult:
     raised with the written result attached as ``.result``. When none can be used nothing is written."""
     plan = preflight(config)
     artifacts, devices, reference_dir = plan.artifacts, plan.devices, plan.reference
+    artifacts = artifacts + _native_precision_variants(artifacts, config)
     images = _scan(config.data)
     batch_sizes = cap_batch_sizes(config.batch_sizes, len(images))
     with atomic_directory(config.out, config.overwrite, inputs=bench_inputs(config, artifacts, reference_dir),
@@ -671,27 +679,34 @@ def bench(config: BenchConfig) -> BenchResult:
         cache = InputCache(images.paths)
         truth = np.asarray(images.labels, np.int64)
         results, outputs, benched, failed = [], [], [], []
-        for artifact in artifacts:  # artifacts first: a corrupt one fails before the Keras model loads
-            log.info("bench %s on %s", artifact.name, config.target)
-            try:
-                verify_hashes([artifact])
-                entry, raw = _bench_artifact(artifact, config, batch_sizes, cache, images.classes, truth)
-            except StrictPlacementError:
-                raise
-            except CheckFailed as exc:
-                reason = " ".join(str(exc).split())
-                log.warning("%s: not benched: %s", artifact.name, reason)
-                failed.append({"path": str(artifact.path), "name": artifact.name, "format": artifact.format,
-                               "quantization": artifact.quantization, "reason": reason})
-                continue
-            results.append(entry)
-            outputs.append(raw)
-            benched.append(artifact)
+        from .console import progress
+
+        with progress(len(artifacts), "bench") as bar:
+            for artifact in artifacts:  # artifacts first: a corrupt one fails before the Keras model loads
+                log.info("bench %s on %s", artifact.name, config.target)
+                bar.describe(f"bench {artifact.name}")
+                try:
+                    verify_hashes([artifact])
+                    entry, raw = _bench_artifact(artifact, config, batch_sizes, cache, images.classes, truth)
+                except StrictPlacementError:
+                    raise
+                except CheckFailed as exc:
+                    reason = " ".join(str(exc).split())
+                    log.warning("%s: not benched: %s", artifact.name, reason)
+                    failed.append({"path": str(artifact.path), "name": artifact.name, "format": artifact.format,
+                                   "quantization": artifact.quantization, "reason": reason})
+                    continue
+                finally:
+                    bar.advance()
+                results.append(entry)
+                outputs.append(raw)
+                benched.append(artifact)
         if not benched:
             raise CheckFailed(failed[0]["reason"] if len(failed) == 1 else
                               f"none of the {len(failed)} artifacts could be benched: "
                               + "; ".join(f"{f['name']}: {f['reason']}" for f in failed))
         artifacts = benched
+        _benchmark_app_beside(artifacts, results, config)
         reference = None
         if reference_dir:
             log.info("reference: %s", reference_dir)
@@ -737,7 +752,7 @@ def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[i
     with PeakRss() as memory:
         start = time.perf_counter()
         backend = backends.open_backend(artifact.path, config.target, config.threads,
-                                        **config.backend_options(artifact.format))
+                                        **config.backend_options(artifact.format), **artifact.options)
         load_ms = (time.perf_counter() - start) * 1e3
         # int8-I/O artifacts (Ethos-U) take the normalised floats; the backend quantizes them itself
         int8_io = artifact.sidecar["input"].get("dtype") == "int8" and backend.input_dtype == np.int8
@@ -760,8 +775,15 @@ def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[i
             latency[size] = {**timing_stats(times), "times_ms": times}
         version = backend.version()
         settings = dict(backend.settings)
+        precision = getattr(backend, "precision", None) or ("native" if artifact.format == "openvino" else None)
     del backend
     gc.collect()
+    profiled = None
+    if config.profile:
+        from .profile import profile_artifact
+
+        profiled = profile_artifact(artifact.path, artifact.format, batch_of(inputs, fixed or 1), config.profile_runs,
+                                    config.threads, **config.backend_options(artifact.format), **artifact.options)
     non_finite = int((~np.isfinite(outputs)).any(axis=1).sum())
     if non_finite:
         log.warning("%s: %d of %d outputs are NaN/inf", artifact.name, non_finite, len(outputs))
@@ -783,7 +805,41 @@ def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[i
         "accuracy": {**acc, "n_images": int(len(truth)), "non_finite_outputs": non_finite},
         "vs_reference": None,
         "sidecar_parity": artifact.sidecar.get("parity"),
+        "precision": precision, "profile": profiled,
     }, outputs
+
+
+def _native_precision_variants(artifacts: list[Artifact], config: BenchConfig) -> list[Artifact]:
+    """On a CPU where OpenVINO runs FP32 models in bf16 unless told otherwise, each FP32 IR is benched
+    twice: at f32 (what parity and edgetl.runtime use) and at the plugin's own precision (what
+    benchmark_app and a plain OpenVINO app get), each with its own accuracy row."""
+    if not config.openvino_native_precision or config.target != "cpu":
+        return []
+    from .profile import native_precision
+
+    native = native_precision() if any(a.format == "openvino" for a in artifacts) else None
+    if native in (None, "f32"):
+        return []
+    return [Artifact(a.path, a.sidecar, f"{a.name} [{native}]", {"precision": None})
+            for a in artifacts if a.format == "openvino" and a.quantization == "none"]
+
+
+def _benchmark_app_beside(artifacts: list[Artifact], results: list[dict], config: BenchConfig) -> None:
+    """OpenVINO's own benchmark_app (latency hint, batch 1) on each IR, at the same precision as the row."""
+    if config.target != "cpu" or not config.benchmark_app_seconds:
+        return
+    from .profile import benchmark_app, benchmark_app_path
+
+    if benchmark_app_path() is None:
+        return
+    for artifact, entry in zip(artifacts, results):
+        if artifact.format != "openvino":
+            continue
+        shape = artifact.sidecar["input"].get("shape") or []
+        dynamic = not shape or shape[0] is None
+        entry["benchmark_app"] = benchmark_app(artifact.path, [1, *shape[1:]] if dynamic else None,
+                                               "f32" if entry.get("precision") == "f32" else None,
+                                               config.threads, config.benchmark_app_seconds)
 
 
 def compare_with_reference(artifact: Artifact, outputs: np.ndarray, reference: dict) -> dict[str, Any]:
@@ -869,7 +925,8 @@ ROW_COLUMNS = ["artifact", "kind", "backbone", "format", "runtime", "quantizatio
                "gzip_bytes", "load_ms", "latency_min_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
                "latency_mean_ms", "latency_std_ms", "throughput_ips", "peak_rss_mb", "top1", "top5",
                "agreement", "cosine_mean", "max_abs_diff", "speedup_vs_fp32", "size_ratio_vs_fp32",
-               "cpu_fallback_nodes", "device", "latency_evidence", "accuracy_evidence"]
+               "cpu_fallback_nodes", "device", "latency_evidence", "accuracy_evidence", "precision",
+               "benchmark_app_median_ms"]
 
 
 def build_rows(results: list[dict], reference: dict | None, batch_sizes: list[int]) -> list[dict[str, Any]]:
@@ -897,6 +954,8 @@ def build_rows(results: list[dict], reference: dict | None, batch_sizes: list[in
                 "device": ",".join(entry["placement"]["devices"]),
                 # every figure says how it was obtained (targets/bench.py adds simulated/estimated rows)
                 "latency_evidence": "measured", "accuracy_evidence": "measured",
+                "precision": entry.get("precision"),
+                "benchmark_app_median_ms": (entry.get("benchmark_app") or {}).get("median_ms") if size == 1 else None,
             })
     # Ratios against the FP32 (quantization none) artifact of the same model, format and batch size.
     for row in rows:

@@ -31,7 +31,10 @@ def _quiet_frameworks() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    from .console import stderr as edgetl_stderr
+
+    # edgetl's warnings reach the terminal even while the converters' chatter is silenced (--verbose).
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=edgetl_stderr)
     for noisy in ("tensorflow", "absl", "tf2onnx", "nncf", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # Pillow's DecompressionBombWarning (over 89 MP): edgetl's own, lower pixel cap already refuses
@@ -57,6 +60,17 @@ def _load_tensorflow() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the converters' and runtimes' own "
+                                 "stderr output (TensorFlow, TFLite converter, XNNPACK, NNCF), silenced by default."),
+):
+    from .console import quiet_native_stderr
+
+    ctx.with_resource(quiet_native_stderr(enabled=not verbose))
 
 
 def _split(values: Optional[List[str]]) -> list[str]:
@@ -195,6 +209,7 @@ def export(
     accuracy_aware: bool = typer.Option(False, help="Keep the most sensitive layers in float until --min-agreement holds."),
     int8_weights: str = typer.Option("auto", help="ONNX/OpenVINO int8 weights: auto (ONNX full, OpenVINO pair-safe) | full (8-bit) | pair-safe (a little coarser, so x86 CPUs without VNNI run them exactly on their fast kernels) | 7-bit (ORT reduce_range / NNCF overflow fix)."),
     opset: int = typer.Option(17, help="ONNX opset (tf2onnx supports <= 18)."),
+    static_batch: Optional[int] = typer.Option(None, "--static-batch", help="Fixed batch size N in the artifacts' input (benchmark_app, NPU compilers; default dynamic)."),
     input_size: Optional[int] = typer.Option(None, help="Input size, for a model without edgetl.json."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated class names, for a model without edgetl.json."),
     overwrite: bool = typer.Option(True, help="Replace an existing --out folder."),
@@ -214,7 +229,7 @@ def export(
                           input_dtypes=tuple(_split(input_dtype) or ["float32"]), calib=calib,
                           calib_size=calib_size, calib_method=calib_method, check=check,
                           min_agreement=min_agreement, accuracy_aware=accuracy_aware,
-                          int8_weights=int8_weights, opset=opset, input_size=input_size,
+                          int8_weights=int8_weights, opset=opset, static_batch=static_batch, input_size=input_size,
                           labels=tuple(_split([labels])) if labels else (), overwrite=overwrite,
                           target=target, soc=soc, qnn_scheme=qnn_scheme, system_config=system_config,
                           memory_mode=memory_mode, allow_cpu_fallback=allow_cpu_fallback)
@@ -270,6 +285,7 @@ def bench_command(
     overhead_check: bool = typer.Option(True, "--overhead-check/--no-overhead-check", help="Measure the timing harness's own overhead (10 x --runs extra calls on the first artifact)."),
     simulate: bool = typer.Option(False, "--simulate", help="NPU targets without the device: the vendor simulator's accuracy/agreement and the compiler's estimated latency and memory (labelled simulated/estimated)."),
     allow_cpu_fallback: bool = typer.Option(False, "--allow-cpu-fallback", help="NPU targets: accept nodes left for the CPU instead of failing."),
+    profile: bool = typer.Option(False, "--profile", help="Per-op profile of each artifact (ONNX Runtime profiling, OpenVINO performance counters): top ops and the share by op kind."),
 ):
     """Latency, memory, size and accuracy of artifacts vs their FP32 Keras reference."""
     from .errors import UsageError
@@ -297,7 +313,7 @@ def bench_command(
     config = BenchConfig(artifacts=tuple(artifacts), data=data, out=out, target=target, reference=reference,
                          runs=runs, warmup=warmup, batch_sizes=sizes, threads=threads, runtime=runtime,
                          strict=strict, overwrite=overwrite, exact_int8=not fast_int8,
-                         measure_overhead=overhead_check)
+                         measure_overhead=overhead_check, profile=profile)
     if preflight(config).needs_tensorflow:  # fail fast (device, --out, files) before TensorFlow loads
         _load_tensorflow()  # quietly: keeps CUDA probing chatter off stderr
     try:
@@ -339,7 +355,9 @@ def predict(
         except ImageDecodeError as exc:
             if named:
                 raise UsageError(str(exc)) from None
-            typer.echo(f"edgetl: warning: skipped {exc}", err=True)
+            from .console import stderr as edgetl_stderr
+
+            typer.echo(f"edgetl: warning: skipped {exc}", file=edgetl_stderr)
             continue
         ranked = model.predict(image, top_k=top_k)
         results.append((path, ranked))

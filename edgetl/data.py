@@ -27,7 +27,8 @@ log = logging.getLogger("edgetl")
 
 
 def sample_dataset() -> Path:
-    """The embedded ant/bee sample (30 real photos per class) that ships inside the package."""
+    """The embedded ant/bee sample that ships inside the package: all 244 usable photos of the
+    hymenoptera training set (123 ants, 121 bees), shorter side 256 (``tools/make_sample.py``)."""
     return Path(str(resources.files("edgetl") / "samples" / "hymenoptera"))
 
 

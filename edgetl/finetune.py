@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +195,15 @@ class _EpochPrinter:
         import keras
 
         class Printer(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                from .console import progress
+
+                self._progress = progress(total, f"training ({phase})", enabled=verbose)
+                self._bar = self._progress.__enter__()
+
+            def on_train_end(self, logs=None):
+                self._progress.__exit__(None, None, None)
+
             def on_epoch_begin(self, epoch, logs=None):
                 self.start = time.perf_counter()
 
@@ -203,11 +211,12 @@ class _EpochPrinter:
                 if not verbose:
                     return
                 logs = logs or {}
-                print(f"[{phase}] epoch {epoch + 1}/{total}  loss {logs.get('loss', float('nan')):.4f}  "
+                self._bar.advance()
+                self._bar.print(f"[{phase}] epoch {epoch + 1}/{total}  loss {logs.get('loss', float('nan')):.4f}  "
                       f"acc {logs.get('accuracy', float('nan')):.3f}  "
                       f"val_loss {logs.get('val_loss', float('nan')):.4f}  "
                       f"val_acc {logs.get('val_accuracy', float('nan')):.3f}  "
-                      f"({time.perf_counter() - self.start:.1f}s)", file=sys.stderr, flush=True)
+                      f"({time.perf_counter() - self.start:.1f}s)")
 
         return Printer()
 
@@ -356,7 +365,9 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str) -> Non
 
 def _log(config: FinetuneConfig, message: str) -> None:
     if config.verbose:
-        print(message, file=sys.stderr, flush=True)
+        from .console import say
+
+        say(message)
 
 
 def load_trained(model_dir: str | Path):

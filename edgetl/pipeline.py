@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,11 +194,16 @@ def run(config: RunConfig) -> RunResult:
            lambda d: bench(BenchConfig(artifacts=[export_dir], target=config.target, data=splits / "val",
                                        reference=model_dir, runs=config.runs, batch_sizes=(1,), out=d,
                                        overwrite=True)))
-    result.summary = (out / "bench" / "report.md").read_text()
+    from .report import summary_markdown
+
+    result.summary = (summary_markdown(read_json(out / "bench" / "bench.json"))
+                      + f"\n\nfull report: {out / 'bench' / 'report.md'} (and report.html beside it)")
     result.seconds = time.perf_counter() - started
     return result
 
 
 def _say(config: RunConfig, message: str) -> None:
     if config.verbose:
-        print(message, file=sys.stderr, flush=True)
+        from .console import say
+
+        say(message)

@@ -44,6 +44,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "size_ratio_vs_fp32": ("size vs FP32", "{:.2f}x"),
     "sparsity": ("sparsity", "{:.0%}"),
     "device": ("device", "{}"),
+    "precision": ("precision", "{}"),
+    "benchmark_app_median_ms": ("benchmark_app p50 ms", "{:.2f}"),
 }
 
 ARTIFACT_COLUMNS = ["batch_size", "latency_p50_ms", "latency_p90_ms", "throughput_ips", "top1", "agreement",
@@ -108,22 +110,71 @@ def _png(fig) -> str:
 
 def scatter_png(rows: Sequence[dict[str, Any]], x: str, y: str, label: str = "artifact",
                 title: str | None = None, log_x: bool = False) -> str:
-    """Labelled scatter of ``y`` against ``x`` (rows lacking either are left out); base64 PNG."""
+    """Labelled scatter of ``y`` against ``x`` (rows lacking either are left out); base64 PNG. Labels
+    are placed so they overlap neither each other nor the points (``_place_labels``)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     points = [r for r in rows if r.get(x) is not None and r.get(y) is not None]
+    colors = []
     for row in points:
         marker = "*" if row.get("kind") == "reference" else "o"
-        ax.scatter(row[x], row[y], s=80 if marker == "*" else 40, marker=marker)
-        ax.annotate(str(row.get(label, "")), (row[x], row[y]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
+        colors.append(ax.scatter(row[x], row[y], s=80 if marker == "*" else 40, marker=marker).get_facecolor()[0])
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(COLUMNS.get(x, (x, ""))[0])
     ax.set_ylabel(COLUMNS.get(y, (y, ""))[0])
     ax.set_title(title or f"{COLUMNS.get(y, (y, ''))[0]} vs {COLUMNS.get(x, (x, ''))[0]}")
     ax.grid(alpha=0.3)
+    if points:
+        ax.margins(x=0.25, y=0.2)  # room for labels beside the outermost points
+        _place_labels(fig, ax, [(r[x], r[y], str(r.get(label, ""))) for r in points], colors=colors)
     return _png(fig)
+
+
+# Candidate label offsets in points from the point, nearest first (then further out, with a leader line).
+_OFFSETS = [(6, 5), (6, -13), (-6, 5), (-6, -13), (0, 14), (0, -22)]
+_OFFSETS += [(dx * k, dy * k) for k in (2, 3, 4) for dx, dy in _OFFSETS]
+
+
+def _place_labels(fig, ax, points: list[tuple[float, float, str]], fontsize: int = 8, colors=None) -> None:
+    """Greedy placement: each label (points in order of x) takes the first candidate offset whose box
+    overlaps no box placed so far and no marker; labels moved away from their point get a thin leader,
+    and each label has its point's colour, so crowded points stay readable."""
+    fig.canvas.draw()  # fixes limits and transforms
+    to_pixels = ax.transData.transform
+    scale = fig.dpi / 72.0
+    char_w, height = 0.6 * fontsize * scale, 1.3 * fontsize * scale
+    markers = [to_pixels((px, py)) for px, py, _ in points]
+    taken = [(mx - 5, my - 5, mx + 5, my + 5) for mx, my in markers]
+
+    def overlaps(box):
+        return any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken)
+
+    order = sorted(range(len(points)), key=lambda i: (markers[i][0], -markers[i][1]))
+    for i in order:
+        px, py, text = points[i]
+        mx, my = markers[i]
+        width = char_w * len(text)
+        chosen = _OFFSETS[-1]
+        for dx, dy in _OFFSETS:
+            left = mx + dx * scale if dx >= 0 else mx + dx * scale - width
+            if dx == 0:
+                left = mx - width / 2
+            bottom = my + dy * scale
+            box = (left, bottom, left + width, bottom + height)
+            if not overlaps(box):
+                chosen = (dx, dy)
+                break
+        dx, dy = chosen
+        left = mx + dx * scale if dx >= 0 else mx + dx * scale - width
+        if dx == 0:
+            left = mx - width / 2
+        taken.append((left, my + dy * scale, left + width, my + dy * scale + height))
+        far = abs(dx) > 8 or dy > 8 or dy < -16
+        color = colors[i] if colors is not None else "black"
+        ax.annotate(text, (px, py), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize, color=color,
+                    ha="center" if dx == 0 else ("left" if dx > 0 else "right"), va="bottom",
+                    arrowprops={"arrowstyle": "-", "lw": 0.6, "color": color} if far or dx < 0 or dy < 0 else None)
 
 
 def boxplot_png(series: dict[str, Sequence[float]], title: str, ylabel: str = "latency (ms)") -> str:
@@ -254,19 +305,126 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(markdown_table(mine, ARTIFACT_COLUMNS))
         lines.append("")
+        lines += _extra_artifact_lines(entry, mine)
     failed = report.get("failed") or []
     if failed:
         lines.append("## Not benched")
         lines.append("")
         lines += [f"- **{f['name']}** ({f['format']}): FAILED: {f['reason']}" for f in failed]
         lines.append("")
+    lines += profile_summary_lines(report)
     lines.append("## Summary")
     lines.append("")
-    lines.append(markdown_table(rows, SUMMARY_COLUMNS))
+    lines.append(markdown_table(rows, summary_columns(rows)))
     lines.append("")
     lines.append(f"**{report['recommendation']['text']}**")
     lines.append("")
     return "\n".join(lines)
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    """The summary table and the recommendation: what `edgetl run` prints (the full report is a file)."""
+    return "\n".join([markdown_table(report["rows"], summary_columns(report["rows"])), "",
+                      f"**{report['recommendation']['text']}**"])
+
+
+def summary_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The summary table's columns; benchmark_app's median sits beside edgetl's p50 when it ran."""
+    columns = list(SUMMARY_COLUMNS)
+    if any(r.get("benchmark_app_median_ms") is not None for r in rows):
+        columns.insert(columns.index("latency_p50_ms") + 1, "benchmark_app_median_ms")
+    return columns
+
+
+def _extra_artifact_lines(entry: dict[str, Any], mine: list[dict[str, Any]]) -> list[str]:
+    """Precision, benchmark_app and the per-op profile of one artifact (Markdown lines)."""
+    lines = []
+    if entry.get("precision"):
+        lines.append(f"- OpenVINO inference precision: {entry['precision']}"
+                     + (" (the CPU plugin's default)" if entry["precision"] == "native" else " (forced)"))
+    tool = entry.get("benchmark_app")
+    if tool and tool.get("available"):
+        p50 = next((r["latency_p50_ms"] for r in mine if r["batch_size"] == 1), None)
+        beside = f" (edgetl p50 at batch 1: {p50:.2f} ms)" if p50 is not None else ""
+        lines.append(f"- benchmark_app median: {tool['median_ms']:.2f} ms{beside}; `{tool['command']}`")
+    elif tool:
+        lines.append(f"- benchmark_app: {tool.get('reason')}")
+    profile = entry.get("profile")
+    if profile and profile.get("available"):
+        shares = ", ".join(f"{kind} {v['share']:.0%}" for kind, v in profile["by_kind"].items())
+        lines.append(f"- profile ({profile['method']}, batch {profile['batch_size']}, {profile['runs']} runs): "
+                     f"{profile['total_ms']:.2f} ms over {profile['ops']} ops; {shares}")
+        lines.append("")
+        lines.append("| op | type | kind | ms | share |")
+        lines.append("|---|---|---|---|---|")
+        for op in profile["top_ops"]:
+            lines.append(f"| {op['name'].replace('|', '/')} | {op['type']} | {op['kind']} | {op['ms']:.3f} | "
+                         f"{op['share']:.1%} |")
+    elif profile:
+        lines.append(f"- profile: not available ({profile.get('reason')})")
+    return lines + ([""] if lines else [])
+
+
+def profile_summary_lines(report: dict[str, Any]) -> list[str]:
+    """One table over the artifacts: where the time goes by op kind, and the costliest op."""
+    profiled = [e for e in report["artifacts"] if (e.get("profile") or {}).get("available")]
+    missing = [e["name"] for e in report["artifacts"] if e.get("profile") and not e["profile"].get("available")]
+    if not profiled and not missing:
+        return []
+    lines = ["## Where the time goes (per-op profile)", "",
+             "| artifact | profiled ms | depthwise | pointwise | other | costliest op |", "|---|---|---|---|---|---|"]
+    for entry in profiled:
+        profile = entry["profile"]
+        top = profile["top_ops"][0] if profile["top_ops"] else None
+        kinds = " | ".join(f"{profile['by_kind'][k]['share']:.0%}" for k in ("depthwise", "pointwise", "other"))
+        lines.append(f"| {entry['name']} | {profile['total_ms']:.2f} | {kinds} | "
+                     + (f"{top['type']} {top['kind']} {top['share']:.0%} |" if top else "– |"))
+    if missing:
+        reason = next(e["profile"].get("reason") for e in report["artifacts"] if e["name"] == missing[0])
+        lines += ["", f"Not profiled: {', '.join(missing)} ({reason})."]
+    return lines + [""]
+
+
+def markdown_to_html(text: str) -> str:
+    """The Markdown ``render_markdown`` writes (headings, bullet lists, pipe tables, paragraphs, bold,
+    inline code) as HTML, for the HTML report's details."""
+    import re
+
+    def inline(line: str) -> str:
+        line = html.escape(line)
+        line = re.sub(r"`([^`]+)`", r"<code>\1</code>", line)
+        return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", line)
+
+    def cells(line: str) -> list[str]:
+        return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+
+    out, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")) + 1, 6)  # the page's <h1> is the title
+            out.append(f"<h{level}>{inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append(lines[i])
+                i += 1
+            head, body = cells(block[0]), [cells(b) for b in block[2:]]
+            out.append("<table><thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr></thead><tbody>"
+                       + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in row) + "</tr>" for row in body)
+                       + "</tbody></table>")
+            continue
+        elif line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{inline(lines[i][2:])}</li>")
+                i += 1
+            out.append("<ul>" + "".join(items) + "</ul>")
+            continue
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+        i += 1
+    return "\n".join(out)
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -277,7 +435,7 @@ def render_html(report: dict[str, Any]) -> str:
                      f"{html.escape(f['reason'])}</p>" for f in report.get("failed") or [])
     parts = [failed + f"<p class=\"rec\">{html.escape(report['recommendation']['text'])}</p>",
              f"<p>machine: {html.escape(_machine_line(report['machine']))}</p>",
-             "<h2>Summary</h2>", html_table(rows, SUMMARY_COLUMNS)]
+             "<h2>Summary</h2>", html_table(rows, summary_columns(rows))]
     parts.append(img(scatter_png(at_smallest, "latency_p50_ms", "top1",
                                  title=f"top-1 vs p50 latency (batch {smallest})"), "latency vs accuracy"))
     series = {f"{e['name']} b{b}": t["times_ms"] for e in report["artifacts"]
@@ -289,5 +447,5 @@ def render_html(report: dict[str, Any]) -> str:
     for entry in report["artifacts"]:
         parts.append(img(confusion_png(entry["accuracy"]["confusion"], entry["labels"], entry["name"]),
                          f"confusion matrix {entry['name']}"))
-    parts.append("<h2>Details</h2><pre>" + html.escape(render_markdown(report)) + "</pre>")
+    parts.append("<h2>Details</h2><div class=\"details\">" + markdown_to_html(render_markdown(report)) + "</div>")
     return html_page(f"edgetl bench: target {report['target']}", "".join(parts))

@@ -16,11 +16,30 @@ SHARED_PHOTOS = REPO.parent / "shared" / "data" / "hymenoptera" / "train"
 TINY_SIZE = 96
 
 
+SUBSET_PER_CLASS = 30
+
+
 @pytest.fixture(scope="session")
-def sample_dir() -> Path:
+def full_sample_dir() -> Path:
+    """The whole embedded sample (all 244 ant/bee photos, what `edgetl run` uses by default)."""
     from edgetl.data import sample_dataset
 
     return sample_dataset()
+
+
+@pytest.fixture(scope="session")
+def sample_dir(full_sample_dir, tmp_path_factory) -> Path:
+    """A fixed 30 + 30 subset of the embedded sample (every k-th photo of each class in name order),
+    copied once per session: the tests that train, calibrate or bench on it stay as fast as they were
+    with the old 60-photo sample."""
+    root = tmp_path_factory.mktemp("sample") / "hymenoptera"
+    for cls in ("ants", "bees"):
+        photos = sorted((full_sample_dir / cls).glob("*.jpg"))
+        step = max(1, len(photos) // SUBSET_PER_CLASS)
+        (root / cls).mkdir(parents=True)
+        for photo in photos[::step][:SUBSET_PER_CLASS]:
+            shutil.copyfile(photo, root / cls / photo.name)
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +69,16 @@ def tiny_model_copy(tiny_model_dir, tmp_path) -> Path:
     dst = tmp_path / "model"
     shutil.copytree(tiny_model_dir, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def exported_artifacts(tiny_model_dir, sample_dir, tmp_path_factory) -> Path:
+    """FP32 and INT8 of every format from the tiny model, exported once for the client and profile
+    tests (read-only: copy before changing)."""
+    from edgetl.export import ExportConfig, export
+
+    out = tmp_path_factory.mktemp("exported") / "artifacts"
+    export(ExportConfig(model=tiny_model_dir, out=out, formats=("onnx", "tflite", "openvino"),
+                        modes=("fp32", "int8"), calib=sample_dir, calib_size=16, min_agreement=0.9,
+                        verbose=False))
+    return out

@@ -14,7 +14,8 @@ from edgetl.cli import main
 from edgetl.metadata import read_sidecar, sha256_file, sidecar_path, write_json
 
 SCHEMA = Path(__file__).resolve().parents[1] / "edgetl" / "schemas" / "bench.schema.json"
-RUNS = dict(runs=5, warmup=1, batch_sizes=(1, 4))
+# The bf16 row and benchmark_app are exercised in test_profile.py; here one row per artifact file.
+RUNS = dict(runs=5, warmup=1, batch_sizes=(1, 4), openvino_native_precision=False, benchmark_app_seconds=0)
 ONNX, TFLITE, XML, INT8 = ("model_onnx_fp32.onnx", "model_tflite_fp32.tflite", "model_openvino_fp32.xml",
                            "model_tflite_int8_u8.tflite")
 

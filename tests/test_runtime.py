@@ -337,8 +337,24 @@ print("FORBIDDEN:", bad)
 
 
 # -- bad input ----------------------------------------------------------------------------------------
+def _foreign_copy(src: Path, dst_dir: Path) -> Path:
+    """An ONNX artifact with neither sidecar nor edgetl's embedded metadata (as another tool wrote it)."""
+    import onnx
+
+    lonely = _copy_artifact(src, dst_dir, with_sidecar=False)
+    model = onnx.load(str(lonely))
+    del model.metadata_props[:]
+    onnx.save(model, str(lonely))
+    return lonely
+
+
 def test_artifact_without_sidecar(artifacts, tmp_path):
-    lonely = _copy_artifact(artifacts.paths["onnx"], tmp_path, with_sidecar=False)
+    # edgetl's own artifacts carry their description inside: the sidecar is optional ...
+    lonely = _copy_artifact(artifacts.paths["onnx"], tmp_path / "embedded", with_sidecar=False)
+    assert EdgeModel.load(lonely).predict(artifacts.images[0]) == \
+        EdgeModel.load(artifacts.paths["onnx"]).predict(artifacts.images[0])
+    # ... a file with neither is refused in one line
+    lonely = _foreign_copy(artifacts.paths["onnx"], tmp_path)
     with pytest.raises(UsageError) as info:
         EdgeModel.load(lonely)
     message = str(info.value)
@@ -442,8 +458,7 @@ def test_cli_predict_errors_are_one_line(artifacts, tmp_path, capsys):
     for args, fragment in [
         (["predict", art, broken], "broken.png: cannot decode"),
         (["predict", art, tmp_path / "absent.jpg"], "no such image or folder"),
-        (["predict", _copy_artifact(art, tmp_path / "alone", with_sidecar=False), artifacts.images[0]],
-         "sidecar"),
+        (["predict", _foreign_copy(art, tmp_path / "alone"), artifacts.images[0]], "sidecar"),
         (["predict", art, artifacts.images[0], "--device", "tpu"], "unknown device"),
     ]:
         code, out, err = _cli(args, capsys)

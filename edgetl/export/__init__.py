@@ -74,6 +74,7 @@ class ExportConfig:
     # int8 weights for ONNX and OpenVINO: auto | full | pair-safe | 7-bit (see export/pairs.py)
     int8_weights: str = "auto"
     opset: int = 17
+    static_batch: int | None = None  # a fixed batch size in the artifacts (benchmark_app, NPU compilers)
     input_size: int | None = None  # for models without edgetl.json
     labels: tuple[str, ...] = ()
     overwrite: bool = True
@@ -134,6 +135,8 @@ class ExportConfig:
                              "(a few hundred representative images, labels not needed)")
         if not 0.0 < self.min_agreement <= 1.0:
             raise UsageError(f"--min-agreement must be in (0, 1], got {self.min_agreement}")
+        if self.static_batch is not None and self.static_batch < 1:
+            raise UsageError(f"--static-batch must be >= 1, got {self.static_batch}")
         if self.calib_size < 1:
             raise UsageError(f"--calib-size must be >= 1, got {self.calib_size}")
         if self.check is not None and not self.check.is_dir():
@@ -253,14 +256,22 @@ def export(config: ExportConfig) -> ExportResult:
         if calib:
             write_json(tmp / CALIBRATION_FILE, calib.manifest)
         builder = _Builder(config, source, calib, checks, reference, source_info, work, tmp)
-        for input_dtype in config.input_dtypes:
-            for fmt in config.formats:
-                for mode in config.modes:
-                    artifact = builder.build(fmt, mode, input_dtype)
-                    result.artifacts.append(artifact)
-                    _say(config, f"{artifact.path.name}: {artifact.size_bytes / 1e6:.2f} MB, "
-                                 f"{_parity_line(artifact.parity)} "
-                                 f"[{'ok' if artifact.passed else 'FAILED'}] ({artifact.seconds:.1f}s)")
+        from ..console import progress
+
+        total = len(config.input_dtypes) * len(config.formats) * len(config.modes)
+        with progress(total, "export", enabled=config.verbose) as bar:
+            for input_dtype in config.input_dtypes:
+                for fmt in config.formats:
+                    for mode in config.modes:
+                        bar.describe(f"export {artifact_name(fmt, mode, input_dtype)}: convert, "
+                                     f"{'calibrate, ' if mode == 'int8' else ''}check")
+                        artifact = builder.build(fmt, mode, input_dtype)
+                        result.artifacts.append(artifact)
+                        bar.advance()
+                        if config.verbose:
+                            bar.print(f"{artifact.path.name}: {artifact.size_bytes / 1e6:.2f} MB, "
+                                      f"{_parity_line(artifact.parity)} "
+                                      f"[{'ok' if artifact.passed else 'FAILED'}] ({artifact.seconds:.1f}s)")
         write_json(tmp / SUMMARY_FILE, result.summary())
     for artifact in result.artifacts:  # paths point into the final directory, not the temp one
         artifact.path = Path(config.out) / artifact.path.name
@@ -283,7 +294,9 @@ def _parity_line(parity: dict[str, Any]) -> str:
 
 def _say(config: ExportConfig, message: str) -> None:
     if config.verbose:
-        print(message, file=sys.stderr, flush=True)
+        from ..console import say
+
+        say(message)
 
 
 def _recipe_without_tensorflow(config: ExportConfig) -> Preprocessing:
@@ -399,6 +412,7 @@ class _Builder:
         started = time.perf_counter()
         path = self.out / artifact_name(fmt, mode, input_dtype)
         details = getattr(self, f"_build_{fmt}")(path, mode, input_dtype)
+        interface = self.embed(path, fmt, mode, input_dtype, details)
         parity_result, runtime = self.check(path, mode, input_dtype)
         float_layers: list[str] = []
         if mode == "int8" and not parity_result["passed"] and self.config.accuracy_aware:
@@ -406,9 +420,21 @@ class _Builder:
 
             path, details, parity_result, runtime, float_layers = make_accurate(
                 self, fmt, input_dtype, path, details, parity_result)
+            interface = self.embed(path, fmt, mode, input_dtype, details, float_layers)
         sidecar = self.sidecar(path, fmt, mode, input_dtype, details, parity_result, runtime, float_layers)
+        sidecar["output"].update(interface)
         write_json(sidecar_path(path), sidecar)
         return ArtifactResult(fmt, mode, input_dtype, path, sidecar, time.perf_counter() - started)
+
+    def embed(self, path: Path, fmt: str, mode: str, input_dtype: str, details: dict,
+              float_layers: list[str] | None = None) -> dict:
+        """Metadata inside the artifact for clients without the sidecar (``embedded_metadata``); returns
+        the output fields it changed (TFLite: a probabilities output 0, logits 1)."""
+        from .embedded_metadata import description, embed
+
+        draft = self.sidecar(path, fmt, mode, input_dtype, details, {},
+                             {"runtime": None, "runtime_version": None}, list(float_layers or []))
+        return embed(path, fmt, description(draft))
 
     def int8_weights(self, fmt: str) -> str | None:
         from .pairs import resolve
@@ -507,7 +533,7 @@ class _Builder:
             "size_bytes": sum(f.stat().st_size for f in artifact_files(path)),
             "labels": list(self.source.labels),
             # names: what this format's client API sees (export.io_names), e.g. TFLite signature keys
-            "input": {**names["input"], "shape": [None, height, width, 3], "layout": "NHWC",
+            "input": {**names["input"], "shape": [self.config.static_batch, height, width, 3], "layout": "NHWC",
                       "dtype": input_dtype, "quantization": input_quant},
             "output": {**names["output"], "kind": self.source.output_kind, "dtype": "float32",
                        "softmax": "apply in float" if self.source.output_kind == "logits" else "in graph"},

@@ -69,8 +69,12 @@ def artifact_outputs(path: Path, inputs: np.ndarray, threads: int | None = None,
     from ..runtime.backends import open_backend
 
     backend = open_backend(path, "cpu", threads, **backend_options)
-    outputs = run_batches(backend.run, inputs.astype(backend.input_dtype, copy=False)
-                          if backend.input_dtype == np.uint8 else inputs)
+    inputs = inputs.astype(backend.input_dtype, copy=False) if backend.input_dtype == np.uint8 else inputs
+    if backend.dynamic_batch or not backend.input_shape[0]:
+        outputs = run_batches(backend.run, inputs)
+    else:  # --static-batch N: chunks of exactly N, the last one padded
+        outputs = run_batches(lambda x: backend.run(_padded(x, backend.input_shape[0]))[:len(x)], inputs,
+                              backend.input_shape[0])
     precision = getattr(backend, "precision", None) or "native"
     return outputs, {"runtime": backend.runtime, "runtime_version": backend.version(), "precision": precision,
                      "settings": dict(backend.settings)}
@@ -97,6 +101,11 @@ def agreement_rows(reference: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarr
         cosine = np.sum(ref * out, axis=-1) / np.maximum(ref_norm * out_norm, 1e-300)
     cosine = np.where((ref_norm <= ZERO_NORM) & (out_norm <= ZERO_NORM), 1.0, cosine)
     return agree, cosine
+
+def _padded(batch: np.ndarray, size: int) -> np.ndarray:
+    if len(batch) == size:
+        return batch
+    return np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)])
 
 
 def compare(reference: np.ndarray, outputs: np.ndarray, mode: str, min_agreement: float,

@@ -11,7 +11,6 @@ accuracy/latency/size report instead (see ``edgetl.prune.sweep``).
 from __future__ import annotations
 
 import copy
-import sys
 
 import numpy as np
 import time
@@ -398,7 +397,9 @@ def _write(config: PruneConfig, model, metadata, record, metrics, history) -> di
 
 def _log(config: PruneConfig, message: str) -> None:
     if config.verbose:
-        print(message, file=sys.stderr, flush=True)
+        from ..console import say
+
+        say(message)
 
 
 __all__ = ["PruneConfig", "PruneResult", "prune", "METHODS"]

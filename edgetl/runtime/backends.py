@@ -178,7 +178,7 @@ class TfliteBackend(Backend):
         self._module = interpreter_module
         self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[0]
+        self._output = _edgetl_output(self.interpreter.get_output_details())
         self.input_name = self._input["name"]
         signature = list(self._input.get("shape_signature", self._input["shape"]))
         self.input_shape = [None if d < 0 else int(d) for d in signature]
@@ -193,7 +193,7 @@ class TfliteBackend(Backend):
             self.interpreter.resize_tensor_input(self._input["index"], list(batch.shape))
             self.interpreter.allocate_tensors()
             self._batch = batch.shape[0]
-            self._output = self.interpreter.get_output_details()[0]
+            self._output = _edgetl_output(self.interpreter.get_output_details())
         self.interpreter.set_tensor(self._input["index"], batch)
         self.interpreter.invoke()
         out = self.interpreter.get_tensor(self._output["index"])
@@ -216,6 +216,12 @@ class TfliteBackend(Backend):
         import importlib.metadata
 
         return importlib.metadata.version("ai-edge-litert")
+
+
+def _edgetl_output(outputs: list[dict]) -> dict:
+    """The logits where export appended a probabilities output for TFLite clients (output 0
+    ``probabilities``, output 1 ``logits``: ``export.embedded_metadata``); else the only output."""
+    return next((o for o in outputs if o["name"] == "logits"), outputs[0]) if len(outputs) > 1 else outputs[0]
 
 
 def _tflite_delegates(device: str) -> list[str]:

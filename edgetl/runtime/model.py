@@ -99,7 +99,7 @@ class EdgeModel:
         """
         path = Path(artifact)
         fmt = artifact_format(path)
-        metadata = read_sidecar(path)
+        metadata = _sidecar_or_embedded(path)
         if metadata.get("format") not in (None, fmt):
             raise UsageError(f"{path}: its sidecar describes a {metadata['format']} artifact, not {fmt}")
         if verify:
@@ -198,6 +198,18 @@ class EdgeModel:
         if all(d is not None for d in spatial) and tuple(spatial) != self.input_size:
             raise CheckFailed(f"{self.path}: the artifact takes {tuple(spatial)} images but its sidecar "
                               f"recipe crops to {self.input_size}")
+
+
+def _sidecar_or_embedded(path: Path) -> dict[str, Any]:
+    """The sidecar; without one, the description export embedded in the artifact (``runtime.embedded``)."""
+    from ..metadata import sidecar_path
+    from .embedded import read_embedded
+
+    if path.exists() and not sidecar_path(path).exists():
+        embedded = read_embedded(path)
+        if embedded is not None:
+            return embedded
+    return read_sidecar(path)  # raises the usual one-line errors (no artifact, no sidecar)
 
 
 def _as_list(images) -> tuple[list, bool]:
