@@ -445,7 +445,14 @@ def _main(argv: Optional[list[str]] = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    if code in (130, 143):
+        # Interrupted, clean-up done: a signal that landed mid-import leaves native modules (TensorFlow)
+        # half-initialised, and their finalizers would print tracebacks after the one line above.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -225,6 +225,10 @@ def benchmark_app_path() -> str | None:
     return shutil.which("benchmark_app") or (str(beside) if beside.exists() else None)
 
 
+def _as_ms(match: re.Match) -> float:
+    return float(match.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
+
+
 def benchmark_app(path: Path, shape: list[int] | None, precision: str | None, threads: int | None = None,
                   seconds: int = 2) -> dict[str, Any]:
     """benchmark_app's latency median (ms) for an IR; ``shape`` for dynamic models ([1,H,W,3]),
@@ -243,14 +247,15 @@ def benchmark_app(path: Path, shape: list[int] | None, precision: str | None, th
         done = subprocess.run(command, capture_output=True, text=True, timeout=120 + seconds)
     except subprocess.TimeoutExpired:
         return {"available": False, "reason": "benchmark_app timed out"}
-    found = {key: re.search(rf"^\[ INFO \]\s+{key}:\s+([\d.]+) ms", done.stdout, re.M)
+    # benchmark_app switches units with the magnitude: "475.72 us" below a millisecond, "4.31 ms" above.
+    found = {key: re.search(rf"^\[ INFO \]\s+{key}:\s+([\d.]+) (us|ms|s)\b", done.stdout, re.M)
              for key in ("Median", "Average", "Min", "Max")}
     if done.returncode != 0 or not found["Median"]:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"available": False, "reason": f"benchmark_app failed: {tail[0][:200]}"}
     throughput = re.search(r"^\[ INFO \] Throughput:\s+([\d.]+) FPS", done.stdout, re.M)
-    return {"available": True, "median_ms": float(found["Median"].group(1)),
-            "average_ms": float(found["Average"].group(1)) if found["Average"] else None,
+    return {"available": True, "median_ms": _as_ms(found["Median"]),
+            "average_ms": _as_ms(found["Average"]) if found["Average"] else None,
             "throughput_fps": float(throughput.group(1)) if throughput else None,
             "precision": precision or "default", "seconds": seconds,
             "command": " ".join(Path(c).name if i == 0 else c for i, c in enumerate(command))}

@@ -42,7 +42,7 @@ def test_features_strategy_keeps_backbone_frozen(sample_dir, tmp_path):
     keras.utils.set_random_seed(0)
     result = finetune(_config(sample_dir, tmp_path / "m"))
     files = {p.name for p in (tmp_path / "m").iterdir()}
-    assert files == {"model.keras", "edgetl.json", "training.png"}
+    assert files == {"model.keras", "edgetl.json", "training.png", ".edgetl-output.json"}
     metadata = _reload_matches(result, sample_dir)
     assert metadata["labels"] == ["ants", "bees"]
     assert metadata["preprocessing"]["input_size"] == [SIZE, SIZE]

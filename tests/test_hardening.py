@@ -232,12 +232,14 @@ def test_sidecar_names_are_what_each_client_api_takes(u8_artifacts, small_data):
     assert (lite["input"]["name"], lite["output"]["name"]) == ("image", "logits")
     assert lite["input"]["signature"] == lite["output"]["signature"] == "serving_default"
     interpreter = Interpreter(model_path=str(tflite_path))
-    assert interpreter.get_signature_list() == {"serving_default": {"inputs": ["image"], "outputs": ["logits"]}}
+    # logits for edgetl and its clients' signature runners; probabilities (TFLite Metadata's score output)
+    assert interpreter.get_signature_list() == {"serving_default": {"inputs": ["image"],
+                                                                    "outputs": ["logits", "probabilities"]}}
     runner = interpreter.get_signature_runner(lite["input"]["signature"])
     first = runner(**{lite["input"]["signature_key"]: pixels[:1]})[lite["output"]["signature_key"]]
     np.testing.assert_allclose(first, expected[:1], atol=1e-4)
     assert interpreter.get_input_details()[0]["name"] == lite["input"]["tensor_name"]
-    assert interpreter.get_output_details()[0]["name"] == lite["output"]["tensor_name"]
+    assert interpreter.get_output_details()[lite["output"]["index"]]["name"] == lite["output"]["tensor_name"]
 
     # ONNX: behind a uint8 input tf2onnx named the output after the nested model; now "logits".
     onnx_side = side[".onnx"]
@@ -308,13 +310,19 @@ def test_bench_caps_batches_bounds_the_overhead_check_and_reports_a_corrupt_arti
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     assert code == 1 and not any("Traceback" in line for line in err)
-    assert err[-1].startswith("edgetl: error: 1 of 3 artifact(s) could not be benched (model_onnx_fp32_u8.onnx: ")
+    # On a CPU whose OpenVINO default is not f32 (bf16), the FP32 IR is benched twice (f32 and native).
+    from edgetl.profile import native_precision
+
+    native = native_precision()
+    variants = [f"model_openvino_fp32_u8.xml [{native}]"] if native not in (None, "f32") else []
+    assert err[-1].startswith(f"edgetl: error: 1 of {3 + len(variants)} artifact(s) could not be benched "
+                              f"(model_onnx_fp32_u8.onnx: ")
     assert "sha256" in err[-1] and err[-1].endswith(f"the others are in {out}")
     report = json.loads((out / "bench.json").read_text())
     jsonschema.validate(report, json.loads(SCHEMA.read_text()))
     assert [f["name"] for f in report["failed"]] == ["model_onnx_fp32_u8.onnx"]
-    assert sorted(a["name"] for a in report["artifacts"]) == ["model_openvino_fp32_u8.xml",
-                                                             "model_tflite_fp32_u8.tflite"]
+    assert sorted(a["name"] for a in report["artifacts"]) == sorted(["model_openvino_fp32_u8.xml",
+                                                                    "model_tflite_fp32_u8.tflite", *variants])
     # 512 > the 4 images: capped to 4 (warned), so no batch repeats the data 128 times.
     assert report["settings"]["batch_sizes"] == [1, 4]
     assert report["settings"]["batch_sizes_requested"] == [1, 512]

@@ -78,10 +78,17 @@ def io_names(path: Path) -> dict[str, dict[str, str]]:
     signatures = interpreter.get_signature_list()
     name = "serving_default" if "serving_default" in signatures else next(iter(signatures), None)
     keys = signatures.get(name, {}) if name else {}
+    # Logits models also carry a `probabilities` output for TFLite Metadata clients: edgetl's is `logits`.
+    chosen = {"input": (keys.get("inputs") or [None])[0],
+              "output": "logits" if "logits" in (keys.get("outputs") or []) else (keys.get("outputs") or [None])[0]}
     tensors = {"input": interpreter.get_input_details()[0]["name"],
                "output": interpreter.get_output_details()[0]["name"]}
-    return {side: {"name": (keys.get(f"{side}s") or [tensors[side]])[0], "signature": name,
-                   "signature_key": (keys.get(f"{side}s") or [None])[0], "tensor_name": tensors[side]}
+    if name and chosen["input"]:
+        runner = interpreter.get_signature_runner(name)
+        tensors = {"input": runner.get_input_details()[chosen["input"]]["name"],
+                   "output": runner.get_output_details()[chosen["output"]]["name"]}
+    return {side: {"name": chosen[side] or tensors[side], "signature": name, "signature_key": chosen[side],
+                   "tensor_name": tensors[side]}
             for side in ("input", "output")}
 
 
