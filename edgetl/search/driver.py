@@ -88,7 +88,8 @@ def search(config: SearchConfig) -> SearchResult:
             _search(config, trials, runner, splits, split_key, gpus)
         finally:
             runner.progress.close()
-    return write_results(config, trials, time.perf_counter() - started, runner.built, runner.reused)
+    return write_results(config, trials, time.perf_counter() - started, runner.built,
+                         len(runner.reused_dirs))
 
 
 def _splits(config: SearchConfig) -> tuple[Path, str]:
@@ -176,8 +177,8 @@ class _Runner:
     def __init__(self, config: SearchConfig, trials: list[Trial]):
         self.config = config
         self.trials = trials
-        self.built = 0
-        self.reused = 0
+        self.built = 0  # stages built by a worker in this run
+        self.reused_dirs: set[Path] = set()  # finished stages of earlier runs this run read back
         self.progress = Progress(trials, enabled=config.verbose)
 
     def run(self, jobs: dict[str, StageJob], then: dict[str, Callable[[Trial], StageJob]] | None = None) -> None:
@@ -197,7 +198,7 @@ class _Runner:
                 return
             waiting[job.directory] = [trial]
             if job.finished():  # from an earlier run: no task, no worker
-                self.reused += 1
+                self.reused_dirs.add(job.directory)
                 complete(job, {"reused": True})
                 return
             options = dict(num_cpus=1, num_gpus=job.num_gpus, resources=job.resources, max_retries=0,
@@ -240,7 +241,8 @@ class _Runner:
                 try:
                     outcome = ray.get(ref)
                     self.built += not outcome.get("reused")
-                    self.reused += bool(outcome.get("reused"))
+                    if outcome.get("reused"):
+                        self.reused_dirs.add(job.directory)
                 except Exception as exc:  # noqa: BLE001 - any task failure becomes the trials' reason
                     outcome = {"error": f"{job.kind}: {failure_reason(exc)}"}
                 complete(job, outcome)

@@ -101,7 +101,8 @@ def markdown(result, pareto: dict[str, Any]) -> str:
              f"{result.reused} reused)"]
     for target, entry in pareto["targets"].items():
         lines += ["", f"### Pareto front on {target} (accuracy vs latency vs size)", "",
-                  markdown_table(entry["front"], COLUMNS) if entry["front"] else "(no finished trial)", ""]
+                  markdown_table([{**r, "node": (r.get("node") or "")[:12]} for r in entry["front"]], COLUMNS)
+                  if entry["front"] else "(no finished trial)", ""]
         best = entry["winner"]
         lines.append(f"**winner on {target}: {best['trial']}** ({entry['winner_rule']}): top-1 {best['top1']:.1%}, "
                      f"{best['latency_p50_ms']:.2f} ms p50, {best['size_bytes'] / 1e6:.2f} MB -> {entry['winner_dir']}"
