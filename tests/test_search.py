@@ -5,15 +5,7 @@ two-node cluster on a loopback address where the benches land on the node offeri
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -23,12 +15,9 @@ pytest.importorskip("ray")
 from edgetl.cli import main  # noqa: E402
 from edgetl.search import front, halving  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 AXES = ["--backbones", "efficientnet_lite0", "--strategies", "features", "--sparsity", "0,0.5",
         "--quantize", "fp32,dynamic", "--formats", "onnx", "--epochs", "1", "--prune-epochs", "0",
         "--input-size", "96", "--runs", "3"]
-# Ray rewrites 127.0.0.1 to the machine's network address; 127.0.0.2 is loopback and kept as given.
-LOOPBACK = "127.0.0.2"
 
 
 def _trials(out: Path) -> dict:
@@ -130,93 +119,16 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(searched, tmp_path, 
     assert sum(t["status"] == "done" for t in trials.values()) >= 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def two_node_cluster(monkeypatch):
-    """A head (1 CPU, no target) and a worker node offering target:cpu, on a loopback address, with
-    Ray's token authentication; each `ray start --block` runs in its own process group, which the
-    finalizer stops by id (``ray stop`` would stop every Ray process on the machine)."""
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    port = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
-        monkeypatch.setenv(key, env[key])
-    _forget_token()  # this process may hold the default token of an earlier in-process Ray
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    common = ["--node-ip-address", LOOPBACK, "--num-cpus", "1", "--object-store-memory", "100000000",
-              "--disable-usage-stats", "--block"]
-    nodes = []
+def two_node_cluster():
+    """A head (1 CPU, no target) and a node offering target:cpu, on a loopback address; both stopped
+    (by their process groups) when the test ends, passed or not."""
+    from edgetl.search.cluster import LocalCluster
 
-    def start(*args: str) -> None:
-        log = open(Path(temp) / f"node{len(nodes)}.log", "w")
-        nodes.append(subprocess.Popen([ray_cli, "start", *args, *common], env=env, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True))
-
-    try:
-        start("--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", temp,
-              "--ray-client-server-port", str(_free_port()))
-        address = f"{LOOPBACK}:{port}"
-        node_id = _wait_for_target_node(address, nodes)
-        start("--address", address, "--resources", json.dumps({"target:cpu": 1}))
-        node_id = _wait_for_target_node(address, nodes, "target:cpu")
-        yield address, node_id
-    finally:
-        for node in reversed(nodes):
-            with _quiet():
-                os.killpg(node.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 3
-        for node in nodes:
-            try:
-                node.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with _quiet():
-                    os.killpg(node.pid, signal.SIGKILL)
-                node.wait(10)
-        shutil.rmtree(temp, ignore_errors=True)
-        _forget_token()
-
-
-def _forget_token() -> None:
-    from ray._raylet import AuthenticationTokenLoader
-
-    AuthenticationTokenLoader.instance().reset_cache()
-
-
-class _quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, value, tb):
-        return kind is ProcessLookupError
-
-
-def _wait_for_target_node(address: str, nodes, resource: str | None = None, timeout: float = 90) -> str | None:
-    """The node id offering ``resource`` once the cluster answers (any node when None)."""
-    import ray
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert all(n.poll() is None for n in nodes), "a ray start process exited"
-        try:
-            ray.init(address=address, _node_ip_address=LOOPBACK, logging_level="ERROR", log_to_driver=False)
-            try:
-                alive = [n for n in ray.nodes() if n["Alive"]]
-                match = [n["NodeID"] for n in alive if resource is None or n["Resources"].get(resource)]
-            finally:
-                ray.shutdown()
-            if match:
-                return match[0]
-        except (ConnectionError, RuntimeError):
-            pass
-        time.sleep(1)
-    raise AssertionError(f"the Ray cluster at {address} did not come up with {resource or 'a node'}")
+    with LocalCluster(head_cpus=1) as cluster:
+        node = cluster.add_node(num_cpus=1, resources={"target:cpu": 1})
+        assert cluster.node_with("target:cpu") == [node]
+        yield cluster.address, node
 
 
 def test_benches_land_on_the_node_offering_the_target(searched, two_node_cluster, tmp_path, sample_dir):

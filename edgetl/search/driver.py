@@ -82,10 +82,10 @@ def search(config: SearchConfig) -> SearchResult:
         if problem:
             trial.status, trial.reason = "failed", f"bad config: {problem}"
     splits, split_key = _splits(config)
-    with ray_session(config) as gpus:
+    with ray_session(config) as placement:
         runner = _Runner(config, trials)
         try:
-            _search(config, trials, runner, splits, split_key, gpus)
+            _search(config, trials, runner, splits, split_key, placement)
         finally:
             runner.progress.close()
     return write_results(config, trials, time.perf_counter() - started, runner.built,
@@ -113,7 +113,8 @@ def _splits(config: SearchConfig) -> tuple[Path, str]:
 
 
 def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits: Path, split_key: str,
-            gpus: float) -> None:
+            placement: "Placement") -> None:
+    gpus = placement.gpus
     live = [t for t in trials if t.status == "pending"]
     # Rung 1: one fine-tune per backbone x strategy.
     options = lambda p: dict(backbone=p.backbone, weights=config.weights, strategy=p.strategy,  # noqa: E731
@@ -150,7 +151,7 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
 
     def then_bench(trial: Trial) -> StageJob:
         return bench_job(config.out, models[trial.id], exports[trial.id], splits, trial.target, config.runs,
-                         f"bench {trial.id}")
+                         f"bench {trial.id}", placement.bench_cpus[trial.target])
 
     runner.run(exports, then={"bench": then_bench})
 
@@ -201,7 +202,7 @@ class _Runner:
                 self.reused_dirs.add(job.directory)
                 complete(job, {"reused": True})
                 return
-            options = dict(num_cpus=1, num_gpus=job.num_gpus, resources=job.resources, max_retries=0,
+            options = dict(num_cpus=job.num_cpus, num_gpus=job.num_gpus, resources=job.resources, max_retries=0,
                            retry_exceptions=False, name=job.label)
             ref = _remote().options(**options).remote(job.kind, job.key, str(job.directory), job.spec)
             pending[ref] = job
@@ -287,10 +288,18 @@ def _remote():
     return _REMOTE
 
 
+@dataclass
+class Placement:
+    gpus: float  # what a fine-tune or prune asks for: 1 when the cluster has GPUs
+    # What a bench asks for besides target:<name>: every CPU of the smallest node offering the target,
+    # so no other stage shares the node while it is timed.
+    bench_cpus: dict[str, float]
+
+
 @contextlib.contextmanager
-def ray_session(config: SearchConfig) -> Iterator[float]:
+def ray_session(config: SearchConfig) -> Iterator[Placement]:
     """Ray for the search: joined at ``--address``, already initialised by the caller, or started
-    in-process on this machine's cores (quiet, no dashboard); yields the GPUs a fine-tune asks for."""
+    in-process on this machine's cores (quiet, no dashboard); yields where stages go."""
     try:
         import ray
     except ImportError:
@@ -318,7 +327,14 @@ def ray_session(config: SearchConfig) -> Iterator[float]:
         if missing:
             raise UsageError(f"no node of the Ray cluster offers target {missing[0]!r}; start one with "
                              f"ray start --address ... --resources '{{\"{target_resource(missing[0])}\": 1}}'")
-        yield 1 if resources.get("GPU", 0) >= 1 else 0
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        bench_cpus = {}
+        for t in config.targets:
+            cpus = [n.get("CPU", 0) for n in nodes if n.get(target_resource(t)) and n.get("CPU", 0) >= 1]
+            if not cpus:
+                raise UsageError(f"no node offering target {t!r} has a CPU to run its benches")
+            bench_cpus[t] = min(cpus)
+        yield Placement(1 if resources.get("GPU", 0) >= 1 else 0, bench_cpus)
     finally:
         if owned:
             ray.shutdown()

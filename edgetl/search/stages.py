@@ -35,6 +35,7 @@ class StageJob:
     label: str
     resources: dict[str, float] = field(default_factory=dict)  # Ray custom resources (target:<name>)
     num_gpus: float = 0
+    num_cpus: float = 1
 
     def finished(self) -> bool:
         return stage_finished(self.directory, self.key)
@@ -66,12 +67,13 @@ def export_job(out: Path, model_dir: Path, splits: Path, fmt: str, mode: str, la
 
 
 def bench_job(out: Path, model_dir: Path, export: StageJob, splits: Path, target: str, runs: int,
-              label: str) -> StageJob:
+              label: str, num_cpus: float = 1) -> StageJob:
     key = _key({"model": read_json(Path(model_dir) / MODEL_METADATA)["model_sha256"], "export": export.key,
                 "artifacts": _outputs_key(export.directory), "target": target, "runs": runs})
     return StageJob("bench", key, stage_dir(out, "bench", key),
                     {"model": str(model_dir), "export": str(export.directory), "splits": str(splits),
-                     "target": target, "runs": runs}, label, resources={target_resource(target): 1})
+                     "target": target, "runs": runs}, label, resources={target_resource(target): 1},
+                    num_cpus=num_cpus)
 
 
 def target_resource(target: str) -> str:
