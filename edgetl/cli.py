@@ -152,6 +152,7 @@ def search(
     batch_size: int = typer.Option(16),
     seed: int = typer.Option(0),
     runs: int = typer.Option(30, help="Timed runs per artifact in each bench."),
+    threads: Optional[int] = typer.Option(None, help="Runtime threads in each bench (default: each runtime's own)."),
     max_latency_ms: Optional[float] = typer.Option(None, help="Winner: p50 latency at batch 1 at most this."),
     max_size_mb: Optional[float] = typer.Option(None, help="Winner: artifact size at most this (MB = 10^6 bytes)."),
     max_drop: Optional[float] = typer.Option(None, help="Winner: top-1 at most this many points below the best FP32 fine-tuned model."),
@@ -172,7 +173,7 @@ def search(
                           quantize=tuple("fp32" if q == "none" else q for q in _split([quantize])),
                           formats=tuple(_split([formats])), epochs=epochs, prune_epochs=prune_epochs,
                           prune_method=prune_method, weights=weights, input_size=input_size, batch_size=batch_size,
-                          seed=seed, runs=runs, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
+                          seed=seed, runs=runs, threads=threads, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
                           max_drop=max_drop, eta=eta, space=space, address=address)
     config.validate()  # bad arguments and a forbidden --out fail before Ray starts
     from .search import require_winners

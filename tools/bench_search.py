@@ -30,7 +30,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-search"))
     parser.add_argument("--data", type=Path, default=None, help="default: the embedded ant/bee sample")
     parser.add_argument("--note", default="", help="a line about the machine's load during the run")
+    parser.add_argument("--render", action="store_true", help="only rewrite the Markdown from RESULTS-search.json")
     args = parser.parse_args()
+    if args.render:
+        write_markdown(json.loads((ROOT / "tools" / "RESULTS-search.json").read_text()))
+        return
 
     from edgetl.cli import _quiet_frameworks
     from edgetl.data import sample_dataset
@@ -53,7 +57,7 @@ def main() -> None:
             started = time.perf_counter()
             result = search(SearchConfig(data=data, out=out, address=cluster.address, verbose=False, **space))
             seconds = time.perf_counter() - started
-        per_node = Counter(stage["node"] for t in result.trials for stage in _unique_stages(t))
+        per_node = stages_per_node(out)
         runs.append({"worker_nodes": count, "seconds": round(seconds, 1), "stages_built": result.built,
                      "trials": result.counts(), "stages_per_node": {n[:12]: per_node.get(n, 0) for n in nodes},
                      "load_before": round(load, 2)})
@@ -67,17 +71,14 @@ def main() -> None:
     write_markdown(report)
 
 
-def _unique_stages(trial):
-    seen = set()
-    for kind, stage in trial.stages.items():
-        if stage.get("node") and stage["directory"] not in seen and not stage.get("skipped"):
-            seen.add(stage["directory"])
-            yield stage
+def stages_per_node(out: Path) -> Counter:
+    """Stages built per Ray node, from the node.json each stage folder records."""
+    return Counter(json.loads(p.read_text())["node"] for p in out.glob("stages/*/*/node.json"))
 
 
 def write_markdown(report) -> None:
     space = report["space"]
-    lines = ["# `edgetl search` on 1 and 2 Ray worker nodes", "",
+    lines = ["## `edgetl search` on 1 and 2 Ray worker nodes (tools/bench_search.py)", "",
              f"Space: {', '.join(space['backbones'])} x strategies {', '.join(space['strategies'])} x sparsity "
              f"{', '.join(f'{s:g}' for s in space['sparsity'])} x {', '.join(space['quantize'])} x "
              f"{', '.join(space['formats'])} at {space['input_size']} px, {space['epochs']} epoch, on the embedded "
@@ -92,7 +93,18 @@ def write_markdown(report) -> None:
                      f"{run['speedup_vs_first']:.2f}x |")
     lines += ["", f"Machine: {report['machine']['cpus']} CPUs, shared with other engineers' jobs while this ran. "
               + (report["note"] or ""), ""]
-    (ROOT / "tools" / "RESULTS-search.md").write_text("\n".join(lines))
+    # Only this tool's section of the file is replaced; other sections (the target search) stay.
+    section = "\n".join([BEGIN, *lines, END])
+    path = ROOT / "tools" / "RESULTS-search.md"
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = section + "\n" + text
+    path.write_text(text)
+
+
+BEGIN, END = "<!-- tools/bench_search.py: begin -->", "<!-- tools/bench_search.py: end -->"
 
 
 if __name__ == "__main__":

@@ -117,9 +117,10 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
     gpus = placement.gpus
     live = [t for t in trials if t.status == "pending"]
     # Rung 1: one fine-tune per backbone x strategy.
-    options = lambda p: dict(backbone=p.backbone, weights=config.weights, strategy=p.strategy,  # noqa: E731
-                             epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                             input_size=config.input_size, seed=config.seed)
+    def options(p: Point) -> dict[str, Any]:  # the finetune options `edgetl run` keys its stage on
+        return dict(backbone=p.backbone, weights=config.weights, strategy=p.strategy, epochs=config.epochs,
+                    batch_size=config.batch_size, lr=config.lr, input_size=config.input_size, seed=config.seed)
+
     finetunes = {t.id: finetune_job(config.out, splits, split_key, options(t.point),
                                     f"finetune {t.point.backbone}/{t.point.strategy}", gpus) for t in live}
     runner.run({t.id: finetunes[t.id] for t in live})
@@ -151,7 +152,7 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
 
     def then_bench(trial: Trial) -> StageJob:
         return bench_job(config.out, models[trial.id], exports[trial.id], splits, trial.target, config.runs,
-                         f"bench {trial.id}", placement.bench_cpus[trial.target])
+                         f"bench {trial.id}", placement.bench_cpus[trial.target], config.threads)
 
     runner.run(exports, then={"bench": then_bench})
 

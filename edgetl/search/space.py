@@ -77,6 +77,7 @@ class SearchConfig:
     val_split: float = 0.2
     seed: int = 0
     runs: int = 30  # timed runs per artifact in each bench
+    threads: int | None = None  # runtime threads in each bench (default: each runtime's own)
     max_latency_ms: float | None = None
     max_size_mb: float | None = None  # MB = 10^6 bytes
     max_drop: float | None = None  # accuracy points (percent) below the best FP32 fine-tuned model
@@ -103,6 +104,8 @@ class SearchConfig:
             raise UsageError("no --target given (e.g. --target cpu)")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.runs < 1:
             raise UsageError("--epochs, --batch-size and --runs must be >= 1 and the learning rate > 0")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {self.threads}")
         if self.prune_epochs is not None and self.prune_epochs < 0:
             raise UsageError(f"--prune-epochs must be >= 0, got {self.prune_epochs}")
         if self.prune_method not in PRUNE_METHODS:

@@ -67,13 +67,14 @@ def export_job(out: Path, model_dir: Path, splits: Path, fmt: str, mode: str, la
 
 
 def bench_job(out: Path, model_dir: Path, export: StageJob, splits: Path, target: str, runs: int,
-              label: str, num_cpus: float = 1) -> StageJob:
+              label: str, num_cpus: float = 1, threads: int | None = None) -> StageJob:
     key = _key({"model": read_json(Path(model_dir) / MODEL_METADATA)["model_sha256"], "export": export.key,
-                "artifacts": _outputs_key(export.directory), "target": target, "runs": runs})
+                "artifacts": _outputs_key(export.directory), "target": target, "runs": runs,
+                **({"threads": threads} if threads else {})})
     return StageJob("bench", key, stage_dir(out, "bench", key),
                     {"model": str(model_dir), "export": str(export.directory), "splits": str(splits),
-                     "target": target, "runs": runs}, label, resources={target_resource(target): 1},
-                    num_cpus=num_cpus)
+                     "target": target, "runs": runs, "threads": threads}, label,
+                    resources={target_resource(target): 1}, num_cpus=num_cpus)
 
 
 def target_resource(target: str) -> str:
@@ -149,7 +150,7 @@ def _bench(directory: Path, spec: dict[str, Any]) -> None:
                          f"{', '.join(TARGETS)})")
     _tensorflow()  # the FP32 Keras reference
     bench(BenchConfig(artifacts=[Path(spec["export"])], data=Path(spec["splits"]) / "val", out=directory,
-                      target=spec["target"], reference=Path(spec["model"]), runs=spec["runs"],
+                      target=spec["target"], reference=Path(spec["model"]), runs=spec["runs"], threads=spec.get("threads"),
                       batch_sizes=(1,), overwrite=True, measure_overhead=False))
 
 
