@@ -143,3 +143,16 @@ def test_benches_land_on_the_node_offering_the_target(searched, two_node_cluster
     assert done and report["stages_built"] == len(done)  # only the benches; fine-tune/prune/export reused
     assert {t["node"] for t in done} == {target_node}
     assert {t["stages"]["bench"]["node"] for t in done} == {target_node}
+
+
+def test_bad_arguments_fail_in_one_line_before_ray(sample_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    space = tmp_path / "space.json"
+    space.write_text('{"backbone": ["x"]}')
+    for extra, message in ((["--formats", "onx"], "unknown format 'onx'"), (["--sparsity", "half"], "--sparsity"),
+                           (["--space", str(space)], "unknown key 'backbone'"), (["--eta", "0"], "--eta")):
+        assert main(["search", str(sample_dir), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert main(["search", str(sample_dir), "--out", str(sample_dir / "ants")]) == 2  # inside an input
+    assert not out.exists()
