@@ -155,4 +155,9 @@ def test_bad_arguments_fail_in_one_line_before_ray(sample_dir, tmp_path, capsys)
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert main(["search", str(sample_dir), "--out", str(sample_dir / "ants")]) == 2  # inside an input
+    from edgetl.search.cluster import LOOPBACK, free_port
+
+    nobody = f"{LOOPBACK}:{free_port()}"  # nothing listens there: one line at once, not Ray's minutes of retries
+    assert main(["search", str(sample_dir), "--out", str(out), "--address", nobody]) == 2
+    assert "no Ray cluster answers there" in capsys.readouterr().err
     assert not out.exists()

@@ -72,17 +72,17 @@ def search(config: SearchConfig) -> SearchResult:
 
     config.validate()
     started = time.perf_counter()
-    out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / OUTPUT_MARKER).exists():
-        write_json(out / OUTPUT_MARKER, output_marker("search"))
     trials = [Trial(p, t) for p in config.points() for t in config.targets]
     for trial in trials:
         problem = trial.point.problem()
         if problem:
             trial.status, trial.reason = "failed", f"bad config: {problem}"
-    splits, split_key = _splits(config)
-    with ray_session(config) as placement:
+    with ray_session(config) as placement:  # a cluster that is not there fails before --out is written
+        out = config.out
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / OUTPUT_MARKER).exists():
+            write_json(out / OUTPUT_MARKER, output_marker("search"))
+        splits, split_key = _splits(config)
         runner = _Runner(config, trials)
         try:
             _search(config, trials, runner, splits, split_key, placement)
@@ -289,6 +289,21 @@ def _remote():
     return _REMOTE
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> str:
+    """A one-line UsageError at once when nothing listens at HOST:PORT (Ray itself retries for
+    minutes); returns the host."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address takes HOST:PORT (the head's GCS port, 6379 by default), got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
+    return host
+
+
 @dataclass
 class Placement:
     gpus: float  # what a fine-tune or prune asks for: 1 when the cluster has GPUs
@@ -310,7 +325,7 @@ def ray_session(config: SearchConfig) -> Iterator[Placement]:
         common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                       runtime_env={"env_vars": WORKER_ENV})
         if config.address:
-            host = config.address.rsplit(":", 1)[0]
+            host = _check_reachable(config.address)
             # Ray rewrites 127.0.0.1 to the network address; other loopback addresses stay as given.
             local_ip = {"_node_ip_address": host} if host.startswith("127.") and host != "127.0.0.1" else {}
             try:
