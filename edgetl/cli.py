@@ -24,7 +24,7 @@ from .errors import EdgetlError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
                   help="Fine-tune an ImageNet backbone and take it to an edge device: "
-                       "finetune, export, prune, bench, predict, run.")
+                       "finetune, export, prune, bench, predict, run, search.")
 
 
 def _quiet_frameworks() -> None:
@@ -146,6 +146,56 @@ def run(
     typer.echo(result.summary)
     reused = f" (reused: {', '.join(result.reused)})" if result.reused else ""
     typer.echo(f"\nall stages in {result.out} after {result.seconds:.0f} s{reused}")
+
+
+@app.command()
+def search(
+    data: Path = typer.Argument(..., help="Image folder: DATA/<class>/* or DATA/{train,val}/<class>/*."),
+    out: Path = typer.Option(..., "--out", "-o", help="Search folder: stages/, trials.json, pareto.json/.html, winner/."),
+    target: List[str] = typer.Option(["cpu"], "--target", help="Bench target(s); each maps to the Ray resource target:<name>."),
+    backbones: str = typer.Option("efficientnet_lite0", help="Comma-separated backbones."),
+    strategies: str = typer.Option("features", help="Comma-separated: features, freeze, full."),
+    sparsity: str = typer.Option("0", help="Comma-separated sparsities in [0, 1) (0: unpruned)."),
+    quantize: str = typer.Option("fp32,int8", help="Comma-separated: fp32, fp16, dynamic, int8."),
+    formats: str = typer.Option("onnx", help="Comma-separated: onnx, tflite, openvino."),
+    epochs: int = typer.Option(5, help="Fine-tune epochs (also recovery epochs after pruning unless --prune-epochs)."),
+    prune_epochs: Optional[int] = typer.Option(None, help="Recovery epochs after pruning."),
+    prune_method: str = typer.Option("structured", help="structured (removes channels) | magnitude (zeros)."),
+    weights: str = typer.Option("imagenet", help="imagenet | none | PATH."),
+    input_size: Optional[int] = typer.Option(None, help="Override the backbones' input size."),
+    batch_size: int = typer.Option(16),
+    seed: int = typer.Option(0),
+    runs: int = typer.Option(30, help="Timed runs per artifact in each bench."),
+    threads: Optional[int] = typer.Option(None, help="Runtime threads in each bench (default: each runtime's own)."),
+    max_latency_ms: Optional[float] = typer.Option(None, help="Winner: p50 latency at batch 1 at most this."),
+    max_size_mb: Optional[float] = typer.Option(None, help="Winner: artifact size at most this (MB = 10^6 bytes)."),
+    max_drop: Optional[float] = typer.Option(None, help="Winner: top-1 at most this many points below the best FP32 fine-tuned model."),
+    eta: int = typer.Option(2, help="Successive halving: keep the top 1/eta of each stage (plus every non-dominated branch); 1 keeps all."),
+    space: Optional[Path] = typer.Option(None, help="JSON file overriding the axes and/or listing extra points."),
+    address: Optional[str] = typer.Option(None, help="Join this Ray cluster (HOST:PORT); default: Ray started in-process here."),
+):
+    """Search backbones x strategies x sparsity x quantization x format on Ray; Pareto front and winner per target."""
+    from .errors import UsageError
+    from .search import SearchConfig
+
+    try:
+        sparsities = tuple(float(v) for v in _split([sparsity]))
+    except ValueError:
+        raise UsageError(f"--sparsity takes comma-separated numbers, got {sparsity!r}") from None
+    config = SearchConfig(data=data, out=out, targets=tuple(_split(target)), backbones=tuple(_split([backbones])),
+                          strategies=tuple(_split([strategies])), sparsity=sparsities,
+                          quantize=tuple("fp32" if q == "none" else q for q in _split([quantize])),
+                          formats=tuple(_split([formats])), epochs=epochs, prune_epochs=prune_epochs,
+                          prune_method=prune_method, weights=weights, input_size=input_size, batch_size=batch_size,
+                          seed=seed, runs=runs, threads=threads, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
+                          max_drop=max_drop, eta=eta, space=space, address=address)
+    config.validate()  # bad arguments and a forbidden --out fail before Ray starts
+    from .search import require_winners
+    from .search import search as run_search
+
+    result = run_search(config)
+    typer.echo(result.markdown)
+    require_winners(result)
 
 
 @app.command()

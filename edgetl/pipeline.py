@@ -115,6 +115,13 @@ def _damage(directory: Path, record: dict[str, Any]) -> str | None:
     return None
 
 
+def stage_finished(directory: Path, key: str) -> bool:
+    """Whether ``directory`` holds a finished stage with this key whose outputs are intact: what
+    ``_stage`` would reuse (`edgetl search` asks before it sends a stage to a Ray worker)."""
+    record = _read_record(Path(directory) / STAGE_FILE)
+    return record.get("key") == key and _damage(Path(directory), record) is None
+
+
 def _outputs_key(directory: Path) -> str:
     return _key(_read_record(directory / STAGE_FILE).get("outputs") or {})
 

@@ -1,0 +1,356 @@
+"""`edgetl search`: the driver. Ray schedules; this module only decides what to build next.
+
+Rungs: every fine-tune, then (successive halving) every prune of the surviving branches, then
+(halving again) export and, as each artifact lands, its bench on every target. A bench asks for the
+custom resource ``target:<name>`` so it runs only on a node that offers it; fine-tunes and prunes ask
+for a GPU when the cluster has one. A stage that raises, runs out of memory or loses its worker fails
+the trials below it and the search goes on. Stages finished in an earlier run (same keys, intact
+files) are read back without a Ray task, which is what makes a rerun after a killed driver resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ..errors import UsageError
+from ..metadata import OUTPUT_MARKER, atomic_directory, output_marker, write_json
+from ..pipeline import _key, _materialise, _stage, RunConfig, RunResult
+from .pareto import halving
+from .progress import Progress
+from .space import Point, SearchConfig
+from .stages import StageJob, bench_job, describe, export_job, finetune_job, prune_job, run_stage, target_resource
+
+OBJECT_STORE_BYTES = 256 * 1024 * 1024  # only small dicts travel through it; spare the shared /dev/shm
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
+
+
+@dataclass
+class Trial:
+    point: Point
+    target: str
+    status: str = "pending"  # pending | done | failed | pruned
+    reason: str | None = None
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> describe() + reused/job
+
+    @property
+    def id(self) -> str:
+        return f"{self.point.name}@{self.target}"
+
+    def record(self) -> dict[str, Any]:
+        bench = self.stages.get("bench") or {}
+        return {"trial": self.id, "target": self.target, **vars(self.point), "status": self.status,
+                "reason": self.reason,
+                **{k: bench.get(k) for k in ("top1", "latency_p50_ms", "latency_p90_ms", "size_bytes", "agreement",
+                                             "reference_top1", "node", "device")},
+                "stages": self.stages}
+
+
+@dataclass
+class SearchResult:
+    out: Path
+    trials: list[Trial]
+    fronts: dict[str, list[dict[str, Any]]]
+    winners: dict[str, dict[str, Any]]
+    baseline_top1: float | None
+    seconds: float
+    built: int  # stages built in this run (0 on a rerun that had everything)
+    reused: int
+    markdown: str = ""
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(t.status == s for t in self.trials) for s in ("done", "failed", "pruned")}
+
+
+def search(config: SearchConfig) -> SearchResult:
+    from .results import write_results
+
+    config.validate()
+    started = time.perf_counter()
+    trials = [Trial(p, t) for p in config.points() for t in config.targets]
+    for trial in trials:
+        problem = trial.point.problem()
+        if problem:
+            trial.status, trial.reason = "failed", f"bad config: {problem}"
+    with ray_session(config) as placement:  # a cluster that is not there fails before --out is written
+        out = config.out
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / OUTPUT_MARKER).exists():
+            write_json(out / OUTPUT_MARKER, output_marker("search"))
+        splits, split_key = _splits(config)
+        runner = _Runner(config, trials)
+        try:
+            _search(config, trials, runner, splits, split_key, placement)
+        finally:
+            runner.progress.close()
+    return write_results(config, trials, time.perf_counter() - started, runner.built,
+                         len(runner.reused_dirs))
+
+
+def _splits(config: SearchConfig) -> tuple[Path, str]:
+    """The train/val split, materialised once in the driver, keyed like `edgetl run`'s."""
+    from ..data import load_splits
+
+    train, val = load_splits(config.data, config.val_split, config.seed)
+    if not len(val):
+        raise UsageError("the validation split is empty; raise the validation fraction or add images")
+    key = _key({"train": train.fingerprint()["fingerprint"], "val": val.fingerprint()["fingerprint"],
+                "classes": train.classes})
+    directory = config.out / "stages" / "data" / key[:16]
+
+    def write(d: Path) -> None:
+        with atomic_directory(d, inputs=(config.data,), verb="search") as tmp:
+            _materialise(train, tmp / "train")
+            _materialise(val, tmp / "val")
+
+    _stage("splits", directory, key, RunConfig(out=directory, verbose=False), RunResult(directory), write)
+    return directory, key
+
+
+def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits: Path, split_key: str,
+            placement: "Placement") -> None:
+    gpus = placement.gpus
+    live = [t for t in trials if t.status == "pending"]
+    # Rung 1: one fine-tune per backbone x strategy.
+    def options(p: Point) -> dict[str, Any]:  # the finetune options `edgetl run` keys its stage on
+        return dict(backbone=p.backbone, weights=config.weights, strategy=p.strategy, epochs=config.epochs,
+                    batch_size=config.batch_size, lr=config.lr, input_size=config.input_size, seed=config.seed)
+
+    finetunes = {t.id: finetune_job(config.out, splits, split_key, options(t.point),
+                                    f"finetune {t.point.backbone}/{t.point.strategy}", gpus) for t in live}
+    runner.run({t.id: finetunes[t.id] for t in live})
+    live = _rung(config, runner, live, "finetune", lambda t: f"{t.point.backbone}/{t.point.strategy}")
+
+    # Rung 2: one pruned model per branch x sparsity (sparsity 0: the fine-tuned model itself).
+    models: dict[str, Path] = {}
+    prunes = {}
+    for t in live:
+        model = Path(t.stages["finetune"]["directory"])
+        if t.point.sparsity > 0:
+            prune_options = dict(method=config.prune_method, sparsity=t.point.sparsity,
+                                 epochs=config.epochs if config.prune_epochs is None else config.prune_epochs)
+            prunes[t.id] = prune_job(config.out, model, prune_options,
+                                     f"prune {t.point.backbone}/{t.point.strategy} to {t.point.sparsity:g}", gpus)
+        models[t.id] = model
+    runner.run(prunes)
+    for t in live:
+        if t.status == "pending" and t.id in prunes:
+            models[t.id] = Path(t.stages["prune"]["directory"])
+        elif t.status == "pending":
+            t.stages["prune"] = {**t.stages["finetune"], "skipped": "sparsity 0: the fine-tuned model"}
+    live = _rung(config, runner, [t for t in live if t.status == "pending"], "prune",
+                 lambda t: f"{t.point.backbone}/{t.point.strategy}/sp{t.point.sparsity:g}")
+
+    # Rung 3: export each artifact; as one lands, bench it on its target.
+    exports = {t.id: export_job(config.out, models[t.id], splits, t.point.format, t.point.quantize,
+                                f"export {t.point.name}") for t in live}
+
+    def then_bench(trial: Trial) -> StageJob:
+        return bench_job(config.out, models[trial.id], exports[trial.id], splits, trial.target, config.runs,
+                         f"bench {trial.id}", placement.bench_cpus[trial.target], config.threads)
+
+    runner.run(exports, then={"bench": then_bench})
+
+
+def _rung(config: SearchConfig, runner: "_Runner", live: list[Trial], kind: str,
+          branch: Callable[[Trial], str]) -> list[Trial]:
+    """Stop the branches successive halving drops at this rung; the survivors go on."""
+    live = [t for t in live if t.status == "pending"]
+    candidates = {}
+    for t in live:
+        stage = t.stages[kind]
+        candidates.setdefault(branch(t), {"id": branch(t), "val_accuracy": stage.get("val_accuracy"),
+                                          "params": stage.get("params"), "rung": kind})
+    stopped = halving(list(candidates.values()), config.eta)
+    for t in live:
+        if branch(t) in stopped:
+            runner.finish(t, "pruned", stopped[branch(t)])
+    return [t for t in live if t.status == "pending"]
+
+
+class _Runner:
+    """Sends stage jobs to Ray (one task per distinct stage), waits, records outcomes on the trials."""
+
+    def __init__(self, config: SearchConfig, trials: list[Trial]):
+        self.config = config
+        self.trials = trials
+        self.built = 0  # stages built by a worker in this run
+        self.reused_dirs: set[Path] = set()  # finished stages of earlier runs this run read back
+        self.progress = Progress(trials, enabled=config.verbose)
+
+    def run(self, jobs: dict[str, StageJob], then: dict[str, Callable[[Trial], StageJob]] | None = None) -> None:
+        """Run ``{trial id: job}``; ``then`` maps a follow-up kind to the job each trial needs next."""
+        import ray
+
+        by_id = {t.id: t for t in self.trials}
+        waiting: dict[Path, list[Trial]] = {}
+        pending: dict[Any, StageJob] = {}  # Ray object ref -> job
+        started: dict[Path, float] = {}
+
+        def submit(trial: Trial, job: StageJob) -> None:
+            if trial.status != "pending":
+                return
+            if job.directory in waiting:
+                waiting[job.directory].append(trial)
+                return
+            waiting[job.directory] = [trial]
+            if job.finished():  # from an earlier run: no task, no worker
+                self.reused_dirs.add(job.directory)
+                complete(job, {"reused": True})
+                return
+            options = dict(num_cpus=job.num_cpus, num_gpus=job.num_gpus, resources=job.resources, max_retries=0,
+                           retry_exceptions=False, name=job.label)
+            ref = _remote().options(**options).remote(job.kind, job.key, str(job.directory), job.spec)
+            pending[ref] = job
+            started[job.directory] = time.monotonic()
+            self.progress.running(job.label, waiting[job.directory])
+
+        def complete(job: StageJob, outcome: dict[str, Any]) -> None:
+            self.progress.stopped(job.label)
+            error = outcome.get("error")
+            info = None
+            if error is None:
+                try:
+                    info = {**describe(job), "reused": outcome.get("reused", False)}
+                except (OSError, ValueError, KeyError, StopIteration) as exc:
+                    error = f"{job.kind}: its output cannot be read ({type(exc).__name__}: {exc})"
+            for trial in waiting.pop(job.directory):
+                if error:
+                    self.finish(trial, "failed", error)
+                    continue
+                trial.stages[job.kind] = info
+                follow = (then or {}).get(_next(job.kind))
+                if follow is not None and trial.status == "pending":
+                    try:
+                        submit(trial, follow(trial))
+                    except (OSError, ValueError, KeyError) as exc:
+                        self.finish(trial, "failed", f"{_next(job.kind)}: {type(exc).__name__}: {exc}")
+                elif _next(job.kind) is None:
+                    self.finish(trial, "done")
+
+        for trial_id, job in jobs.items():
+            submit(by_id[trial_id], job)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            self.progress.refresh()
+            for ref in ready:
+                job = pending.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                    self.built += not outcome.get("reused")
+                    if outcome.get("reused"):
+                        self.reused_dirs.add(job.directory)
+                except Exception as exc:  # noqa: BLE001 - any task failure becomes the trials' reason
+                    outcome = {"error": f"{job.kind}: {failure_reason(exc)}"}
+                complete(job, outcome)
+        self.progress.refresh()
+
+    def finish(self, trial: Trial, status: str, reason: str | None = None) -> None:
+        trial.status, trial.reason = status, reason
+        self.progress.finished(trial)
+
+
+def _next(kind: str) -> str | None:
+    order = ("finetune", "prune", "export", "bench")
+    return order[order.index(kind) + 1] if kind != "bench" else None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for a failed Ray task: the stage's own error, or what happened to its worker."""
+    import ray.exceptions as rex
+
+    cause = getattr(exc, "cause", None) if isinstance(exc, rex.RayTaskError) else None
+    if isinstance(exc, rex.OutOfMemoryError):
+        text = "out of memory (Ray's memory monitor killed the worker)"
+    elif isinstance(exc, (rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError)):
+        text = f"its worker died ({type(exc).__name__})"
+    elif cause is not None:
+        text = f"{type(cause).__name__}: {cause}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:400]
+
+
+_REMOTE = None
+
+
+def _remote():
+    global _REMOTE
+    if _REMOTE is None:
+        import ray
+
+        _REMOTE = ray.remote(run_stage)
+    return _REMOTE
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> str:
+    """A one-line UsageError at once when nothing listens at HOST:PORT (Ray itself retries for
+    minutes); returns the host."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address takes HOST:PORT (the head's GCS port, 6379 by default), got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
+    return host
+
+
+@dataclass
+class Placement:
+    gpus: float  # what a fine-tune or prune asks for: 1 when the cluster has GPUs
+    # What a bench asks for besides target:<name>: every CPU of the smallest node offering the target,
+    # so no other stage shares the node while it is timed.
+    bench_cpus: dict[str, float]
+
+
+@contextlib.contextmanager
+def ray_session(config: SearchConfig) -> Iterator[Placement]:
+    """Ray for the search: joined at ``--address``, already initialised by the caller, or started
+    in-process on this machine's cores (quiet, no dashboard); yields where stages go."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("edgetl search runs on Ray: pip install 'edgetl[search]'") from None
+    owned = not ray.is_initialized()
+    if owned:
+        common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                      runtime_env={"env_vars": WORKER_ENV})
+        if config.address:
+            host = _check_reachable(config.address)
+            # Ray rewrites 127.0.0.1 to the network address; other loopback addresses stay as given.
+            local_ip = {"_node_ip_address": host} if host.startswith("127.") and host != "127.0.0.1" else {}
+            try:
+                ray.init(address=config.address, **local_ip, **common)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UsageError(f"--address {config.address}: cannot join a Ray cluster there "
+                                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        else:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            ray.init(num_cpus=config.cores(), object_store_memory=OBJECT_STORE_BYTES,
+                     resources={target_resource(t): 1 for t in config.targets}, **common)
+    try:
+        resources = ray.cluster_resources()
+        missing = [t for t in config.targets if resources.get(target_resource(t), 0) <= 0]
+        if missing:
+            raise UsageError(f"no node of the Ray cluster offers target {missing[0]!r}; start one with "
+                             f"ray start --address ... --resources '{{\"{target_resource(missing[0])}\": 1}}'")
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        bench_cpus = {}
+        for t in config.targets:
+            cpus = [n.get("CPU", 0) for n in nodes if n.get(target_resource(t)) and n.get("CPU", 0) >= 1]
+            if not cpus:
+                raise UsageError(f"no node offering target {t!r} has a CPU to run its benches")
+            bench_cpus[t] = min(cpus)
+        yield Placement(1 if resources.get("GPU", 0) >= 1 else 0, bench_cpus)
+    finally:
+        if owned:
+            ray.shutdown()

@@ -1,0 +1,168 @@
+"""What a search leaves in ``--out``: ``trials.json`` (every trial), ``pareto.json`` (the front and
+the winner per target), ``pareto.html`` (accuracy vs latency, marker area by size) and
+``winner/<target>/`` (the winning artifact with its sidecar, ready to ship)."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckFailed
+from ..metadata import artifact_files, atomic_directory, is_edgetl_output, sidecar_path, verify_artifact, write_json
+from .pareto import TRIAL_OBJECTIVES, front, winner
+
+TRIALS_FILE = "trials.json"
+PARETO_FILE = "pareto.json"
+PARETO_HTML = "pareto.html"
+COLUMNS = ["trial", "top1", "latency_p50_ms", "size_bytes", "agreement", "node"]
+
+
+def write_results(config, trials, seconds: float, built: int, reused: int):
+    from .driver import SearchResult
+
+    baseline = _baseline(trials)
+    records = [t.record() for t in trials]
+    fronts, winners, rules = {}, {}, {}
+    for target in config.targets:
+        done = [r for r in records if r["target"] == target and r["status"] == "done"]
+        fronts[target] = front(done)
+        winners[target], rules[target] = winner(done, baseline, config.max_latency_ms, config.max_size_mb,
+                                                config.max_drop)
+    result = SearchResult(config.out, trials, fronts, {t: w for t, w in winners.items() if w}, baseline,
+                          seconds, built, reused)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()
+                if not k.startswith("_")}
+    write_json(config.out / TRIALS_FILE, {
+        "schema": "edgetl.search-trials/1", "settings": settings, "baseline_top1": baseline,
+        "counts": result.counts(), "seconds": round(seconds, 1), "stages_built": built, "stages_reused": reused,
+        "trials": records})
+    pareto = {"schema": "edgetl.search-pareto/1", "objectives": [{"metric": k, "goal": "max" if s > 0 else "min"}
+                                                                  for k, s in TRIAL_OBJECTIVES],
+              "baseline_top1": baseline,
+              "constraints": {"max_latency_ms": config.max_latency_ms, "max_size_mb": config.max_size_mb,
+                              "max_drop_points": config.max_drop},
+              "targets": {}}
+    for target in config.targets:
+        shipped = _ship_winner(config.out, target, winners[target])
+        pareto["targets"][target] = {"front": [_flat(r) for r in fronts[target]],
+                                     "winner": _flat(winners[target]) if winners[target] else None,
+                                     "winner_rule": rules[target], "winner_dir": shipped}
+    write_json(config.out / PARETO_FILE, pareto)
+    (config.out / PARETO_HTML).write_text(_html(records, pareto))
+    result.markdown = markdown(result, pareto)
+    return result
+
+
+def _baseline(trials) -> float | None:
+    """The FP32 accuracy to stay near: the best fine-tuned (unpruned, Keras) model's val accuracy."""
+    values = [t.stages["finetune"].get("val_accuracy") for t in trials if "finetune" in t.stages]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def _flat(record: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in record.items() if k != "stages"}
+    flat["artifact"] = (record["stages"].get("export") or {}).get("artifact")
+    return flat
+
+
+def _safe(target: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in target)
+
+
+def _ship_winner(out: Path, target: str, best: dict[str, Any] | None) -> str | None:
+    """Copy the winner's artifact files and sidecar into ``out/winner/<target>/`` (atomically); a
+    stale winner of an earlier run, one edgetl wrote, goes when this run has none."""
+    directory = out / "winner" / _safe(target)
+    if best is None:
+        if directory.is_dir() and is_edgetl_output(directory):
+            shutil.rmtree(directory)
+        return None
+    artifact = Path(best["stages"]["export"]["artifact"])
+    verify_artifact(artifact)
+    with atomic_directory(directory, verb="search") as tmp:
+        for path in (*artifact_files(artifact), sidecar_path(artifact)):
+            if path.exists():
+                shutil.copy2(path, tmp / path.name)
+        write_json(tmp / "winner.json", _flat(best))
+    verify_artifact(directory / artifact.name)
+    return str(directory)
+
+
+def markdown(result, pareto: dict[str, Any]) -> str:
+    from ..report import markdown_table
+
+    counts = result.counts()
+    lines = [f"{len(result.trials)} trials: {counts['done']} done, {counts['failed']} failed, "
+             f"{counts['pruned']} pruned in {result.seconds:.0f} s ({result.built} stages built, "
+             f"{result.reused} reused)"]
+    for target, entry in pareto["targets"].items():
+        lines += ["", f"### Pareto front on {target} (accuracy vs latency vs size)", "",
+                  markdown_table([{**r, "node": (r.get("node") or "")[:12]} for r in entry["front"]], COLUMNS)
+                  if entry["front"] else "(no finished trial)", ""]
+        best = entry["winner"]
+        lines.append(f"**winner on {target}: {best['trial']}** ({entry['winner_rule']}): top-1 {best['top1']:.1%}, "
+                     f"{best['latency_p50_ms']:.2f} ms p50, {best['size_bytes'] / 1e6:.2f} MB -> {entry['winner_dir']}"
+                     if best else f"**no winner on {target}**: {entry['winner_rule']}")
+    failed = [t for t in result.trials if t.status == "failed"]
+    if failed:
+        lines += ["", "failed trials:"] + [f"- {t.id}: {t.reason}" for t in failed]
+    return "\n".join(lines)
+
+
+def require_winners(result) -> None:
+    """``CheckFailed`` (exit 1) when some target has no trial meeting the constraints; everything
+    else is written before."""
+    missing = [t for t in result.fronts if t not in result.winners]
+    if missing:
+        raise CheckFailed(f"no trial on target {missing[0]} meets the constraints (see {result.out / PARETO_FILE})")
+
+
+def _html(records: list[dict[str, Any]], pareto: dict[str, Any]) -> str:
+    from ..report import html_page, html_table, img
+
+    body = [f"<p>Objectives: top-1 up, p50 latency (batch 1) down, size down. Baseline FP32 top-1: "
+            f"{'–' if pareto['baseline_top1'] is None else format(pareto['baseline_top1'], '.1%')}.</p>"]
+    for target, entry in pareto["targets"].items():
+        done = [r for r in records if r["target"] == target and r["status"] == "done"]
+        body.append(f"<h2>{html.escape(target)}</h2>")
+        if done:
+            body.append(img(_plot(done, entry, target), f"Pareto front on {target}"))
+        body.append(html_table(entry["front"], COLUMNS))
+        best = entry["winner"]
+        body.append(f'<p class="rec">winner: {html.escape(best["trial"]) if best else "none"} '
+                    f'({html.escape(entry["winner_rule"])})</p>')
+    others = [r for r in records if r["status"] != "done"]
+    if others:
+        body.append("<h2>failed and pruned trials</h2>" + html_table(others, ["trial", "status", "reason"]))
+    return html_page("edgetl search", "".join(body))
+
+
+def _plot(done: list[dict[str, Any]], entry: dict[str, Any], target: str) -> str:
+    from ..report import _png, _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    on_front = {r["trial"] for r in entry["front"]}
+    biggest = max(r["size_bytes"] for r in done) or 1
+    for row in done:
+        size = 30 + 300 * row["size_bytes"] / biggest
+        ax.scatter(row["latency_p50_ms"], row["top1"], s=size, alpha=0.8,
+                   color="tab:blue" if row["trial"] in on_front else "lightgrey", edgecolor="black")
+        ax.annotate(row["trial"].rsplit("@", 1)[0], (row["latency_p50_ms"], row["top1"]),
+                    textcoords="offset points", xytext=(5, 4), fontsize=7)
+    points = sorted((r["latency_p50_ms"], r["top1"]) for r in entry["front"])
+    if points:
+        ax.step(*zip(*points), where="post", color="tab:blue", alpha=0.5)
+    if entry["winner"]:
+        ax.scatter(entry["winner"]["latency_p50_ms"], entry["winner"]["top1"], marker="*", s=250, color="gold",
+                   edgecolor="black", zorder=5, label="winner")
+        ax.legend(loc="lower right")
+    ax.set_xlabel("p50 latency, batch 1 (ms)")
+    ax.set_ylabel("top-1 (val)")
+    ax.set_title(f"{target}: accuracy vs latency (marker area: size; blue: Pareto front)")
+    ax.grid(alpha=0.3)
+    return _png(fig)

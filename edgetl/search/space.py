@@ -1,0 +1,183 @@
+"""What `edgetl search` explores: the configuration (``SearchConfig``) and its points.
+
+A point is backbone x strategy x sparsity x quantization x format; a trial is a point benched on one
+target. Points come from the grid of the command line's axes, overridden axis by axis by a ``--space``
+JSON file, which may also list extra ``points``:
+
+    {"backbones": ["efficientnet_lite0", "mobilenet_v2"], "sparsity": [0, 0.5],
+     "points": [{"backbone": "vgg19", "strategy": "features", "sparsity": 0, "quantize": "int8",
+                 "format": "tflite"}]}
+
+A point that cannot run (unknown name, sparsity outside [0, 1)) becomes a failed trial with its reason,
+so one bad entry of a long space does not stop the others; the command refuses only when no point can
+run at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import zoo
+from ..errors import UsageError
+
+AXES = ("backbones", "strategies", "sparsity", "quantize", "formats")
+STRATEGIES = ("features", "freeze", "full")  # a search point has one backbone: no "stack"
+PRUNE_METHODS = ("structured", "magnitude")
+
+
+@dataclass(frozen=True)
+class Point:
+    backbone: str
+    strategy: str
+    sparsity: float
+    quantize: str  # fp32 | fp16 | dynamic | int8
+    format: str  # onnx | tflite | openvino
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}/{self.strategy}/sp{self.sparsity:g}/{self.format}/{self.quantize}"
+
+    def problem(self) -> str | None:
+        """Why this point cannot run, checked without TensorFlow (the backbone is checked by its
+        fine-tune stage, where an unknown name fails as that trial's reason), or None."""
+        from ..export import FORMATS, MODES
+
+        if self.strategy not in STRATEGIES:
+            return f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}"
+        if self.format not in FORMATS:
+            return f"unknown format {self.format!r}; choose from {', '.join(FORMATS)}"
+        if self.quantize not in MODES:
+            return f"unknown quantization {self.quantize!r}; choose from {', '.join(MODES)}"
+        if not 0.0 <= self.sparsity < 1.0:
+            return f"sparsity must be in [0, 1), got {self.sparsity}"
+        return None
+
+
+@dataclass
+class SearchConfig:
+    data: Path
+    out: Path
+    targets: tuple[str, ...] = ("cpu",)
+    backbones: tuple[str, ...] = (zoo.DEFAULT_BACKBONE,)
+    strategies: tuple[str, ...] = ("features",)
+    sparsity: tuple[float, ...] = (0.0,)
+    quantize: tuple[str, ...] = ("fp32", "int8")
+    formats: tuple[str, ...] = ("onnx",)
+    epochs: int = 5
+    prune_epochs: int | None = None  # recovery epochs after pruning; default: epochs
+    prune_method: str = "structured"  # structured removes channels (faster); magnitude only zeros weights
+    weights: str = "imagenet"
+    input_size: int | None = None
+    batch_size: int = 16
+    lr: float = 1e-3
+    val_split: float = 0.2
+    seed: int = 0
+    runs: int = 30  # timed runs per artifact in each bench
+    threads: int | None = None  # runtime threads in each bench (default: each runtime's own)
+    max_latency_ms: float | None = None
+    max_size_mb: float | None = None  # MB = 10^6 bytes
+    max_drop: float | None = None  # accuracy points (percent) below the best FP32 fine-tuned model
+    eta: int = 2  # successive halving: keep the top 1/eta of each rung (and every non-dominated branch)
+    space: Path | None = None
+    address: str | None = None  # join this Ray cluster; None: start Ray in-process on this machine
+    num_cpus: int | None = None  # in-process Ray only; default: this machine's cores
+    verbose: bool = True
+    _points: list[Point] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self):
+        self.data, self.out = Path(self.data), Path(self.out)
+        self.space = Path(self.space) if self.space else None
+        self.targets = tuple(dict.fromkeys(t.strip() for t in self.targets if t and t.strip()))
+        self.sparsity = tuple(float(s) for s in self.sparsity)
+
+    def validate(self) -> None:
+        """Everything checkable before Ray starts and before any work."""
+        from ..metadata import check_output_dir
+
+        if not self.data.is_dir():
+            raise UsageError(f"data folder {self.data} does not exist")
+        if not self.targets:
+            raise UsageError("no --target given (e.g. --target cpu)")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.runs < 1:
+            raise UsageError("--epochs, --batch-size and --runs must be >= 1 and the learning rate > 0")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {self.threads}")
+        if self.prune_epochs is not None and self.prune_epochs < 0:
+            raise UsageError(f"--prune-epochs must be >= 0, got {self.prune_epochs}")
+        if self.prune_method not in PRUNE_METHODS:
+            raise UsageError(f"unknown --prune-method {self.prune_method!r}; choose from {', '.join(PRUNE_METHODS)}")
+        if self.eta < 1:
+            raise UsageError(f"--eta must be >= 1 (1 keeps every branch), got {self.eta}")
+        for name, value in (("--max-latency-ms", self.max_latency_ms), ("--max-size-mb", self.max_size_mb),
+                            ("--max-drop", self.max_drop)):
+            if value is not None and value < 0:
+                raise UsageError(f"{name} must be >= 0, got {value}")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise UsageError(f"num_cpus must be >= 1, got {self.num_cpus}")
+        check_output_dir(self.out, inputs=(self.data, self.space))
+        points = self.points()
+        if not any(p.problem() is None for p in points):
+            raise UsageError(f"no point of the search space can run: {points[0].name}: {points[0].problem()}"
+                             if points else "the search space is empty")
+
+    def points(self) -> list[Point]:
+        if not self._points:
+            axes, extra = _read_space(self.space) if self.space else ({}, [])
+            grid = {axis: axes.get(axis, getattr(self, axis)) for axis in AXES}
+            points = [Point(b, s, float(sp), q, f) for b in grid["backbones"] for s in grid["strategies"]
+                      for sp in grid["sparsity"] for q in grid["quantize"] for f in grid["formats"]]
+            self._points = list(dict.fromkeys([*points, *extra]))
+        return self._points
+
+    def cores(self) -> int:
+        if self.num_cpus:
+            return self.num_cpus
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
+
+
+def _read_space(path: Path) -> tuple[dict[str, list], list[Point]]:
+    """Axes and extra points of a --space JSON file (one-line UsageError when it is malformed)."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"--space {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"--space {path} is not valid JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise UsageError(f"--space {path} must hold a JSON object with {', '.join(AXES)} and/or points")
+    unknown = set(document) - {*AXES, "points"}
+    if unknown:
+        raise UsageError(f"--space {path}: unknown key {sorted(unknown)[0]!r}; keys: {', '.join(AXES)}, points")
+    axes: dict[str, list] = {}
+    for axis in AXES:
+        if axis in document:
+            values = document[axis]
+            if not isinstance(values, list) or not values:
+                raise UsageError(f"--space {path}: {axis} must be a non-empty list")
+            axes[axis] = [_number(v, path) if axis == "sparsity" else str(v) for v in values]
+    points = [_point(entry, path) for entry in document.get("points") or []]
+    return axes, points
+
+
+def _number(value: Any, path: Path) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--space {path}: sparsity {value!r} is not a number") from None
+
+
+def _point(entry: Any, path: Path) -> Point:
+    keys = ("backbone", "strategy", "sparsity", "quantize", "format")
+    if not isinstance(entry, dict) or set(entry) - set(keys):
+        raise UsageError(f"--space {path}: each point is an object with keys {', '.join(keys)}")
+    return Point(str(entry.get("backbone", zoo.DEFAULT_BACKBONE)), str(entry.get("strategy", "features")),
+                 _number(entry.get("sparsity", 0), path), str(entry.get("quantize", "fp32")),
+                 str(entry.get("format", "onnx")))
+

@@ -1,0 +1,163 @@
+"""`edgetl search` on Ray: a tiny real search (EfficientNet-Lite0 at 96 px, sparsity 0/0.5 x fp32/dynamic
+ONNX) on in-process Ray, its Pareto front and winner; resume after a lost stage; failing trials; a
+two-node cluster on a loopback address where the benches land on the node offering the target."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from edgetl.cli import main  # noqa: E402
+from edgetl.search import front, halving  # noqa: E402
+
+AXES = ["--backbones", "efficientnet_lite0", "--strategies", "features", "--sparsity", "0,0.5",
+        "--quantize", "fp32,dynamic", "--formats", "onnx", "--epochs", "1", "--prune-epochs", "0",
+        "--input-size", "96", "--runs", "3"]
+
+
+def _trials(out: Path) -> dict:
+    return json.loads((out / "trials.json").read_text())
+
+
+def _stage_records(out: Path) -> dict[str, float]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in (out / "stages").glob("*/*/stage.json")}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, sample_dir):
+    out = tmp_path_factory.mktemp("search") / "out"
+    args = ["search", str(sample_dir), "--out", str(out), *AXES]
+    assert main(args) == 0
+    return out, args
+
+
+def test_halving_and_front_rules():
+    rung = [{"id": "a", "val_accuracy": 0.90, "params": 100}, {"id": "b", "val_accuracy": 0.80, "params": 120},
+            {"id": "c", "val_accuracy": 0.70, "params": 50}, {"id": "d", "val_accuracy": 0.60, "params": 200}]
+    stopped = halving(rung, eta=2)
+    assert set(stopped) == {"b", "d"}  # dominated by a and outside the top 2; c is on the front
+    assert "dominated" in stopped["b"] and "by a" in stopped["b"]
+    assert halving(rung, eta=1) == {}
+    rows = [{"trial": "x", "top1": 0.9, "latency_p50_ms": 2.0, "size_bytes": 10},
+            {"trial": "y", "top1": 0.9, "latency_p50_ms": 1.0, "size_bytes": 10},
+            {"trial": "z", "top1": 0.8, "latency_p50_ms": 0.5, "size_bytes": 20}]
+    assert [r["trial"] for r in front(rows)] == ["y", "z"]
+
+
+def test_tiny_search_front_and_winner(searched, sample_dir):
+    from edgetl.metadata import verify_artifact
+    from edgetl.runtime import EdgeModel
+
+    out, _ = searched
+    report = _trials(out)
+    trials = report["trials"]
+    assert len(trials) == 4 and {t["status"] for t in trials} <= {"done", "pruned"}
+    done = [t for t in trials if t["status"] == "done"]
+    assert len(done) >= 2  # halving never stops the rung's best branch
+    for t in done:
+        assert 0.0 <= t["top1"] <= 1.0 and t["latency_p50_ms"] > 0 and t["size_bytes"] > 100_000
+        assert len(t["node"]) >= 20
+    for t in trials:
+        if t["status"] == "pruned":
+            assert t["reason"].startswith("dominated at the prune")
+    # One fine-tune feeds both sparsities, one pruned model feeds both quantizations.
+    assert len(list((out / "stages" / "finetune").iterdir())) == 1
+    assert len(list((out / "stages" / "prune").iterdir())) == 1
+    assert len(list((out / "stages" / "bench").iterdir())) == len(done)
+    assert report["counts"] == {"done": len(done), "failed": 0, "pruned": 4 - len(done)}
+
+    pareto = json.loads((out / "pareto.json").read_text())["targets"]["cpu"]
+    expected = [t["trial"] for t in done if not any(
+        o["top1"] >= t["top1"] and o["latency_p50_ms"] <= t["latency_p50_ms"] and o["size_bytes"] <= t["size_bytes"]
+        and (o["top1"], o["latency_p50_ms"], o["size_bytes"]) != (t["top1"], t["latency_p50_ms"], t["size_bytes"])
+        for o in done)]
+    assert [r["trial"] for r in pareto["front"]] == expected
+    fastest = min(done, key=lambda t: t["latency_p50_ms"])
+    assert pareto["winner"]["trial"] == fastest["trial"]  # no constraints: the fastest finished trial
+    shipped = Path(pareto["winner_dir"])
+    artifact = next(shipped.glob("*.onnx"))
+    verify_artifact(artifact)  # the sidecar's hashes hold for the copy
+    ranked = EdgeModel.load(artifact).predict(next((sample_dir / "ants").iterdir()), top_k=2)
+    assert {label for label, _ in ranked} == {"ants", "bees"}
+    assert "data:image/png;base64," in (out / "pareto.html").read_text()
+
+
+def test_rerun_resumes_from_finished_stages(searched):
+    out, args = searched
+    before = _trials(out)
+    lost = sorted((out / "stages" / "bench").iterdir())[0]
+    shutil.rmtree(lost)  # as if the driver was killed while this bench ran
+    records = _stage_records(out)
+    assert main(args) == 0
+    after = _trials(out)
+    assert after["stages_built"] == 1  # only the lost bench; nothing retrained or re-exported
+    assert {k: v for k, v in _stage_records(out).items() if "bench" not in k} == {
+        k: v for k, v in records.items() if "bench" not in k}
+    assert [(t["trial"], t["status"]) for t in after["trials"]] == [(t["trial"], t["status"]) for t in before["trials"]]
+
+
+def test_failing_trials_are_recorded_and_the_search_goes_on(searched, tmp_path, sample_dir):
+    source, _ = searched
+    out = tmp_path / "out"
+    shutil.copytree(source, out)
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"points": [
+        {"backbone": "no_such_net", "strategy": "features", "sparsity": 0, "quantize": "fp32", "format": "onnx"},
+        {"backbone": "efficientnet_lite0", "strategy": "features", "sparsity": 0, "quantize": "int4", "format": "onnx"}]}))
+    assert main(["search", str(sample_dir), "--out", str(out), *AXES, "--space", str(space)]) == 0
+    trials = {t["trial"]: t for t in _trials(out)["trials"]}
+    assert len(trials) == 6
+    unknown = trials["no_such_net/features/sp0/onnx/fp32@cpu"]
+    assert unknown["status"] == "failed" and unknown["reason"].startswith("finetune: UsageError: unknown backbone")
+    bad = trials["efficientnet_lite0/features/sp0/onnx/int4@cpu"]
+    assert bad["status"] == "failed" and "unknown quantization 'int4'" in bad["reason"]
+    assert sum(t["status"] == "done" for t in trials.values()) >= 2
+
+
+@pytest.fixture
+def two_node_cluster():
+    """A head (1 CPU, no target) and a node offering target:cpu, on a loopback address; both stopped
+    (by their process groups) when the test ends, passed or not."""
+    from edgetl.search.cluster import LocalCluster
+
+    with LocalCluster(head_cpus=1) as cluster:
+        node = cluster.add_node(num_cpus=1, resources={"target:cpu": 1})
+        assert cluster.node_with("target:cpu") == [node]
+        yield cluster.address, node
+
+
+def test_benches_land_on_the_node_offering_the_target(searched, two_node_cluster, tmp_path, sample_dir):
+    address, target_node = two_node_cluster
+    source, _ = searched
+    out = tmp_path / "out"
+    shutil.copytree(source, out)
+    shutil.rmtree(out / "stages" / "bench")  # the benches run again, now on the cluster
+    assert main(["search", str(sample_dir), "--out", str(out), *AXES, "--address", address]) == 0
+    report = _trials(out)
+    done = [t for t in report["trials"] if t["status"] == "done"]
+    assert done and report["stages_built"] == len(done)  # only the benches; fine-tune/prune/export reused
+    assert {t["node"] for t in done} == {target_node}
+    assert {t["stages"]["bench"]["node"] for t in done} == {target_node}
+
+
+def test_bad_arguments_fail_in_one_line_before_ray(sample_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    space = tmp_path / "space.json"
+    space.write_text('{"backbone": ["x"]}')
+    for extra, message in ((["--formats", "onx"], "unknown format 'onx'"), (["--sparsity", "half"], "--sparsity"),
+                           (["--space", str(space)], "unknown key 'backbone'"), (["--eta", "0"], "--eta")):
+        assert main(["search", str(sample_dir), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert main(["search", str(sample_dir), "--out", str(sample_dir / "ants")]) == 2  # inside an input
+    from edgetl.search.cluster import LOOPBACK, free_port
+
+    nobody = f"{LOOPBACK}:{free_port()}"  # nothing listens there: one line at once, not Ray's minutes of retries
+    assert main(["search", str(sample_dir), "--out", str(out), "--address", nobody]) == 2
+    assert "no Ray cluster answers there" in capsys.readouterr().err
+    assert not out.exists()
