@@ -8,6 +8,7 @@ unusable artifact, 3 no device); a usage error of the parser is one line and exi
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -466,10 +467,12 @@ def _main(argv: Optional[list[str]] = None) -> int:
                               standalone_mode=False)
         return result if isinstance(result, int) else 0
     except Terminated:
+        _drop_interrupted_finalizers()
         typer.echo("edgetl: terminated (SIGTERM); nothing half-written was left", err=True)
         return 143
     except typer.Exit as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into Exit(130)
+            _drop_interrupted_finalizers()
             typer.echo("edgetl: interrupted; nothing half-written was left", err=True)
         return exc.exit_code
     except typer.Abort:
@@ -482,6 +485,7 @@ def _main(argv: Optional[list[str]] = None) -> int:
         typer.echo(f"edgetl: error: {exc}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
+        _drop_interrupted_finalizers()
         typer.echo("edgetl: interrupted; nothing half-written was left", err=True)
         return 130
     except OSError as exc:  # disk full, permission, read-only mid-write: one line; other OSErrors are bugs
@@ -494,11 +498,17 @@ def _main(argv: Optional[list[str]] = None) -> int:
         return 2
 
 
+def _drop_interrupted_finalizers() -> None:
+    """A signal that lands mid-import leaves native modules (TensorFlow's ApiDefMap) half-initialised;
+    their finalizers then raise "Exception ignored in ..." tracebacks whenever the garbage collector
+    runs, after the one line edgetl prints. Collect them now, with such reports silenced."""
+    sys.unraisablehook = lambda unraisable: None
+    gc.collect()
+
+
 def entry() -> None:
     code = main()
-    if code in (130, 143):
-        # Interrupted, clean-up done: a signal that landed mid-import leaves native modules (TensorFlow)
-        # half-initialised, and their finalizers would print tracebacks after the one line above.
+    if code in (130, 143):  # interrupted: skip interpreter finalization for the same reason
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -40,6 +41,25 @@ def sample_dir(full_sample_dir, tmp_path_factory) -> Path:
         for photo in photos[::step][:SUBSET_PER_CLASS]:
             shutil.copyfile(photo, root / cls / photo.name)
     return root
+
+
+@pytest.fixture(scope="session")
+def sample_subset(sample_dir, tmp_path_factory) -> Callable[[int], Path]:
+    """``sample_subset(n)``: the first ``n`` photos of each class of ``sample_dir``, copied once per
+    session (benches, targets and profiles need a few labelled images, not 60)."""
+    made: dict[int, Path] = {}
+
+    def subset(per_class: int) -> Path:
+        if per_class not in made:
+            root = tmp_path_factory.mktemp(f"subset{per_class}") / "data"
+            for cls in ("ants", "bees"):
+                (root / cls).mkdir(parents=True)
+                for path in sorted((sample_dir / cls).iterdir())[:per_class]:
+                    shutil.copyfile(path, root / cls / path.name)
+            made[per_class] = root
+        return made[per_class]
+
+    return subset
 
 
 @pytest.fixture(scope="session")

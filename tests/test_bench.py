@@ -41,14 +41,9 @@ def artifacts_dir(tiny_model_dir, sample_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def small_data(sample_dir, tmp_path_factory) -> Path:
+def small_data(sample_subset) -> Path:
     """5 images per class keeps the accuracy pass and the reference quick."""
-    root = tmp_path_factory.mktemp("bench") / "data"
-    for cls in ("ants", "bees"):
-        (root / cls).mkdir(parents=True)
-        for path in sorted((sample_dir / cls).iterdir())[:5]:
-            shutil.copy(path, root / cls / path.name)
-    return root
+    return sample_subset(5)
 
 
 @pytest.fixture(scope="module")

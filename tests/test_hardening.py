@@ -30,14 +30,9 @@ def _one_line(err: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def small_data(sample_dir, tmp_path_factory) -> Path:
+def small_data(sample_subset) -> Path:
     """2 images per class: enough for every check here, and fast."""
-    root = tmp_path_factory.mktemp("hardening") / "data"
-    for cls in ("ants", "bees"):
-        (root / cls).mkdir(parents=True)
-        for path in sorted((sample_dir / cls).iterdir())[:2]:
-            shutil.copy(path, root / cls / path.name)
-    return root
+    return sample_subset(2)
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,8 @@ from edgetl.profile import KINDS, native_precision
 
 
 @pytest.fixture(scope="module")
-def profiled(exported_artifacts, sample_dir, tmp_path_factory) -> Path:
-    artifacts = exported_artifacts
-    data = tmp_path_factory.mktemp("profile") / "data"
-    for cls in ("ants", "bees"):
-        (data / cls).mkdir(parents=True)
-        for path in sorted((sample_dir / cls).iterdir())[:4]:
-            (data / cls / path.name).write_bytes(path.read_bytes())
+def profiled(exported_artifacts, sample_subset, tmp_path_factory) -> Path:
+    artifacts, data = exported_artifacts, sample_subset(4)
     out = tmp_path_factory.mktemp("profile") / "report"
     assert main(["bench", str(artifacts), "--data", str(data), "--out", str(out), "--runs", "5", "--warmup", "1",
                  "--batch-sizes", "1", "--profile"]) == 0

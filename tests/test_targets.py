@@ -4,7 +4,6 @@ and real Vela on the tiny 96 px model; exit 3 for missing tools and for hardware
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -18,14 +17,9 @@ SCHEMA = Path(__file__).resolve().parents[1] / "edgetl" / "schemas" / "bench.sch
 
 
 @pytest.fixture(scope="module")
-def small_data(sample_dir, tmp_path_factory) -> Path:
+def small_data(sample_subset) -> Path:
     """4 images per class: the HTP simulator and LiteRT's reference kernels are slow per image."""
-    root = tmp_path_factory.mktemp("targets") / "data"
-    for cls in ("ants", "bees"):
-        (root / cls).mkdir(parents=True)
-        for path in sorted((sample_dir / cls).iterdir())[:4]:
-            shutil.copy(path, root / cls / path.name)
-    return root
+    return sample_subset(4)
 
 
 def _validate(report: dict) -> None:
