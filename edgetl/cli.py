@@ -194,6 +194,7 @@ def export(
     min_agreement: float = typer.Option(0.98, help="Top-1 agreement with Keras FP32 an int8/dynamic artifact needs."),
     accuracy_aware: bool = typer.Option(False, help="Keep the most sensitive layers in float until --min-agreement holds."),
     int8_weights: str = typer.Option("auto", help="ONNX/OpenVINO int8 weights: auto (ONNX full, OpenVINO pair-safe) | full (8-bit) | pair-safe (a little coarser, so x86 CPUs without VNNI run them exactly on their fast kernels) | 7-bit (ORT reduce_range / NNCF overflow fix)."),
+    target_cpu: str = typer.Option("any", help="CPU the int8 artifacts are for (what --int8-weights auto means): any (portable: OpenVINO pair-safe) | vnni | no-vnni | arm | this (the exporting CPU)."),
     opset: int = typer.Option(17, help="ONNX opset (tf2onnx supports <= 18)."),
     input_size: Optional[int] = typer.Option(None, help="Input size, for a model without edgetl.json."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated class names, for a model without edgetl.json."),
@@ -208,7 +209,7 @@ def export(
                           input_dtypes=tuple(_split(input_dtype) or ["float32"]), calib=calib,
                           calib_size=calib_size, calib_method=calib_method, check=check,
                           min_agreement=min_agreement, accuracy_aware=accuracy_aware,
-                          int8_weights=int8_weights, opset=opset, input_size=input_size,
+                          int8_weights=int8_weights, target_cpu=target_cpu, opset=opset, input_size=input_size,
                           labels=tuple(_split([labels])) if labels else (), overwrite=overwrite)
     config.validate()  # bad arguments fail before TensorFlow's start-up cost
     _load_tensorflow()
