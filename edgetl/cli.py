@@ -74,7 +74,7 @@ def finetune(
     backbone: str = typer.Option("efficientnet_lite0", help="Backbone name (see `edgetl backbones`)."),
     backbones: Optional[str] = typer.Option(None, help="Comma-separated backbones for --strategy stack."),
     weights: str = typer.Option("imagenet", help="imagenet | none | PATH to a .weights.h5 file."),
-    strategy: str = typer.Option("features", help="features | freeze | full | stack."),
+    strategy: str = typer.Option("features", help="features | freeze | full | stack | distill (--teacher)."),
     unfreeze_top: int = typer.Option(20, help="Weighted backbone layers to unfreeze (strategy freeze)."),
     epochs: int = typer.Option(5, help="Epochs of head training."),
     fine_tune_epochs: Optional[int] = typer.Option(None, help="Epochs of the second phase (freeze/full)."),
@@ -85,6 +85,9 @@ def finetune(
     val_split: float = typer.Option(0.2, help="Validation fraction when DATA is not pre-split."),
     seed: int = typer.Option(0),
     input_size: Optional[int] = typer.Option(None, help="Override the backbone's input size."),
+    teacher: Optional[Path] = typer.Option(None, help="strategy distill: the teacher, any edgetl model directory (a stack too)."),
+    temperature: float = typer.Option(2.0, help="strategy distill: softening temperature."),
+    distill_weight: float = typer.Option(0.5, help="strategy distill: weight of the teacher term (the rest: labels)."),
 ):
     """Fine-tune a backbone with a new classification head on an image folder."""
     from .finetune import FinetuneConfig
@@ -94,7 +97,8 @@ def finetune(
                             strategy=strategy, unfreeze_top=unfreeze_top, epochs=epochs,
                             fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, lr=lr,
                             fine_tune_lr=fine_tune_lr, dropout=dropout, val_split=val_split, seed=seed,
-                            input_size=input_size)
+                            input_size=input_size, teacher=teacher, temperature=temperature,
+                            distill_weight=distill_weight)
     config.validate()  # bad arguments and a forbidden --out fail before TensorFlow loads
     _load_tensorflow()
     from .finetune import finetune as run_finetune

@@ -138,3 +138,51 @@ def test_structured_refit_keeps_projection_weights_quantizable(tiny_model_dir, s
     assert max(spreads[st.RIDGE]) <= 1.15 * max(original)
     assert max(spreads[1e-4]) > 1.3 * max(original)  # the weak pull: the outliers this guards against
     assert errors[st.RIDGE] < 0.7 * error_unfitted  # still a reconstruction
+
+
+def test_distill_loss_is_label_loss_plus_the_softened_teacher_term():
+    import tensorflow as tf
+
+    from edgetl.finetune import distill_loss
+
+    teacher = np.array([[0.9, 0.1], [0.3, 0.7]])
+    table = np.concatenate([[[0.0], [1.0]], teacher], axis=1)
+    student = tf.constant([[0.6, 0.4], [0.2, 0.8]], tf.float32)
+    rows = tf.constant([0, 1])
+    ce = -np.log([0.6, 0.8])
+    loss, accuracy = distill_loss(table, 2.0, 0.0)
+    np.testing.assert_allclose(loss(rows, student).numpy(), ce, rtol=1e-5)
+    np.testing.assert_array_equal(accuracy(rows, student).numpy(), [1.0, 1.0])
+    loss, _ = distill_loss(table, 2.0, 1.0)
+    np.testing.assert_allclose(loss(rows, tf.constant(teacher, tf.float32)).numpy(), [0, 0], atol=1e-6)
+
+    def soften(p):
+        q = np.sqrt(p)  # p ** (1 / T) at T = 2
+        return q / q.sum(-1, keepdims=True)
+
+    kl = (soften(teacher) * np.log(soften(teacher) / soften(student.numpy()))).sum(-1)
+    np.testing.assert_allclose(loss(rows, student).numpy(), 4 * kl, rtol=1e-4)
+
+
+def test_distilled_student_is_an_ordinary_exportable_model(tiny_model_dir, sample_dir, tmp_path):
+    """``--strategy distill --teacher``: the tiny model teaches a fresh lite0 head at 96 px; the student
+    records its teacher, has the ``logits`` layer, learns the task and exports like any other model."""
+    from edgetl.export import ExportConfig, export
+    from edgetl.finetune import FinetuneConfig, finetune
+
+    with pytest.raises(UsageError, match="--teacher"):
+        finetune(FinetuneConfig(data=sample_dir, out=tmp_path / "no_teacher", strategy="distill", input_size=96,
+                                verbose=False))
+    student = finetune(FinetuneConfig(data=sample_dir, out=tmp_path / "student", strategy="distill",
+                                      teacher=tiny_model_dir, epochs=3, lr=3e-3, input_size=96,
+                                      verbose=False))
+    meta = student.metadata
+    assert meta["strategy"] == "distill" and meta["output"]["logits_layer"] == "logits"
+    assert meta["teacher"]["path"] == str(tiny_model_dir.resolve()) and meta["teacher"]["temperature"] == 2.0
+    assert student.model.get_layer("logits") is not None
+    # 12 val images: within two images of the teacher, and far above chance
+    assert student.val_accuracy >= min(meta["teacher"]["val_accuracy"] - 0.17, 0.75), meta["teacher"]
+    assert [h["phase"] for h in student.history] == ["distill"] * 3
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(student.history[-1])
+    result = export(ExportConfig(model=student.model_dir, out=tmp_path / "x", formats=("onnx",), verbose=False))
+    assert result.get("onnx", "fp32").parity["top1_agreement"] == 1.0
