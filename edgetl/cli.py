@@ -197,7 +197,7 @@ def export(
     check: Optional[Path] = typer.Option(None, help="Held-back images for parity (default: the model's val split)."),
     min_agreement: float = typer.Option(0.98, help="Top-1 agreement with Keras FP32 an int8/dynamic artifact needs."),
     accuracy_aware: bool = typer.Option(False, help="Keep the most sensitive layers in float until --min-agreement holds."),
-    int8_weights: str = typer.Option("auto", help="ONNX/OpenVINO int8 weights: auto (ONNX full, OpenVINO pair-safe) | full (8-bit) | pair-safe (a little coarser, so x86 CPUs without VNNI run them exactly on their fast kernels) | 7-bit (ORT reduce_range / NNCF overflow fix)."),
+    int8_weights: str = typer.Option("auto", help="ONNX/OpenVINO int8 weights: auto (by --target-cpu: ONNX full; OpenVINO full for vnni/arm, pair-safe for any/no-vnni) | full (8-bit) | pair-safe (a little coarser, so x86 CPUs without VNNI run them exactly on their fast kernels) | 7-bit (ORT reduce_range / NNCF overflow fix)."),
     target_cpu: str = typer.Option("any", help="CPU the int8 artifacts are for (what --int8-weights auto means): any (portable: OpenVINO pair-safe) | vnni | no-vnni | arm | this (the exporting CPU)."),
     opset: int = typer.Option(17, help="ONNX opset (tf2onnx supports <= 18)."),
     input_size: Optional[int] = typer.Option(None, help="Input size, for a model without edgetl.json."),

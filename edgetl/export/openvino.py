@@ -153,7 +153,8 @@ def quantize_int8_accuracy_aware(ov_model, calib: CalibrationSet, calib_input: s
     NNCF measures its candidates on the exporting CPU as it goes. It searches with 7-bit weights (its
     overflow fix), which compute exactly on every CPU, so which layers it reverts cannot depend on the
     machine that exported; the artifact is then quantized with the target's weights (``int8_weights``)
-    and those layers in float, and the parity check measures that artifact."""
+    and those layers in float (pair-safe: or the searched 7-bit model, whichever agrees more on the check
+    images; ``int8_weights`` in the details says which), and the parity check measures that artifact."""
     import nncf
 
     dataset, kwargs, advanced, details = _quantization_arguments(calib, calib_input, None, "7-bit")
