@@ -89,7 +89,7 @@ def finetune(
     backbone: str = typer.Option("efficientnet_lite0", help="Backbone name (see `edgetl backbones`)."),
     backbones: Optional[str] = typer.Option(None, help="Comma-separated backbones for --strategy stack."),
     weights: str = typer.Option("imagenet", help="imagenet | none | PATH to a .weights.h5 file."),
-    strategy: str = typer.Option("features", help="features | freeze | full | stack."),
+    strategy: str = typer.Option("features", help="features | freeze | full | stack | distill (--teacher)."),
     unfreeze_top: int = typer.Option(20, help="Weighted backbone layers to unfreeze (strategy freeze)."),
     epochs: int = typer.Option(5, help="Epochs of head training."),
     fine_tune_epochs: Optional[int] = typer.Option(None, help="Epochs of the second phase (freeze/full)."),
@@ -100,6 +100,9 @@ def finetune(
     val_split: float = typer.Option(0.2, help="Validation fraction when DATA is not pre-split."),
     seed: int = typer.Option(0),
     input_size: Optional[int] = typer.Option(None, help="Override the backbone's input size."),
+    teacher: Optional[Path] = typer.Option(None, help="strategy distill: the teacher, any edgetl model directory (a stack too)."),
+    temperature: float = typer.Option(2.0, help="strategy distill: softening temperature."),
+    distill_weight: float = typer.Option(0.5, help="strategy distill: weight of the teacher term (the rest: labels)."),
 ):
     """Fine-tune a backbone with a new classification head on an image folder."""
     from .finetune import FinetuneConfig
@@ -109,7 +112,8 @@ def finetune(
                             strategy=strategy, unfreeze_top=unfreeze_top, epochs=epochs,
                             fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, lr=lr,
                             fine_tune_lr=fine_tune_lr, dropout=dropout, val_split=val_split, seed=seed,
-                            input_size=input_size)
+                            input_size=input_size, teacher=teacher, temperature=temperature,
+                            distill_weight=distill_weight)
     config.validate()  # bad arguments, a forbidden or unwritable --out: before TensorFlow and training
     _load_tensorflow()
     from .finetune import finetune as run_finetune
@@ -258,7 +262,8 @@ def export(
     check: Optional[Path] = typer.Option(None, help="Held-back images for parity (default: the model's val split)."),
     min_agreement: float = typer.Option(0.98, help="Top-1 agreement with Keras FP32 an int8/dynamic artifact needs."),
     accuracy_aware: bool = typer.Option(False, help="Keep the most sensitive layers in float until --min-agreement holds."),
-    int8_weights: str = typer.Option("auto", help="ONNX/OpenVINO int8 weights: auto (ONNX full, OpenVINO pair-safe) | full (8-bit) | pair-safe (a little coarser, so x86 CPUs without VNNI run them exactly on their fast kernels) | 7-bit (ORT reduce_range / NNCF overflow fix)."),
+    int8_weights: str = typer.Option("auto", help="ONNX/OpenVINO int8 weights: auto (by --target-cpu: ONNX full; OpenVINO full for vnni/arm, pair-safe for any/no-vnni) | full (8-bit) | pair-safe (a little coarser, so x86 CPUs without VNNI run them exactly on their fast kernels) | 7-bit (ORT reduce_range / NNCF overflow fix)."),
+    target_cpu: str = typer.Option("any", help="CPU the int8 artifacts are for (what --int8-weights auto means): any (portable: OpenVINO pair-safe) | vnni | no-vnni | arm | this (the exporting CPU)."),
     opset: int = typer.Option(17, help="ONNX opset (tf2onnx supports <= 18)."),
     static_batch: Optional[int] = typer.Option(None, "--static-batch", help="Fixed batch size N in the artifacts' input (benchmark_app, NPU compilers; default dynamic)."),
     input_size: Optional[int] = typer.Option(None, help="Input size, for a model without edgetl.json."),
@@ -280,8 +285,8 @@ def export(
                           input_dtypes=tuple(_split(input_dtype) or ["float32"]), calib=calib,
                           calib_size=calib_size, calib_method=calib_method, check=check,
                           min_agreement=min_agreement, accuracy_aware=accuracy_aware,
-                          int8_weights=int8_weights, opset=opset, static_batch=static_batch, input_size=input_size,
-                          labels=tuple(_split([labels])) if labels else (), overwrite=overwrite,
+                          int8_weights=int8_weights, target_cpu=target_cpu, opset=opset, static_batch=static_batch,
+                          input_size=input_size, labels=tuple(_split([labels])) if labels else (), overwrite=overwrite,
                           target=target, soc=soc, qnn_scheme=qnn_scheme, system_config=system_config,
                           memory_mode=memory_mode, allow_cpu_fallback=allow_cpu_fallback)
     config.validate()  # bad arguments fail before TensorFlow's start-up cost

@@ -7,6 +7,9 @@ Strategies (TFLite Model Maker / Keras transfer-learning guide semantics):
 * ``full``: head first, then the whole network at a low rate.
 * ``stack``: frozen features of several backbones, each with its own small classifier, probabilities
   averaged; one Keras model taking raw 0..255 pixels (each branch normalises/resizes in-graph).
+* ``distill``: ``features`` trained on the soft predictions of a teacher (``--teacher``: any edgetl
+  model directory, a stack included) as well as on the labels (Hinton et al.'s loss, ``distill_loss``);
+  the result is an ordinary one-backbone classifier, exported like any other.
 
 BatchNormalization layers stay frozen and in inference mode in every phase (see ``unfreeze``), which is
 what keeps fine-tuning on a small data set from wrecking the pretrained statistics.
@@ -30,7 +33,7 @@ from .preprocess import Preprocessing
 
 log = logging.getLogger("edgetl")
 
-STRATEGIES = ("features", "freeze", "full", "stack")
+STRATEGIES = ("features", "freeze", "full", "stack", "distill")
 LOGITS_LAYER = "logits"
 BACKBONE_LAYER = "backbone"
 
@@ -54,6 +57,9 @@ class FinetuneConfig:
     seed: int = 0
     input_size: int | None = None
     verbose: bool = True
+    teacher: Path | None = None  # strategy distill: an edgetl model directory
+    temperature: float = 2.0  # distill: softens teacher and student alike
+    distill_weight: float = 0.5  # distill: share of the soft (teacher) term; the rest is the label loss
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -79,7 +85,7 @@ class FinetuneConfig:
     def inputs(self) -> tuple[Path | None, ...]:
         """What --out may not be, hold or lie inside: the data and a weights file."""
         weights = Path(self.weights) if self.weights not in (None, "imagenet", "none") else None
-        return (Path(self.data), weights)
+        return (Path(self.data), weights, Path(self.teacher) if self.teacher else None)
 
     def _validate_numbers(self) -> None:
         """Ranges Keras would otherwise reject with a traceback, or silently replace."""
@@ -222,12 +228,11 @@ class _EpochPrinter:
 
 
 def _fit(model, train_ds, val_ds, epochs: int, lr: float, phase: str, verbose: bool, history: list,
-         callbacks: tuple = ()):
+         callbacks: tuple = (), loss: Any = "sparse_categorical_crossentropy", metrics: tuple = ("accuracy",)):
     """Compile, train and append one history row per epoch (shared with prune's recovery)."""
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=list(metrics))
     # shuffle=False: the tf.data pipeline shuffles itself (Keras warns otherwise).
     result = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
                        callbacks=[*callbacks, _EpochPrinter(phase, epochs, verbose)])
@@ -269,7 +274,11 @@ def finetune(config: FinetuneConfig) -> TrainedModel:
     val_ds = make_dataset(val_set, recipe, config.batch_size, False) if len(val_set) else None
 
     history: list[dict[str, float]] = []
-    _fit(model, train_ds, val_ds, config.epochs, config.lr, "head", config.verbose, history)
+    teacher_info = None
+    if config.strategy == "distill":
+        teacher_info = _distill(config, model, train_set, val_set, recipe, history)
+    else:
+        _fit(model, train_ds, val_ds, config.epochs, config.lr, "head", config.verbose, history)
     unfrozen: list[str] = []
     if config.strategy in ("freeze", "full"):
         if config.strategy == "freeze":
@@ -284,6 +293,8 @@ def finetune(config: FinetuneConfig) -> TrainedModel:
     metrics = _evaluate(model, val_ds) if val_ds is not None else {}
     metadata = _metadata(config, train_set, val_set, recipe, history, metrics, unfrozen,
                          time.perf_counter() - started)
+    if teacher_info:
+        metadata["teacher"] = teacher_info
     with atomic_directory(config.out, inputs=config.inputs(), verb="finetune") as tmp:
         model.save(tmp / MODEL_FILE)
         metadata["model_sha256"] = sha256_file(tmp / MODEL_FILE)
@@ -291,6 +302,91 @@ def finetune(config: FinetuneConfig) -> TrainedModel:
         plot_history(history, tmp / "training.png", title=f"{metadata['backbone']} ({config.strategy})")
     _log(config, f"wrote {config.out} (val accuracy {metrics.get('val_accuracy', float('nan')):.3f})")
     return TrainedModel(Path(config.out), model, metadata, history)
+
+
+# -- distillation -----------------------------------------------------------------------------------
+# A plain KD loss rather than keras.distillation.Distiller (Keras 3.15 has it): the Distiller runs the
+# teacher on the student's input batch, but an edgetl teacher has its own input size and normalisation
+# (a stack takes raw pixels at its largest backbone's size). So the teacher runs once, on its own
+# preprocessing of every image, and the dataset's label becomes the image's row in a table of
+# (label, teacher probabilities); the model stays the plain classifier with its ``logits`` layer.
+def teacher_probabilities(teacher_dir: Path, paths: list[Path], batch_size: int = 16):
+    """(N x classes teacher probabilities, teacher metadata) on the teacher's own preprocessing."""
+    import numpy as np
+
+    teacher, metadata = load_trained(teacher_dir)
+    recipe = Preprocessing.from_dict(metadata["preprocessing"])
+    out = []
+    for i in range(0, len(paths), batch_size):
+        x = recipe.normalize(load_pixels(paths[i:i + batch_size], recipe))
+        out.append(np.asarray(teacher.predict(x, verbose=0), np.float64))
+    probs = np.concatenate(out)
+    if (metadata.get("output") or {}).get("kind") == "logits":
+        probs = np.exp(probs - probs.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+    return probs, metadata
+
+
+def distill_loss(table, temperature: float, weight: float):
+    """Loss on (row index, student probabilities): ``(1 - weight) * CE(label) + weight * T^2 *
+    KL(teacher_T || student_T)``, softened through log-probabilities (log-softmax of logits / T equals
+    log-softmax of log(probs) / T). ``table``: rows of [label, teacher probabilities...]."""
+    import tensorflow as tf
+
+    table = tf.constant(table, tf.float32)
+
+    def loss(rows, probs):
+        row = tf.gather(table, tf.cast(tf.reshape(rows, [-1]), tf.int32))
+        labels, teacher = tf.cast(row[:, 0], tf.int32), row[:, 1:]
+        hard = tf.keras.losses.sparse_categorical_crossentropy(labels, probs)
+        student_t = tf.nn.log_softmax(tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0)) / temperature)
+        teacher_t = tf.nn.softmax(tf.math.log(tf.clip_by_value(teacher, 1e-7, 1.0)) / temperature)
+        soft = tf.reduce_sum(teacher_t * (tf.math.log(tf.clip_by_value(teacher_t, 1e-12, 1.0)) - student_t), -1)
+        return (1.0 - weight) * hard + weight * temperature ** 2 * soft
+
+    def accuracy(rows, probs):
+        labels = tf.gather(table[:, 0], tf.cast(tf.reshape(rows, [-1]), tf.int32))
+        return tf.cast(tf.equal(tf.cast(labels, tf.int64), tf.argmax(probs, -1)), tf.float32)
+
+    return loss, accuracy
+
+
+def _distill(config: FinetuneConfig, model, train_set: ImageSet, val_set: ImageSet, recipe: Preprocessing,
+             history: list) -> dict[str, Any]:
+    import numpy as np
+
+    from .metadata import read_model_metadata
+
+    if config.teacher is None or not Path(config.teacher).is_dir():
+        raise UsageError(f"strategy 'distill' needs --teacher MODEL_DIR (an edgetl model directory); "
+                         f"got {config.teacher}")
+    teacher_meta = read_model_metadata(config.teacher)
+    if teacher_meta.get("labels") != train_set.classes:
+        raise UsageError(f"teacher {config.teacher} has classes {teacher_meta.get('labels')}, "
+                         f"the data {train_set.classes}")
+    if not 0.0 <= config.distill_weight <= 1.0 or config.temperature <= 0:
+        raise UsageError("--distill-weight must be in [0, 1] and --temperature > 0")
+    paths = list(train_set.paths) + list(val_set.paths)
+    probs, _ = teacher_probabilities(Path(config.teacher), paths)
+    labels = np.asarray(list(train_set.labels) + list(val_set.labels), np.float64)
+    table = np.concatenate([labels[:, None], probs], axis=1)
+    _log(config, f"teacher {config.teacher} ({teacher_meta.get('backbone')}): accuracy "
+                 f"{float((probs.argmax(-1) == labels).mean()):.3f} on train+val")
+    # Labels replaced by row numbers (train first, then val) so that shuffling keeps each image with its row.
+    rows_train = dataclasses.replace(train_set, labels=list(range(len(train_set))))
+    rows_val = dataclasses.replace(val_set, labels=list(range(len(train_set), len(paths))))
+    train_ds = make_dataset(rows_train, recipe, config.batch_size, True, config.seed,
+                            pixels=load_pixels(train_set.paths, recipe, training=True))
+    val_ds = make_dataset(rows_val, recipe, config.batch_size, False) if len(val_set) else None
+    loss, accuracy = distill_loss(table, config.temperature, config.distill_weight)
+    accuracy.__name__ = "accuracy"  # history keys as for the other strategies
+    _fit(model, train_ds, val_ds, config.epochs, config.lr, "distill", config.verbose, history,
+         loss=loss, metrics=(accuracy,))
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])  # plain labels again
+    teacher_val = float((probs[len(train_set):].argmax(-1) == labels[len(train_set):]).mean()) if len(val_set) else None
+    return {"path": str(Path(config.teacher).resolve()), "backbone": teacher_meta.get("backbone"),
+            "model_sha256": teacher_meta.get("model_sha256"), "val_accuracy": teacher_val,
+            "temperature": config.temperature, "distill_weight": config.distill_weight}
 
 
 def _evaluate(model, val_ds) -> dict[str, float]:

@@ -327,10 +327,16 @@ def test_sensitivity_ranks_layers_by_their_own_int8_error(exported, sample_dir, 
     assert float_convs == set(excluded)  # exactly the excluded ones read float weights
 
 
-def test_openvino_accuracy_control_reverts_layers_until_agreement_holds(exported, sample_dir, tmp_path):
+def test_openvino_accuracy_control_reverts_layers_until_agreement_holds(exported, sample_dir, tmp_path, monkeypatch):
     """``--accuracy-aware`` for OpenVINO: NNCF's accuracy control, asked for full agreement with the FP32
-    IR on 24 sample images, returns a model that has it, and names the layers it left in float."""
+    IR on 24 sample images, returns a model that has it, and names the layers it left in float. It never
+    reads the exporting CPU's flags (it once searched with 7-bit weights on CPUs without VNNI)."""
     import openvino as ov
+
+    import edgetl.runtime.cpu
+
+    def no_flag_reading():
+        raise AssertionError("accuracy-aware OpenVINO read the exporting CPU's flags")
 
     from edgetl.export import openvino as ov_export
     from edgetl.export.calibration import load_calibration
@@ -348,11 +354,14 @@ def test_openvino_accuracy_control_reverts_layers_until_agreement_holds(exported
 
     reference = top1(core.read_model(str(fp32)))
     plain, _ = ov_export.quantize_int8(core.read_model(str(fp32)), calib, "float32")
+    monkeypatch.setattr(edgetl.runtime.cpu, "int8_dot_saturates", no_flag_reading)
     controlled, details = ov_export.quantize_int8_accuracy_aware(core.read_model(str(fp32)), calib, "float32",
                                                                  x, reference, min_agreement=1.0)
+    monkeypatch.undo()
     assert (top1(controlled) == reference).mean() == 1.0
     assert details["accuracy_control"] == {"metric": "top-1 agreement with Keras FP32", "images": 24,
-                                           "max_drop": 0.0}
+                                           "max_drop": 0.0, "searched_with": "7-bit",
+                                           "reverted": len(ov_export.float_layer_names(controlled))}
     # The float-layer finder: all convs of the FP32 IR, none of plain INT8 (also once saved and re-read).
     every_conv = ov_export.float_layer_names(core.read_model(str(fp32)))
     assert len(every_conv) > 40 and ov_export.float_layer_names(plain) == []

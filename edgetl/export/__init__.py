@@ -73,6 +73,8 @@ class ExportConfig:
     accuracy_aware: bool = False
     # int8 weights for ONNX and OpenVINO: auto | full | pair-safe | 7-bit (see export/pairs.py)
     int8_weights: str = "auto"
+    # the CPU the artifacts are made for: any | vnni | no-vnni | arm | this (see export/pairs.py)
+    target_cpu: str = "any"
     opset: int = 17
     static_batch: int | None = None  # a fixed batch size in the artifacts (benchmark_app, NPU compilers)
     input_size: int | None = None  # for models without edgetl.json
@@ -108,7 +110,7 @@ class ExportConfig:
     def validate(self) -> None:
         """Everything checkable without TensorFlow, before anything is written."""
         from .onnx import CALIBRATION_METHODS
-        from .pairs import INT8_WEIGHTS
+        from .pairs import INT8_WEIGHTS, TARGET_CPUS
         from .keras_graph import check_source
 
         for kind, values, allowed in (("format", self.formats, FORMATS), ("mode", self.modes, MODES),
@@ -130,6 +132,8 @@ class ExportConfig:
                              f"{', '.join(CALIBRATION_METHODS)}")
         if self.int8_weights not in INT8_WEIGHTS:
             raise UsageError(f"unknown --int8-weights {self.int8_weights!r}; choose from {', '.join(INT8_WEIGHTS)}")
+        if self.target_cpu not in TARGET_CPUS:
+            raise UsageError(f"unknown --target-cpu {self.target_cpu!r}; choose from {', '.join(TARGET_CPUS)}")
         if "int8" in self.modes and self.calib is None:
             raise UsageError("--quantize int8 needs calibration images: pass --calib DIR "
                              "(a few hundred representative images, labels not needed)")
@@ -351,6 +355,9 @@ class _Builder:
         self.config, self.source, self.calib, self.checks = config, source, calib, checks
         self.reference, self.source_info, self.work, self.out = reference, source_info, work, out
         self._cache: dict[Any, Any] = {}
+        from .pairs import target_cpu
+
+        self.target_cpu = target_cpu(config.target_cpu)  # "this" is read from the exporting CPU once
 
     # intermediates
     def keras_graph(self, input_dtype: str, tflite_int8: bool = False):
@@ -411,7 +418,7 @@ class _Builder:
     def build(self, fmt: str, mode: str, input_dtype: str) -> ArtifactResult:
         started = time.perf_counter()
         path = self.out / artifact_name(fmt, mode, input_dtype)
-        details = getattr(self, f"_build_{fmt}")(path, mode, input_dtype)
+        details = self.with_target_cpu(getattr(self, f"_build_{fmt}")(path, mode, input_dtype), fmt, mode)
         interface = self.embed(path, fmt, mode, input_dtype, details)
         parity_result, runtime = self.check(path, mode, input_dtype)
         float_layers: list[str] = []
@@ -420,11 +427,19 @@ class _Builder:
 
             path, details, parity_result, runtime, float_layers = make_accurate(
                 self, fmt, input_dtype, path, details, parity_result)
+            details = self.with_target_cpu(details, fmt, mode)
             interface = self.embed(path, fmt, mode, input_dtype, details, float_layers)
         sidecar = self.sidecar(path, fmt, mode, input_dtype, details, parity_result, runtime, float_layers)
         sidecar["output"].update(interface)
         write_json(sidecar_path(path), sidecar)
         return ArtifactResult(fmt, mode, input_dtype, path, sidecar, time.perf_counter() - started)
+
+    def with_target_cpu(self, details: dict, fmt: str, mode: str) -> dict:
+        """INT8 weights are chosen for a target CPU (--target-cpu): the sidecar and the embedded
+        metadata say which."""
+        if mode == "int8" and self.int8_weights(fmt):
+            return {**details, "target_cpu": self.target_cpu}
+        return details
 
     def embed(self, path: Path, fmt: str, mode: str, input_dtype: str, details: dict,
               float_layers: list[str] | None = None) -> dict:
@@ -439,7 +454,7 @@ class _Builder:
     def int8_weights(self, fmt: str) -> str | None:
         from .pairs import resolve
 
-        return resolve(self.config.int8_weights, fmt)
+        return resolve(self.config.int8_weights, fmt, self.target_cpu)
 
     def backend_options(self, path: Path, mode: str) -> dict:
         """Run an artifact as the runtime will once its sidecar is written: pair-safe ONNX INT8 weights on

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from ..runtime.cpu import int8_dot_saturates
 from . import pairs
 from .calibration import CalibrationSet, prepare_batch
 
@@ -151,13 +150,14 @@ def quantize_int8_accuracy_aware(ov_model, calib: CalibrationSet, calib_input: s
     the fewest until it holds. The metric is top-1 agreement with the Keras FP32 model on the check
     images (labels not needed), so ``max_drop = 1 - min_agreement``.
 
-    NNCF measures its candidates on this CPU as it goes, so their weights must already be safe there:
-    pair-safe (bounded only after quantization) becomes NNCF's 7-bit overflow fix for this search."""
+    NNCF measures its candidates on the exporting CPU as it goes. It searches with 7-bit weights (its
+    overflow fix), which compute exactly on every CPU, so which layers it reverts cannot depend on the
+    machine that exported; the artifact is then quantized with the target's weights (``int8_weights``)
+    and those layers in float (pair-safe: or the searched 7-bit model, whichever agrees more on the check
+    images; ``int8_weights`` in the details says which), and the parity check measures that artifact."""
     import nncf
 
-    if int8_weights == "pair-safe" and int8_dot_saturates():
-        int8_weights = "7-bit"
-    dataset, kwargs, advanced, details = _quantization_arguments(calib, calib_input, None, int8_weights)
+    dataset, kwargs, advanced, details = _quantization_arguments(calib, calib_input, None, "7-bit")
     validation = nncf.Dataset(list(zip(check_inputs[:, None], reference_top1.tolist())), lambda item: item[0])
 
     def agreement(compiled, items) -> tuple[float, list[float]]:
@@ -166,17 +166,34 @@ def quantize_int8_accuracy_aware(ov_model, calib: CalibrationSet, calib_input: s
         return float(np.mean(hits)), hits  # per-image values let NNCF rank layers without extra passes
 
     with nncf_output_on_stderr():
-        quantized = nncf.quantize_with_accuracy_control(
-            ov_model, dataset, validation, agreement, max_drop=max(0.0, 1.0 - min_agreement),
+        searched = nncf.quantize_with_accuracy_control(
+            ov_model.clone(), dataset, validation, agreement, max_drop=max(0.0, 1.0 - min_agreement),
             drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset.PERFORMANCE,
             subset_size=len(calib), fast_bias_correction=True, advanced_quantization_parameters=advanced,
             **kwargs)
-    if int8_weights == "pair-safe":  # a CPU that does not saturate: bound what the search kept in int8
-        details["pair_safe"] = bound_weight_pairs(quantized)
+    reverted = float_layer_names(searched)
+    quantized = searched
+    if int8_weights != "7-bit":
+        target, target_details = quantize_int8(ov_model, calib, calib_input, reverted, int8_weights)
+        # The reverted set does not always carry over (NNCF may also have reverted activation quantizers).
+        # Pair-safe weights are exact on every CPU too, so keeping the better of the two is still the same
+        # choice everywhere; full weights are only exact with VNNI, so for them the target is kept unmeasured.
+        if int8_weights != "pair-safe" or (_agreement(target, check_inputs, reference_top1)
+                                           >= _agreement(searched, check_inputs, reference_top1)):
+            quantized, details = target, target_details
     details = {**details, "tool": "nncf.quantize_with_accuracy_control",
                "accuracy_control": {"metric": "top-1 agreement with Keras FP32", "images": int(len(check_inputs)),
-                                    "max_drop": round(max(0.0, 1.0 - min_agreement), 6)}}
+                                    "max_drop": round(max(0.0, 1.0 - min_agreement), 6),
+                                    "searched_with": "7-bit", "reverted": len(reverted)}}
     return quantized, details
+
+
+def _agreement(ov_model, inputs: np.ndarray, reference_top1: np.ndarray) -> float:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    top1 = [int(np.argmax(compiled(inputs[i:i + 1])[compiled.output(0)])) for i in range(len(inputs))]
+    return float(np.mean(np.asarray(top1) == reference_top1))
 
 
 def float_layer_names(ov_model) -> list[str]:

@@ -19,18 +19,41 @@ import numpy as np
 
 PAIR_BOUND = 128
 
-# ``--int8-weights``. "auto" is per format: ONNX keeps full 8-bit weights, because ONNX Runtime has exact
-# kernels the runtime turns on where the CPU needs them; OpenVINO has no such switch, so its weights are
-# made pair-safe (NNCF's own overflow fix, "7-bit", costs a whole bit). TFLite (XNNPACK) never saturates.
+# ``--int8-weights``. "auto" is per format and per *target* CPU (``--target-cpu``), never the exporting
+# one: an artifact is made for the machine it will run on, and two exports of one model must not differ
+# because they ran on different build machines. ONNX keeps full 8-bit weights everywhere, because ONNX
+# Runtime has exact kernels the runtime turns on where the CPU needs them. OpenVINO has no such switch:
+# its weights are pair-safe for targets that may lack VNNI ("any", "no-vnni"; NNCF's own overflow fix,
+# "7-bit", costs a whole bit) and full 8-bit where the dot product cannot saturate ("vnni", "arm").
+# TFLite (XNNPACK) never saturates.
 INT8_WEIGHTS = ("auto", "full", "pair-safe", "7-bit")
+# "any" (the default) is the portable choice: an OpenVINO artifact made for it runs exactly on every CPU;
+# "this" means the exporting CPU, read once at export (runtime.cpu) and recorded as what it resolved to.
+TARGET_CPUS = ("any", "vnni", "no-vnni", "arm", "this")
 AUTO = {"onnx": "full", "openvino": "pair-safe"}
+SAFE_TARGETS = ("vnni", "arm")  # int8 dot products accumulate without int16 saturation
 
 
-def resolve(int8_weights: str, fmt: str) -> str | None:
-    """The weight choice for one format (None where it does not apply)."""
+def target_cpu(target: str) -> str:
+    """The target as recorded in the sidecar: "this" becomes what the exporting CPU is."""
+    if target != "this":
+        return target
+    import platform
+
+    from ..runtime.cpu import int8_dot_saturates
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return "arm"
+    return "no-vnni" if int8_dot_saturates() else "vnni"
+
+
+def resolve(int8_weights: str, fmt: str, target: str = "any") -> str | None:
+    """The weight choice for one format and target CPU (None where it does not apply)."""
     if fmt not in AUTO:
         return None
-    return AUTO[fmt] if int8_weights == "auto" else int8_weights
+    if int8_weights != "auto":
+        return int8_weights
+    return "full" if target_cpu(target) in SAFE_TARGETS else AUTO[fmt]
 
 # How a weight tensor's reduction axis is laid out: "conv" [O, C, kh, kw]; "kn" [K, N] (MatMul B,
 # Gemm B); "nk" [N, K] (Gemm with transB, MatMul with transpose_b).
