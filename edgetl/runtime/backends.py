@@ -132,14 +132,17 @@ class OnnxBackend(Backend):
         used = self.session.get_providers()
         if device != "cpu" and used[0] not in wanted:
             raise DeviceUnavailable(f"onnxruntime could not start {wanted[0]} (running on {', '.join(used)})")
+        self._read_io()
+        self.placement = Placement(device, used)
+        self._ort = ort
+
+    def _read_io(self) -> None:
         spec = self.session.get_inputs()[0]
         self.input_name = spec.name
         self.input_shape = [d if isinstance(d, int) else None for d in spec.shape]
         self.input_dtype = np.dtype(ORT_DTYPES.get(spec.type, np.float32))
         self.dynamic_batch = self.input_shape[0] is None
         self.output_name = self.session.get_outputs()[0].name
-        self.placement = Placement(device, used)
-        self._ort = ort
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0].astype(np.float32)
@@ -361,12 +364,7 @@ class QnnBackend(OnnxBackend):
             self.session = ort.InferenceSession(str(path), sess_options=options)
         except Exception as exc:
             raise CheckFailed(f"{path}: the QNN HTP backend cannot take it ({_first_line(exc)})") from None
-        spec = self.session.get_inputs()[0]
-        self.input_name = spec.name
-        self.input_shape = [d if isinstance(d, int) else None for d in spec.shape]
-        self.input_dtype = np.dtype(ORT_DTYPES.get(spec.type, np.float32))
-        self.dynamic_batch = self.input_shape[0] is None
-        self.output_name = self.session.get_outputs()[0].name
+        self._read_io()
         where = "QNN HTP simulator (x86)" if self.simulated else "QNN HTP"
         self.placement = Placement(device, [where] + (["CPU"] if allow_cpu_fallback else []))
         self.settings = {"soc_model": str(soc)} if soc else {}

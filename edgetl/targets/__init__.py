@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes.util
 import importlib.util
-import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -137,12 +136,15 @@ def probe_ethos_u(config: str) -> Callable[[], Availability]:
     return probe
 
 
-def probe_intel_npu() -> Availability:
-    devices = _openvino_devices()
-    if any(d == "NPU" or d.startswith("NPU.") for d in devices):
-        return Availability("hardware", "OpenVINO NPU device")
-    return Availability("none", f"OpenVINO reports no NPU (devices: {', '.join(devices) or 'none'})",
-                        "an Intel Core Ultra NPU with its Linux driver (intel/linux-npu-driver)")
+def probe_openvino_device(device: str, needs: str) -> Callable[[], Availability]:
+    """An OpenVINO plugin device (NPU, GPU, GPU.1, ...) as OpenVINO itself reports it."""
+    def probe() -> Availability:
+        devices = _openvino_devices()
+        if any(d == device or d.startswith(f"{device}.") for d in devices):
+            return Availability("hardware", f"OpenVINO {device} device")
+        return Availability("none", f"OpenVINO reports no {device} (devices: {', '.join(devices) or 'none'})",
+                            needs)
+    return probe
 
 
 def probe_ort_gpu(provider: str, package: str) -> Callable[[], Availability]:
@@ -158,12 +160,6 @@ def probe_ort_gpu(provider: str, package: str) -> Callable[[], Availability]:
     return probe
 
 
-def probe_openvino_gpu() -> Availability:
-    devices = _openvino_devices()
-    if any(d == "GPU" or d.startswith("GPU.") for d in devices):
-        return Availability("hardware", "OpenVINO GPU device")
-    return Availability("none", f"OpenVINO reports no GPU (devices: {', '.join(devices) or 'none'})",
-                        "an Intel GPU with its compute runtime (intel-opencl-icd)")
 
 
 def probe_litert_gpu() -> Availability:
@@ -210,7 +206,8 @@ def _build() -> dict[str, Target]:
                probe_ort_gpu("TensorrtExecutionProvider", "pip install onnxruntime-gpu tensorrt"), "gpu"),
         Target("gpu:openvino", "gpu", "Intel GPU through OpenVINO",
                ArtifactSpec("openvino", False, "fp32 | fp16 | int8 (NNCF)", "float32 | uint8"),
-               "openvino.convert_model; GPU plugin compiles at load", "OpenVINO GPU plugin", probe_openvino_gpu, "gpu"),
+               "openvino.convert_model; GPU plugin compiles at load", "OpenVINO GPU plugin",
+               probe_openvino_device("GPU", "an Intel GPU with its compute runtime (intel-opencl-icd)"), "gpu"),
         Target("gpu:litert", "gpu", "mobile GPU through the LiteRT GPU delegate",
                ArtifactSpec("tflite", False, "fp32 | fp16", "float32"), "TFLite converter",
                "LiteRT GPU delegate", probe_litert_gpu, "gpu"),
@@ -225,7 +222,9 @@ def _build() -> dict[str, Target]:
         *[_ethos_u_target(config) for config in ETHOS_U_CONFIGS],
         Target("npu:intel", "npu", "Intel Core Ultra NPU through OpenVINO",
                ArtifactSpec("openvino", True, "int8 (NNCF) | fp16", "float32 | uint8"),
-               "openvino.convert_model; NPU plugin compiles at load", "OpenVINO NPU plugin", probe_intel_npu, "npu"),
+               "openvino.convert_model; NPU plugin compiles at load", "OpenVINO NPU plugin",
+               probe_openvino_device("NPU", "an Intel Core Ultra NPU with its Linux driver (intel/linux-npu-driver)"),
+               "npu"),
     ]
     return {target.name: target for target in entries}
 
