@@ -20,7 +20,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import EdgetlError
+from .errors import TERMINATION_REQUESTED, EdgetlError, Terminated
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
@@ -436,14 +436,21 @@ def _usage_error_types() -> tuple[type, ...]:
     return (ClickException,)
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised where Python next runs: every ``finally``/``except BaseException`` cleans up as
-    for Ctrl-C (atomic temp folders are removed). Not a KeyboardInterrupt, so it reaches ``main``."""
-
-
 def _on_sigterm(signum, frame):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
-    raise Terminated()
+    TERMINATION_REQUESTED.set()
+    if not _inside_import(frame):
+        raise Terminated()
+    # An exception inside a native module's import (TensorFlow's) leaves it half-initialised, which can
+    # crash the process later; the writers raise it at their next commit (errors.raise_if_terminated).
+
+
+def _inside_import(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextlib.contextmanager
@@ -451,6 +458,7 @@ def _sigterm_as_exception():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    TERMINATION_REQUESTED.clear()  # a new command in this process (tests call main() repeatedly)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield
@@ -505,10 +513,11 @@ def _main(argv: Optional[list[str]] = None) -> int:
 
 def _drop_interrupted_finalizers() -> None:
     """A signal that lands mid-import leaves native modules (TensorFlow's ApiDefMap) half-initialised;
-    their finalizers then raise "Exception ignored in ..." tracebacks whenever the garbage collector
-    runs, after the one line edgetl prints. Collect them now, with such reports silenced."""
+    their finalizers raise "Exception ignored in ..." tracebacks (or crash) when the garbage collector
+    runs them, after the one line edgetl prints. The clean-up is done by now and the process is about to
+    exit (``entry``: without finalization), so the collector stays off and such reports are dropped."""
+    gc.disable()
     sys.unraisablehook = lambda unraisable: None
-    gc.collect()
 
 
 def entry() -> None:

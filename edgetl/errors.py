@@ -6,6 +6,8 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
+import threading
+
 
 class EdgetlError(Exception):
     """A failure the user can act on: bad input, missing weights, unavailable device."""
@@ -34,3 +36,20 @@ class DeviceUnavailable(EdgetlError):
     """The requested target has no device on this machine (exit 3)."""
 
     exit_code = 3
+
+
+class Terminated(BaseException):
+    """SIGTERM (``edgetl.cli`` turns the signal into this), raised where Python next runs: every
+    ``finally``/``except BaseException`` cleans up as for Ctrl-C. Not a KeyboardInterrupt, so it reaches
+    the CLI's ``main``."""
+
+
+# Set once SIGTERM arrived. Python delivers the exception wherever the main thread runs next, also
+# inside a finalizer, where it is swallowed: writers check this before they commit, so a swallowed
+# SIGTERM still never lets a result land.
+TERMINATION_REQUESTED = threading.Event()
+
+
+def raise_if_terminated() -> None:
+    if TERMINATION_REQUESTED.is_set():
+        raise Terminated()

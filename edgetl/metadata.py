@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .errors import CheckFailed, UsageError
+from .errors import CheckFailed, UsageError, raise_if_terminated
 
 MODEL_METADATA = "edgetl.json"
 MODEL_FILE = "model.keras"
@@ -348,6 +348,7 @@ def atomic_directory(out: str | Path, overwrite: bool = True, *, inputs: Iterabl
         write_json(tmp / OUTPUT_MARKER, output_marker(verb))
         yield tmp
         check_output_dir(out, inputs, overwrite=True)  # still ours to replace (checked again, cheaply)
+        raise_if_terminated()
         _commit(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
