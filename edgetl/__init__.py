@@ -12,15 +12,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "FinetuneConfig": "edgetl.finetune",
-    "TrainedModel": "edgetl.finetune",
-    "finetune": "edgetl.finetune",
-    "ExportConfig": "edgetl.export",
-    "export": "edgetl.export",
-    "BenchConfig": "edgetl.bench",
-    "bench": "edgetl.bench",
-    "PruneConfig": "edgetl.prune",
-    "prune": "edgetl.prune",
+    "FinetuneConfig": "edgetl.training",
+    "TrainedModel": "edgetl.training",
+    "finetune": "edgetl.training",
+    "ExportConfig": "edgetl.exporting",
+    "export": "edgetl.exporting",
+    "BenchConfig": "edgetl.benchmark",
+    "bench": "edgetl.benchmark",
+    "PruneConfig": "edgetl.pruning",
+    "prune": "edgetl.pruning",
     "RunConfig": "edgetl.pipeline",
     "run": "edgetl.pipeline",
     "EdgeModel": "edgetl.runtime",
@@ -34,5 +34,6 @@ def __getattr__(name: str) -> Any:
     if name not in _API:
         raise AttributeError(f"module 'edgetl' has no attribute {name!r}")
     module = importlib.import_module(_API[name])
-    # `edgetl.finetune` is both a module and its main function: hand out the function.
+    # The packages are named for the job (edgetl.training) and the API for the verb (edgetl.finetune),
+    # so a name never means a module at one moment and a function at another.
     return getattr(module, name)

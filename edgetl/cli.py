@@ -105,7 +105,7 @@ def finetune(
     distill_weight: float = typer.Option(0.5, help="strategy distill: weight of the teacher term (the rest: labels)."),
 ):
     """Fine-tune a backbone with a new classification head on an image folder."""
-    from .finetune import FinetuneConfig
+    from .training import FinetuneConfig
 
     config = FinetuneConfig(data=data, out=out, backbone=backbone,
                             backbones=tuple(_split([backbones])) if backbones else (), weights=weights,
@@ -116,7 +116,7 @@ def finetune(
                             distill_weight=distill_weight)
     config.validate()  # bad arguments, a forbidden or unwritable --out: before TensorFlow and training
     _load_tensorflow()
-    from .finetune import finetune as run_finetune
+    from .training import finetune as run_finetune
 
     result = run_finetune(config)
     typer.echo(f"model: {result.model_dir}  val_accuracy: {result.val_accuracy}")
@@ -226,7 +226,7 @@ def prune(
         sweep_values = tuple(float(v) for v in _split([sweep])) if sweep else ()
     except ValueError:
         raise typer.BadParameter(f"--sweep expects comma-separated numbers, got {sweep!r}") from None
-    from .prune import PruneConfig
+    from .pruning import PruneConfig
 
     config = PruneConfig(model_dir=model_dir, out=out, method=method, sparsity=sparsity, schedule=schedule,
                          importance=importance, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -234,7 +234,7 @@ def prune(
                          prune_classifier=prune_classifier, sweep=sweep_values)
     config.validate()  # bad arguments fail before TensorFlow loads
     _load_tensorflow()
-    from .prune import prune as run_prune
+    from .pruning import prune as run_prune
 
     result = run_prune(config)
     if config.sweep:
@@ -277,8 +277,8 @@ def export(
     allow_cpu_fallback: bool = typer.Option(False, "--allow-cpu-fallback", help="NPU targets: accept ops left for the CPU instead of failing."),
 ):
     """Export a trained model to ONNX / TFLite / OpenVINO, FP32 or quantized, with parity checks."""
-    from .export import ExportConfig
-    from .export import export as run_export
+    from .exporting import ExportConfig
+    from .exporting import export as run_export
 
     config = ExportConfig(model=model, out=out, formats=tuple(_split(format) or ["onnx"]),
                           modes=tuple(_split(quantize) or ["fp32"]),
@@ -363,8 +363,8 @@ def bench_command(
         sizes = tuple(int(b) for b in _split([batch_sizes]))
     except ValueError:
         raise UsageError(f"--batch-sizes takes comma-separated integers, got {batch_sizes!r}") from None
-    from .bench import BenchConfig, preflight
-    from .bench import bench as run_bench
+    from .benchmark import BenchConfig, preflight
+    from .benchmark import bench as run_bench
 
     config = BenchConfig(artifacts=tuple(artifacts), data=data, out=out, target=target, reference=reference,
                          runs=runs, warmup=warmup, batch_sizes=sizes, threads=threads, runtime=runtime,

@@ -138,9 +138,9 @@ def _materialise(images: ImageSet, dst: Path) -> None:
 
 
 def run(config: RunConfig) -> RunResult:
-    from .bench import BenchConfig, bench
-    from .export import ExportConfig, export
-    from .finetune import FinetuneConfig, finetune
+    from .benchmark import BenchConfig, bench
+    from .exporting import ExportConfig, export
+    from .training import FinetuneConfig, finetune
 
     started = time.perf_counter()
     out = Path(config.out)

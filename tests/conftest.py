@@ -75,7 +75,7 @@ def tiny_model_dir(tmp_path_factory, sample_dir) -> Path:
     sample: small and fast, yet its outputs depend on the image (a random-init backbone with
     inference-mode BatchNorm collapses to one output for every image, which would let parity checks
     pass vacuously). Tests must copy it (``tiny_model_copy``) before changing it."""
-    from edgetl.finetune import FinetuneConfig, finetune
+    from edgetl.training import FinetuneConfig, finetune
 
     out = tmp_path_factory.mktemp("tiny") / "model"
     finetune(FinetuneConfig(data=sample_dir, out=out, backbone="efficientnet_lite0", weights="imagenet",
@@ -95,7 +95,7 @@ def tiny_model_copy(tiny_model_dir, tmp_path) -> Path:
 def exported_artifacts(tiny_model_dir, sample_dir, tmp_path_factory) -> Path:
     """FP32 and INT8 of every format from the tiny model, exported once for the client and profile
     tests (read-only: copy before changing)."""
-    from edgetl.export import ExportConfig, export
+    from edgetl.exporting import ExportConfig, export
 
     out = tmp_path_factory.mktemp("exported") / "artifacts"
     export(ExportConfig(model=tiny_model_dir, out=out, formats=("onnx", "tflite", "openvino"),

@@ -27,7 +27,7 @@ def _patch_cpu_flags(monkeypatch, saturates: bool) -> None:
 
 
 def test_auto_int8_weights_follow_the_target_cpu(monkeypatch):
-    from edgetl.export.pairs import resolve, target_cpu
+    from edgetl.exporting.pairs import resolve, target_cpu
 
     assert resolve("auto", "openvino") == "pair-safe"  # "any", the portable default
     assert [resolve("auto", "openvino", t) for t in ("vnni", "arm", "no-vnni")] == ["full", "full", "pair-safe"]
@@ -43,7 +43,7 @@ def test_auto_int8_weights_follow_the_target_cpu(monkeypatch):
 
 
 def test_unknown_target_cpu_is_a_usage_error(tiny_model_dir, tmp_path):
-    from edgetl.export import ExportConfig
+    from edgetl.exporting import ExportConfig
 
     with pytest.raises(UsageError, match="--target-cpu"):
         ExportConfig(model=tiny_model_dir, out=tmp_path / "x", target_cpu="avx9").validate()
@@ -55,7 +55,7 @@ def test_int8_artifacts_record_their_target_and_do_not_depend_on_the_exporting_c
     artifacts whether the exporting CPU has VNNI or not (only the flag reader is pretended; the exports
     are real). Accuracy-aware OpenVINO, which once read the flags, is checked in test_export's
     accuracy-control test, where the flag reader raises."""
-    from edgetl.export import ExportConfig, export
+    from edgetl.exporting import ExportConfig, export
 
     digests = []
     for saturates in (True, False):
@@ -116,9 +116,9 @@ def test_structured_refit_keeps_projection_weights_quantizable(tiny_model_dir, s
     (a weak ridge towards zero on strongly correlated channels), which cost per-channel INT8 about a bit;
     pulled towards the original kernel it reconstructs the block outputs without them."""
     from edgetl.data import load_pixels, load_splits
-    from edgetl.finetune import load_trained
+    from edgetl.training import load_trained
     from edgetl.preprocess import Preprocessing
-    from edgetl.prune import structured as st
+    from edgetl.pruning import structured as st
 
     model, metadata = load_trained(tiny_model_dir)
     recipe = Preprocessing.from_dict(metadata["preprocessing"])
@@ -143,7 +143,7 @@ def test_structured_refit_keeps_projection_weights_quantizable(tiny_model_dir, s
 def test_distill_loss_is_label_loss_plus_the_softened_teacher_term():
     import tensorflow as tf
 
-    from edgetl.finetune import distill_loss
+    from edgetl.training import distill_loss
 
     teacher = np.array([[0.9, 0.1], [0.3, 0.7]])
     table = np.concatenate([[[0.0], [1.0]], teacher], axis=1)
@@ -167,8 +167,8 @@ def test_distill_loss_is_label_loss_plus_the_softened_teacher_term():
 def test_distilled_student_is_an_ordinary_exportable_model(tiny_model_dir, sample_dir, tmp_path):
     """``--strategy distill --teacher``: the tiny model teaches a fresh lite0 head at 96 px; the student
     records its teacher, has the ``logits`` layer, learns the task and exports like any other model."""
-    from edgetl.export import ExportConfig, export
-    from edgetl.finetune import FinetuneConfig, finetune
+    from edgetl.exporting import ExportConfig, export
+    from edgetl.training import FinetuneConfig, finetune
 
     with pytest.raises(UsageError, match="--teacher"):
         finetune(FinetuneConfig(data=sample_dir, out=tmp_path / "no_teacher", strategy="distill", input_size=96,

@@ -21,9 +21,9 @@ ONNX, TFLITE, XML, INT8 = ("model_onnx_fp32.onnx", "model_tflite_fp32.tflite", "
 
 
 def export_artifacts(model_dir: Path, out: Path, calib: Path) -> Path:
-    """FP32 onnx + tflite + openvino through ``edgetl.export`` (one call, sidecars and parity included),
+    """FP32 onnx + tflite + openvino through ``edgetl.exporting`` (one call, sidecars and parity included),
     plus one INT8 uint8-input TFLite artifact so the uint8-pixel path and the ratios vs FP32 are exercised."""
-    from edgetl.export import ExportConfig, export
+    from edgetl.exporting import ExportConfig, export
 
     export(ExportConfig(model=model_dir, out=out, formats=("onnx", "tflite", "openvino"), modes=("fp32",),
                         verbose=False))
@@ -48,7 +48,7 @@ def small_data(sample_subset) -> Path:
 
 @pytest.fixture(scope="module")
 def result(artifacts_dir, small_data, tmp_path_factory):
-    from edgetl.bench import BenchConfig, bench
+    from edgetl.benchmark import BenchConfig, bench
 
     out = tmp_path_factory.mktemp("bench") / "report"
     return bench(BenchConfig(artifacts=[artifacts_dir], data=small_data, out=out, **RUNS))
@@ -57,7 +57,7 @@ def result(artifacts_dir, small_data, tmp_path_factory):
 def test_report_validates_against_schema(result):
     import jsonschema
 
-    from edgetl.bench import bench_schema
+    from edgetl.benchmark import bench_schema
 
     on_disk = json.loads((result.out / "bench.json").read_text())
     assert bench_schema() == json.loads(SCHEMA.read_text())
@@ -164,7 +164,7 @@ def test_unavailable_target_exits_3_listing_devices(target, artifacts_dir, small
 
 
 def _target_devices(target):
-    from edgetl.bench import target_devices
+    from edgetl.benchmark import target_devices
 
     return target_devices(target)
 
@@ -210,7 +210,7 @@ def test_existing_out_refused_without_overwrite(artifacts_dir, small_data, tmp_p
 
 
 def test_runtime_filter_and_bad_arguments(artifacts_dir, small_data, tmp_path):
-    from edgetl.bench import expand_artifacts
+    from edgetl.benchmark import expand_artifacts
     from edgetl.errors import UsageError
 
     assert [a.name for a in expand_artifacts([artifacts_dir])] == [ONNX, XML, TFLITE, INT8]
@@ -224,8 +224,8 @@ def test_runtime_filter_and_bad_arguments(artifacts_dir, small_data, tmp_path):
 
 
 def test_cpu_fallback_is_reported_and_strict_refuses(caplog):
-    from edgetl.bench import BenchConfig, check_placement
-    from edgetl.bench import Artifact
+    from edgetl.benchmark import BenchConfig, check_placement
+    from edgetl.benchmark import Artifact
     from edgetl.errors import CheckFailed
 
     artifact = Artifact(Path("model.onnx"), {}, "model.onnx")

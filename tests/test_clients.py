@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgetl.export import ExportConfig, export
+from edgetl.exporting import ExportConfig, export
 from edgetl.runtime import EdgeModel
 
 TFLITE = ("model_tflite_fp32.tflite", "model_tflite_int8.tflite")

@@ -109,7 +109,7 @@ def test_bomb_in_a_folder_is_skipped_by_every_verb(bomb_folder, onnx_artifact, t
     usual warning and still use the six good photos."""
     from edgetl.cli import main
     from edgetl.data import load_splits
-    from edgetl.export.calibration import load_calibration
+    from edgetl.exporting.calibration import load_calibration
 
     with caplog.at_level(logging.WARNING, logger="edgetl"):
         train, val = load_splits(bomb_folder, 0.2, 0)

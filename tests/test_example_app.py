@@ -19,7 +19,7 @@ import pytest
 
 from edgetl.metadata import sidecar_path
 from edgetl.runtime import EdgeModel
-# The one place that makes artifacts (edgetl.export) and the tiny model behind them.
+# The one place that makes artifacts (edgetl.exporting) and the tiny model behind them.
 from test_decode import bomb_png
 from test_runtime import export_artifacts, runtime_model_dir  # noqa: F401 (a fixture)
 

@@ -29,7 +29,7 @@ def _sample_files(sample_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def exported(tiny_model_dir, sample_dir, tmp_path_factory):
-    from edgetl.export import ExportConfig, export
+    from edgetl.exporting import ExportConfig, export
 
     out = tmp_path_factory.mktemp("export") / "artifacts"
     # Parity on all 60 sample images (the val split is 12: one flipped image is 0.083 of agreement);
@@ -40,7 +40,7 @@ def exported(tiny_model_dir, sample_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported_u8(tiny_model_dir, sample_dir, tmp_path_factory):
-    from edgetl.export import ExportConfig, export
+    from edgetl.exporting import ExportConfig, export
 
     out = tmp_path_factory.mktemp("export_u8") / "artifacts"
     return export(ExportConfig(model=tiny_model_dir, out=out, formats=FORMATS, modes=("int8",),
@@ -89,8 +89,8 @@ def test_pair_safe_onnx_weights_run_exactly_on_the_fast_kernels(tiny_model_dir, 
     from onnx import numpy_helper
 
     from edgetl.data import load_inputs
-    from edgetl.export import ExportConfig, export
-    from edgetl.export.pairs import PAIR_BOUND, max_pair_sum
+    from edgetl.exporting import ExportConfig, export
+    from edgetl.exporting.pairs import PAIR_BOUND, max_pair_sum
     from edgetl.preprocess import Preprocessing
     from edgetl.runtime.backends import OnnxBackend
 
@@ -130,7 +130,7 @@ def test_openvino_int8_weights_are_pair_safe_by_default(exported):
     the saved IR, every Convolution's int8 weights keep neighbour pairs within the bound."""
     import openvino as ov
 
-    from edgetl.export.pairs import PAIR_BOUND, max_pair_sum
+    from edgetl.exporting.pairs import PAIR_BOUND, max_pair_sum
 
     artifact = exported.get("openvino", "int8")
     details = read_sidecar(artifact.path)["quantization"]["details"]
@@ -159,7 +159,7 @@ def test_fp16_and_dynamic_pass_their_checks(exported, fmt, mode):
 def test_artifacts_run_through_the_runtime_backend(exported, sample_dir):
     """The files on disk (not just the parity numbers) give logits matching the Keras model."""
     from edgetl.data import load_inputs
-    from edgetl.finetune import load_trained
+    from edgetl.training import load_trained
     from edgetl.preprocess import Preprocessing
     from edgetl.runtime.backends import open_backend
 
@@ -253,7 +253,7 @@ def _bad_configs(tiny_model_dir: Path, sample_dir: Path, tmp: Path) -> dict[str,
 
 
 def test_bad_inputs_raise_one_line_usage_errors(tiny_model_dir, sample_dir, tmp_path):
-    from edgetl.export import ExportConfig, export
+    from edgetl.exporting import ExportConfig, export
 
     for case, (kwargs, _) in _bad_configs(tiny_model_dir, sample_dir, tmp_path).items():
         out = tmp_path / f"out_{case.replace(' ', '_')}"
@@ -277,7 +277,7 @@ def test_cli_bad_inputs_exit_2_and_leave_nothing(tiny_model_dir, sample_dir, tmp
 
 def test_unsupported_mode_names_the_formats_that_support_it(tiny_model_dir, tmp_path, monkeypatch):
     """An onnxruntime without its transformers tools cannot write fp16 ONNX: the error says who can."""
-    import edgetl.export as export_module
+    import edgetl.exporting as export_module
     from edgetl.cli import main
 
     support = {"onnx": ("fp32", "dynamic", "int8"), "tflite": MODES, "openvino": MODES}
@@ -290,9 +290,9 @@ def test_unsupported_mode_names_the_formats_that_support_it(tiny_model_dir, tmp_
 
 def test_callable_from_the_package_root(tmp_path, tiny_model_dir):
     import edgetl
-    import edgetl.export
+    import edgetl.exporting
 
-    assert callable(edgetl.export) and edgetl.ExportConfig is edgetl.export.ExportConfig
+    assert callable(edgetl.exporting) and edgetl.ExportConfig is edgetl.exporting.ExportConfig
     with pytest.raises(UsageError):
         edgetl.export(edgetl.ExportConfig(model=tiny_model_dir, out=tmp_path / "o", formats=("nope",)))
 
@@ -303,8 +303,8 @@ def test_sensitivity_ranks_layers_by_their_own_int8_error(exported, sample_dir, 
     import onnx
 
     from edgetl.data import load_inputs
-    from edgetl.export import onnx as onnx_export
-    from edgetl.export.sensitivity import rank_onnx_nodes
+    from edgetl.exporting import onnx as onnx_export
+    from edgetl.exporting.sensitivity import rank_onnx_nodes
     from edgetl.preprocess import Preprocessing
 
     fp32 = exported.get("onnx", "fp32").path
@@ -317,7 +317,7 @@ def test_sensitivity_ranks_layers_by_their_own_int8_error(exported, sample_dir, 
     errors = [e for _, e in ranked]
     assert errors == sorted(errors, reverse=True) and errors[0] > 0.01
 
-    from edgetl.export.calibration import load_calibration
+    from edgetl.exporting.calibration import load_calibration
 
     cache = tmp_path / "ranges.json"
     onnx_export.calibrate(pre, load_calibration(sample_dir, recipe, 16), "float32", "minmax", cache)
@@ -342,8 +342,8 @@ def test_openvino_accuracy_control_reverts_layers_until_agreement_holds(exported
     def no_flag_reading():
         raise AssertionError("accuracy-aware OpenVINO read the exporting CPU's flags")
 
-    from edgetl.export import openvino as ov_export
-    from edgetl.export.calibration import load_calibration
+    from edgetl.exporting import openvino as ov_export
+    from edgetl.exporting.calibration import load_calibration
     from edgetl.preprocess import Preprocessing
 
     fp32 = exported.get("openvino", "fp32").path
@@ -379,7 +379,7 @@ def test_accuracy_aware_export_meets_the_threshold_and_records_float_layers(tiny
     something misses it): each INT8 artifact that missed comes back with layers in float, agreeing at
     least as well as full INT8 did, and the sidecar says what that cost."""
     from edgetl.errors import CheckFailed
-    from edgetl.export import ExportConfig, export
+    from edgetl.exporting import ExportConfig, export
 
     # ONNX keeps Add/pooling quantized even with every Conv in float, so it may still miss 1.0: the
     # export then exits 1 with the artifacts written, which is the result looked at here.
@@ -413,9 +413,9 @@ def test_tflite_selective_quantization_keeps_the_worst_ranked_ops_float(tiny_mod
     denylisting the worst leaves exactly those op outputs float while the rest stays int8."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgetl.export import tflite as tflite_export
-    from edgetl.export.calibration import load_calibration
-    from edgetl.export.keras_graph import load_source, output_model
+    from edgetl.exporting import tflite as tflite_export
+    from edgetl.exporting.calibration import load_calibration
+    from edgetl.exporting.keras_graph import load_source, output_model
 
     source = load_source(tiny_model_dir)
     graph = output_model(source)

@@ -9,7 +9,7 @@ import pytest
 
 from edgetl.cli import main
 from edgetl.data import load_inputs, load_splits
-from edgetl.finetune import FinetuneConfig, finetune, load_trained
+from edgetl.training import FinetuneConfig, finetune, load_trained
 from edgetl.preprocess import Preprocessing
 
 SIZE = 96
@@ -127,7 +127,7 @@ def _commands():
 
 
 def test_interrupted_finetune_leaves_nothing(sample_dir, tmp_path, monkeypatch):
-    import edgetl.finetune as ft
+    import edgetl.training as ft
 
     def boom(*a, **k):
         raise KeyboardInterrupt

@@ -38,7 +38,7 @@ def small_data(sample_subset) -> Path:
 @pytest.fixture(scope="module")
 def u8_artifacts(tiny_model_dir, tmp_path_factory) -> Path:
     """FP32 uint8-input ONNX, TFLite and OpenVINO artifacts of the tiny model."""
-    from edgetl.export import ExportConfig, export
+    from edgetl.exporting import ExportConfig, export
 
     out = tmp_path_factory.mktemp("hardening") / "artifacts"
     export(ExportConfig(model=tiny_model_dir, out=out, formats=("onnx", "tflite", "openvino"),
@@ -157,7 +157,7 @@ def test_finetune_bad_arguments_fail_before_training(args, message, small_data, 
 
 
 def test_finetune_out_file_and_val_split_zero_with_a_pre_split_folder(small_data, tmp_path, capsys):
-    from edgetl.finetune import FinetuneConfig
+    from edgetl.training import FinetuneConfig
 
     existing = tmp_path / "notes.txt"
     existing.write_text("keep me")
@@ -258,8 +258,8 @@ def _recipe(sidecar):
 
 # -- 12. ties and zero vectors -------------------------------------------------------------------------------
 def test_parity_ties_and_zero_vectors():
-    from edgetl.bench import compare_outputs
-    from edgetl.export.parity import agreement_rows, compare, describe
+    from edgetl.benchmark import compare_outputs
+    from edgetl.exporting.parity import agreement_rows, compare, describe
 
     rng = np.random.default_rng(0)
     # A degenerate model: every logit ~1e-10, an INT8 artifact off by ~3e-10. No class is preferred.

@@ -48,8 +48,8 @@ def test_run_on_embedded_sample_then_reuse(sample_dir, tmp_path, capsys):
 def test_real_photos_default_backbone_end_to_end(shared_photos, tmp_path):
     """EfficientNet-Lite0 with its ImageNet weights on the real ant/bee photos: transfer reaches a
     high accuracy in a few epochs, and its INT8 ONNX artifact agrees with the FP32 model."""
-    from edgetl.export import ExportConfig, export
-    from edgetl.finetune import FinetuneConfig, finetune
+    from edgetl.exporting import ExportConfig, export
+    from edgetl.training import FinetuneConfig, finetune
     from edgetl.metadata import read_sidecar
 
     trained = finetune(FinetuneConfig(data=shared_photos, out=tmp_path / "model", epochs=3, verbose=False))

@@ -24,7 +24,7 @@ def profiled(exported_artifacts, sample_subset, tmp_path_factory) -> Path:
 def test_profile_in_bench_json(profiled):
     import jsonschema
 
-    from edgetl.bench import bench_schema
+    from edgetl.benchmark import bench_schema
 
     report = json.loads((profiled / "bench.json").read_text())
     jsonschema.validate(report, bench_schema())

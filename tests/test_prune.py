@@ -16,7 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 @pytest.fixture(scope="module")
 def magnitude_run(tiny_model_dir, tmp_path_factory):
-    from edgetl.prune import PruneConfig, prune
+    from edgetl.pruning import PruneConfig, prune
 
     out = tmp_path_factory.mktemp("prune") / "magnitude"
     result = prune(PruneConfig(model_dir=tiny_model_dir, out=out, method="magnitude", sparsity=0.5,
@@ -25,7 +25,7 @@ def magnitude_run(tiny_model_dir, tmp_path_factory):
 
 
 def test_polynomial_schedule_ramps_to_target():
-    from edgetl.prune.magnitude import Schedule, magnitude_mask
+    from edgetl.pruning.magnitude import Schedule, magnitude_mask
 
     schedule = Schedule.for_training("polynomial", 0.6, total_steps=40)
     values = [schedule.sparsity(step) for step in range(41)]
@@ -41,7 +41,7 @@ def test_magnitude_reaches_target_per_layer(magnitude_run, tiny_model_dir):
     import keras
 
     from edgetl.metadata import sha256_file
-    from edgetl.prune.magnitude import kernel_of, iter_layers
+    from edgetl.pruning.magnitude import kernel_of, iter_layers
 
     record = magnitude_run.record
     assert record["method"] == "magnitude" and record["target_sparsity"] == 0.5
@@ -70,7 +70,7 @@ def test_magnitude_reaches_target_per_layer(magnitude_run, tiny_model_dir):
 
 
 def test_magnitude_zeros_survive_onnx_and_tflite_export(magnitude_run, tmp_path):
-    from edgetl.prune.artifacts import count_zero_weights, export_float
+    from edgetl.pruning.artifacts import count_zero_weights, export_float
     from edgetl.runtime.backends import open_backend
 
     pruned = magnitude_run.record["pruned_weights"]
@@ -86,8 +86,8 @@ def _dense_copy_with_dead_channels(model_dir):
     """The tiny model with the first quarter of every expanded channel made dead: expand-conv filters,
     expand BN gamma/beta and depthwise BN gamma/beta zero, so those channels are exactly 0 all the way
     to the project conv and contribute nothing."""
-    from edgetl.finetune import load_trained
-    from edgetl.prune import structured as st
+    from edgetl.training import load_trained
+    from edgetl.pruning import structured as st
 
     model, metadata = load_trained(model_dir)
     backbone = model.get_layer("backbone")
@@ -115,7 +115,7 @@ def test_structured_removing_dead_channels_keeps_outputs_exactly(tiny_model_dir,
 
     from edgetl.data import load_inputs, scan_folder
     from edgetl.preprocess import Preprocessing
-    from edgetl.prune import structured as st
+    from edgetl.pruning import structured as st
 
     model, groups, dead = _dense_copy_with_dead_channels(tiny_model_dir)
     # Expanded layers only (MobileNetV2: block_1..16_expand; Lite0: block2a..7a_expand_conv); the stem,
@@ -151,8 +151,8 @@ def test_structured_other_topologies_remove_dead_channels_exactly(backbone):
     """EfficientNet-Lite (inverted residual) and VGG (plain conv stack), random weights at 32 px:
     channels whose filters (and BN scale/shift) are zero go without changing the output."""
     from edgetl import zoo
-    from edgetl.finetune import build_classifier
-    from edgetl.prune import structured as st
+    from edgetl.training import build_classifier
+    from edgetl.pruning import structured as st
 
     spec = zoo.get(backbone)
     base = spec.build("none", 32)
@@ -195,8 +195,8 @@ def keras_logits(model, x):
 
 
 def test_structured_prune_recovers_and_exports(tiny_model_dir, tmp_path):
-    from edgetl.prune import PruneConfig, prune
-    from edgetl.prune.artifacts import export_float, logits_model
+    from edgetl.pruning import PruneConfig, prune
+    from edgetl.pruning.artifacts import export_float, logits_model
     from edgetl.runtime.backends import open_backend
 
     result = prune(PruneConfig(model_dir=tiny_model_dir, out=tmp_path / "structured", method="structured",

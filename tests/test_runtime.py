@@ -30,8 +30,8 @@ N_IMAGES = 6  # 3 ants + 3 bees: enough for top-1 checks, cheap on 2 shared core
 # a tf2onnx/TFLiteConverter/openvino stand-in written while export was being built.)
 def export_artifacts(model_dir: Path, out_dir: Path, check_dir: Path, formats=FORMATS,
                      input_dtypes=("float32",), modes=("fp32",), calib: Path | None = None) -> dict:
-    """``edgetl.export`` -> {(format, mode, input dtype): artifact path}."""
-    from edgetl.export import ExportConfig, export
+    """``edgetl.exporting`` -> {(format, mode, input dtype): artifact path}."""
+    from edgetl.exporting import ExportConfig, export
 
     result = export(ExportConfig(model=model_dir, out=out_dir, formats=tuple(formats), modes=tuple(modes),
                                  input_dtypes=tuple(input_dtypes), check=check_dir, calib=calib,
@@ -51,7 +51,7 @@ def make_tiny_model_dir(out: Path, sample_dir: Path) -> Path:
 
     from edgetl import zoo
     from edgetl.data import load_inputs, scan_folder
-    from edgetl.finetune import build_classifier
+    from edgetl.training import build_classifier
     from edgetl.metadata import MODEL_FILE, MODEL_METADATA, MODEL_SCHEMA
 
     keras.utils.set_random_seed(0)
@@ -97,7 +97,7 @@ class Artifacts:
 @pytest.fixture(scope="session")
 def artifacts(runtime_model_dir, sample_dir, tmp_path_factory) -> Artifacts:
     from edgetl.data import load_inputs
-    from edgetl.finetune import load_trained
+    from edgetl.training import load_trained
 
     out = tmp_path_factory.mktemp("runtime_artifacts")
     made = export_artifacts(runtime_model_dir, out / "fp32", sample_dir, input_dtypes=("float32", "uint8"))
@@ -192,7 +192,7 @@ def test_int8_input_artifact_gets_quantized_input(runtime_model_dir, artifacts, 
     import tensorflow as tf
 
     from edgetl.data import load_inputs
-    from edgetl.finetune import load_trained
+    from edgetl.training import load_trained
 
     keras_model, meta = load_trained(runtime_model_dir)
     logits_model = keras.Model(keras_model.input, keras_model.get_layer("logits").output)
@@ -316,7 +316,7 @@ def test_predict_from_four_threads_gives_identical_results(artifacts, fmt):
 
 
 # -- no TensorFlow on the device path ----------------------------------------------------------------
-FORBIDDEN = ("tensorflow", "keras", "tf2onnx", "tf_keras", "edgetl.data", "edgetl.finetune", "edgetl.zoo")
+FORBIDDEN = ("tensorflow", "keras", "tf2onnx", "tf_keras", "edgetl.data", "edgetl.training", "edgetl.zoo")
 
 
 def test_runtime_imports_no_tensorflow(artifacts):
@@ -518,8 +518,8 @@ def test_pair_safe_weights_make_the_fast_kernels_exact(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from edgetl.export.onnx import bound_weight_pairs
-    from edgetl.export.pairs import PAIR_BOUND
+    from edgetl.exporting.onnx import bound_weight_pairs
+    from edgetl.exporting.pairs import PAIR_BOUND
     from edgetl.runtime.backends import OnnxBackend, open_backend
     from edgetl.runtime.cpu import int8_dot_saturates
 

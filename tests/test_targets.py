@@ -92,7 +92,7 @@ def test_missing_tooling_exits_3_naming_the_extra(target, hidden, extra, tiny_mo
 @pytest.fixture(scope="module")
 def qnn_export(tiny_model_dir, sample_dir, tmp_path_factory):
     pytest.importorskip("onnxruntime_qnn")
-    from edgetl.export import ExportConfig, export
+    from edgetl.exporting import ExportConfig, export
 
     out = tmp_path_factory.mktemp("targets") / "qnn"
     return export(ExportConfig(model=tiny_model_dir, out=out, calib=sample_dir, calib_size=16, target="npu:qnn-htp",
@@ -142,7 +142,7 @@ def test_qnn_dynamic_batch_leaves_nodes_for_the_cpu(qnn_export, tmp_path):
     from onnx import helper
 
     from edgetl.errors import CheckFailed
-    from edgetl.export import qnn
+    from edgetl.exporting import qnn
 
     model = onnx.load(str(qnn_export.out / "model_qnn_int8.onnx"))
     for value in list(model.graph.input) + list(model.graph.output):
@@ -188,7 +188,7 @@ def test_qnn_bench_simulated_is_labelled_and_never_device_latency(qnn_export, sm
 @pytest.fixture(scope="module")
 def vela_export(tiny_model_dir, sample_dir, tmp_path_factory):
     pytest.importorskip("ethosu.vela")
-    from edgetl.export import ExportConfig, export
+    from edgetl.exporting import ExportConfig, export
 
     out = tmp_path_factory.mktemp("targets") / "u55"
     return export(ExportConfig(model=tiny_model_dir, out=out, calib=sample_dir, calib_size=16,
@@ -228,7 +228,7 @@ def test_vela_names_ops_left_for_the_cpu(tmp_path):
     import tensorflow as tf
 
     from edgetl.errors import CheckFailed
-    from edgetl.export import vela
+    from edgetl.exporting import vela
 
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(4, 3, name="float_conv")(inputs))
@@ -260,7 +260,7 @@ def test_vela_bench_estimates_and_simulates(vela_export, small_data, tmp_path):
 
 
 def test_plain_cpu_bench_skips_compiled_models_and_runs_int8_io(vela_export, small_data, tmp_path):
-    from edgetl.bench import BenchConfig, bench
+    from edgetl.benchmark import BenchConfig, bench
 
     result = bench(BenchConfig(artifacts=[vela_export.out], data=small_data, out=tmp_path / "cpu", runs=2,
                                warmup=1, batch_sizes=(1,), measure_overhead=False))

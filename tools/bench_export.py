@@ -73,7 +73,7 @@ def efficientnet_zero_shot(work: Path) -> Path:
 
 def mobilenet_random(work: Path) -> Path:
     from edgetl import zoo
-    from edgetl.finetune import build_classifier
+    from edgetl.training import build_classifier
 
     spec = zoo.get("mobilenet_v2")
     recipe = spec.recipe(224)
@@ -133,7 +133,7 @@ def latencies(paths: dict[str, Path], sample: np.ndarray, rounds: int, iters: in
 
 def export_all(model_dir: Path, out: Path, calib: Path, check: Path | None, calib_size: int) -> object:
     from edgetl.errors import CheckFailed
-    from edgetl.export import ExportConfig, export
+    from edgetl.exporting import ExportConfig, export
 
     config = ExportConfig(model=model_dir, out=out, formats=FORMATS, modes=("fp32", "int8"), calib=calib,
                           calib_size=calib_size, check=check, min_agreement=0.98, verbose=True)
@@ -144,7 +144,7 @@ def export_all(model_dir: Path, out: Path, calib: Path, check: Path | None, cali
 
 
 def load_previous(out: Path):
-    from edgetl.export import ArtifactResult, ExportResult
+    from edgetl.exporting import ArtifactResult, ExportResult
     from edgetl.metadata import read_json, read_sidecar
 
     summary = read_json(out / "export_summary.json")
@@ -158,8 +158,8 @@ def onnx_variants(result, calib: Path, calib_size: int, inputs: np.ndarray, refe
     """QDQ vs QOperator (same ranges) and MinMax / Entropy / Percentile ranges, on ONNX."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from edgetl.export import onnx as onnx_export
-    from edgetl.export.calibration import load_calibration
+    from edgetl.exporting import onnx as onnx_export
+    from edgetl.exporting.calibration import load_calibration
     from edgetl.metadata import read_sidecar
     from edgetl.preprocess import Preprocessing
 

@@ -5,11 +5,11 @@
 
 For every backbone: a model directory (``--model DIR`` as given, or one trained here for one epoch on the
 embedded ant/bee sample, ``weights none`` unless ``--weights imagenet`` is cached: latency does not
-depend on the weights, accuracy does), ``edgetl.export`` of every format x mode into one folder, then
-one ``edgetl.bench`` run over that folder so every ratio compares numbers taken minutes apart on the
+depend on the weights, accuracy does), ``edgetl.exporting`` of every format x mode into one folder, then
+one ``edgetl.benchmark`` run over that folder so every ratio compares numbers taken minutes apart on the
 same machine state. The Markdown table, with the machine described, goes to ``tools/RESULTS.md``.
 
-Uses ``edgetl.export.export(ExportConfig(model=..., out=..., formats=..., modes=..., calib=...))``.
+Uses ``edgetl.exporting.export(ExportConfig(model=..., out=..., formats=..., modes=..., calib=...))``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def model_dirs(args, data: Path) -> list[Path]:
-    from edgetl.finetune import FinetuneConfig, finetune
+    from edgetl.training import FinetuneConfig, finetune
 
     dirs = list(args.model)
     for name in [n for n in args.backbones.split(",") if n] if not args.model else []:
@@ -68,7 +68,7 @@ def export_all(model_dir: Path, out: Path, formats: tuple[str, ...], modes: tupl
                calib: Path) -> list[Path]:
     """One export per format (each with the modes it supports here), into out/<format>/."""
     from edgetl.errors import CheckFailed
-    from edgetl.export import ExportConfig, export, supported_modes
+    from edgetl.exporting import ExportConfig, export, supported_modes
 
     support = supported_modes()
     folders = []
@@ -141,7 +141,7 @@ def markdown(rows: list[dict], machine: dict, settings: dict, versions: dict, se
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from edgetl.bench import BenchConfig, bench
+    from edgetl.benchmark import BenchConfig, bench
     from edgetl.data import sample_dataset
 
     start = time.time()

@@ -6,7 +6,7 @@
 1. Fine-tune efficientnet_lite0 (ImageNet weights, ``features`` strategy) on DATA (default
    ../shared/data/hymenoptera/train, 80/20 split, seed 0).
 2. ``edgetl prune --method structured --sparsity 0.5`` with recovery fine-tuning on the same split.
-3. Export both to ONNX FP32 and INT8 (static, calibrated on the training folder) with edgetl.export.
+3. Export both to ONNX FP32 and INT8 (static, calibrated on the training folder) with edgetl.exporting.
 4. Time all four artifacts batch-1 on ONNX Runtime CPU in one interleaved run (round-robin blocks, so
    load drifts on a shared machine hit every artifact alike) and report the latency ratios against
    the targets (>= 1.4x lower FP32, >= 1.3x lower INT8) and the accuracy change (target: within 2
@@ -27,10 +27,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgetl.export import ExportConfig, export  # noqa: E402
-from edgetl.finetune import FinetuneConfig, finetune  # noqa: E402
-from edgetl.prune import PruneConfig, prune  # noqa: E402
-from edgetl.prune.sweep import interleaved_latency  # noqa: E402
+from edgetl.exporting import ExportConfig, export  # noqa: E402
+from edgetl.training import FinetuneConfig, finetune  # noqa: E402
+from edgetl.pruning import PruneConfig, prune  # noqa: E402
+from edgetl.pruning.sweep import interleaved_latency  # noqa: E402
 
 TARGET_FP32, TARGET_INT8, TARGET_ACCURACY_POINTS = 1.4, 1.3, 2.0
 

@@ -60,12 +60,12 @@ def build_artifacts(model: str, work: Path) -> list[Path]:
 
 def make(model: str, work: Path) -> None:
     from edgetl.data import sample_dataset
-    from edgetl.export import ExportConfig, export
+    from edgetl.exporting import ExportConfig, export
 
     model_dir = work / "model"
     if not (model_dir / "edgetl.json").exists():
         if model == "tiny":
-            from edgetl.finetune import FinetuneConfig, finetune
+            from edgetl.training import FinetuneConfig, finetune
 
             # Latency only: one quick epoch is enough (the conftest tiny model, mobilenet_v2 at 96 px).
             finetune(FinetuneConfig(data=sample_dataset(), out=model_dir, backbone="mobilenet_v2",

@@ -44,10 +44,10 @@ def val_folder(model_dir: Path, out: Path) -> Path:
 
 
 def qnn_variants(args, work: Path) -> dict:
-    from edgetl.export import ExportConfig, export, qnn
-    from edgetl.export import onnx as onnx_export
-    from edgetl.export.calibration import load_calibration
-    from edgetl.export.parity import compare, run_batches
+    from edgetl.exporting import ExportConfig, export, qnn
+    from edgetl.exporting import onnx as onnx_export
+    from edgetl.exporting.calibration import load_calibration
+    from edgetl.exporting.parity import compare, run_batches
     from edgetl.runtime.backends import open_backend
 
     rows = dict((args.previous.get("qnn") or {}).get("schemes") or {}) if "qnn-schemes" in args.skip else {}
@@ -69,8 +69,8 @@ def qnn_variants(args, work: Path) -> dict:
     # static graph, compiled and simulated the same way.
     base = work / f"qnn_{qnn.DEFAULT_SCHEME}"
     sidecar = json.loads((base / "model_qnn_int8.onnx.json").read_text())
-    from edgetl.export.keras_graph import load_source, output_model
-    from edgetl.export import _check_set, _keras_reference, ExportConfig as EC
+    from edgetl.exporting.keras_graph import load_source, output_model
+    from edgetl.exporting import _check_set, _keras_reference, ExportConfig as EC
 
     source = load_source(args.model)
     calib = load_calibration(args.calib, source.recipe, args.calib_size)
@@ -123,7 +123,7 @@ def _parity(p: dict) -> dict:
 
 
 def ethos_u(args, work: Path) -> dict:
-    from edgetl.export import ExportConfig, export, vela
+    from edgetl.exporting import ExportConfig, export, vela
     from edgetl.targets import ETHOS_U_CONFIGS
 
     out = work / "u55"
@@ -148,10 +148,10 @@ def ethos_u(args, work: Path) -> dict:
 
 def benches(args, work: Path, val: Path) -> dict:
     from edgetl.targets.bench import TargetBenchConfig, bench_target
-    from edgetl.export import ExportConfig, export
+    from edgetl.exporting import ExportConfig, export
 
     found = {}
-    from edgetl.export.qnn import DEFAULT_SCHEME
+    from edgetl.exporting.qnn import DEFAULT_SCHEME
 
     for target, folder in (("npu:qnn-htp", work / f"qnn_{DEFAULT_SCHEME}"), ("npu:ethos-u55-256", work / "u55")):
         report = bench_target(TargetBenchConfig(artifacts=[folder], data=val, out=work / f"bench_{target[4:]}",

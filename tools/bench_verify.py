@@ -35,7 +35,7 @@ sys.path.insert(0, {repo!r})
 sys.path.insert(0, {tools!r})
 from bench_runtime import _imagenet_model_dir
 from edgetl.data import sample_dataset
-from edgetl.export import ExportConfig, export
+from edgetl.exporting import ExportConfig, export
 work = Path({work!r})
 _imagenet_model_dir("efficientnet_lite0", work / "model")
 result = export(ExportConfig(model=work / "model", out=work / "artifacts", formats=("onnx", "tflite", "openvino"),

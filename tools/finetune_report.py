@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgetl.finetune import FinetuneConfig, finetune  # noqa: E402
+from edgetl.training import FinetuneConfig, finetune  # noqa: E402
 
 RUNS = [
     ("efficientnet_lite0", "imagenet", "features", {}),

@@ -1,6 +1,6 @@
 """Read the edgetl description that export embeds inside an artifact (numpy-free, TensorFlow-free).
 
-Export writes the same description three ways (``edgetl.export.embedded_metadata``):
+Export writes the same description three ways (``edgetl.exporting.embedded_metadata``):
 
 * ONNX: ``metadata_props`` key ``edgetl`` (JSON), next to Model API's ``model_info ...`` keys;
 * OpenVINO IR: ``rt_info`` ``edgetl/metadata`` (JSON), next to Model API's ``model_info`` section;

@@ -44,7 +44,7 @@ class Point:
     def problem(self) -> str | None:
         """Why this point cannot run, checked without TensorFlow (the backbone is checked by its
         fine-tune stage, where an unknown name fails as that trial's reason), or None."""
-        from ..export import FORMATS, MODES
+        from ..exporting import FORMATS, MODES
 
         if self.strategy not in STRATEGIES:
             return f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}"

@@ -110,7 +110,7 @@ def _tensorflow() -> None:
 
 
 def _finetune(directory: Path, spec: dict[str, Any]) -> int:
-    from ..finetune import FinetuneConfig, finetune
+    from ..training import FinetuneConfig, finetune
 
     config = FinetuneConfig(data=Path(spec["splits"]), out=directory, verbose=False, **spec["options"])
     config.validate()  # an unknown backbone fails here, before TensorFlow's start-up cost
@@ -119,7 +119,7 @@ def _finetune(directory: Path, spec: dict[str, Any]) -> int:
 
 
 def _prune(directory: Path, spec: dict[str, Any]) -> int:
-    from ..prune import PruneConfig, prune
+    from ..pruning import PruneConfig, prune
 
     config = PruneConfig(model_dir=Path(spec["model"]), out=directory, verbose=False, **spec["options"])
     config.validate()
@@ -129,7 +129,7 @@ def _prune(directory: Path, spec: dict[str, Any]) -> int:
 
 
 def _export(directory: Path, spec: dict[str, Any]) -> None:
-    from ..export import ExportConfig, export
+    from ..exporting import ExportConfig, export
 
     splits = Path(spec["splits"])
     config = ExportConfig(model=Path(spec["model"]), out=directory, formats=(spec["format"],),
@@ -143,7 +143,7 @@ def _export(directory: Path, spec: dict[str, Any]) -> None:
 
 
 def _bench(directory: Path, spec: dict[str, Any]) -> None:
-    from ..bench import TARGETS, BenchConfig, bench
+    from ..benchmark import TARGETS, BenchConfig, bench
 
     if spec["target"] not in TARGETS:
         raise UsageError(f"target {spec['target']!r} cannot be benched by this edgetl (bench targets: "
@@ -171,7 +171,7 @@ def describe(job: StageJob) -> dict[str, Any]:
         return {**info, "val_accuracy": (meta.get("metrics") or {}).get("val_accuracy"), "params": node["params"],
                 "model_sha256": meta["model_sha256"]}
     if job.kind == "export":
-        from ..export import EXTENSIONS
+        from ..exporting import EXTENSIONS
         from ..metadata import read_sidecar
 
         artifact = next(p for p in sorted(directory.iterdir()) if p.suffix in EXTENSIONS.values())

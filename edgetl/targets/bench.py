@@ -58,7 +58,7 @@ class _Plan:
 
 
 def _plan(config: TargetBenchConfig) -> _Plan:
-    from .. import bench as base
+    from .. import benchmark as base
     from .. import targets
 
     if config.target == "cpu":
@@ -93,7 +93,7 @@ def preflight_target(config: TargetBenchConfig) -> bool:
 
 
 def bench_target(config: TargetBenchConfig):
-    from .. import bench as base
+    from .. import benchmark as base
 
     plan = _plan(config)
     if plan.target.kind == "gpu":
@@ -131,7 +131,7 @@ def bench_target(config: TargetBenchConfig):
 
 def _bench_gpu(config: TargetBenchConfig, plan: _Plan):
     """A GPU target with its device here: the ordinary bench on that runtime's GPU device."""
-    from .. import bench as base
+    from .. import benchmark as base
 
     runtime = {"onnx": "onnxruntime", "tflite": "tflite", "openvino": "openvino"}.get(plan.target.artifact.format)
     if runtime is None:
@@ -143,7 +143,7 @@ def _bench_gpu(config: TargetBenchConfig, plan: _Plan):
 
 
 def _base_entry(artifact, runtime: str, version: str, input_dtype: str) -> dict[str, Any]:
-    from .. import bench as base
+    from .. import benchmark as base
 
     return {"path": str(artifact.path), "name": artifact.name, "format": artifact.format, "runtime": runtime,
             "runtime_version": version, "runtime_settings": {}, "quantization": artifact.quantization,
@@ -156,8 +156,8 @@ def _base_entry(artifact, runtime: str, version: str, input_dtype: str) -> dict[
 
 # -- Qualcomm HTP ------------------------------------------------------------------------------------
 def _qnn_artifact(artifact, config: TargetBenchConfig, plan: _Plan, cache) -> tuple[dict, np.ndarray]:
-    from .. import bench as base
-    from ..export import qnn
+    from .. import benchmark as base
+    from ..exporting import qnn
     from ..runtime import backends
 
     block = artifact.sidecar["target"]
@@ -212,8 +212,8 @@ def _qnn_version() -> str:
 
 # -- Arm Ethos-U -------------------------------------------------------------------------------------
 def _ethos_u_artifact(artifact, config: TargetBenchConfig, plan: _Plan, cache) -> tuple[dict, np.ndarray]:
-    from .. import bench as base
-    from ..export import vela
+    from .. import benchmark as base
+    from ..exporting import vela
     from ..metadata import sha256_file
 
     block = artifact.sidecar["target"]
@@ -265,7 +265,7 @@ def _litert_version() -> str:
 
 # -- the document ------------------------------------------------------------------------------------
 def _rows(entries: list[dict], reference: dict | None, ref_entry: dict | None) -> list[dict[str, Any]]:
-    from .. import bench as base
+    from .. import benchmark as base
 
     rows = []
     for entry in entries:
@@ -299,7 +299,7 @@ def _rows(entries: list[dict], reference: dict | None, ref_entry: dict | None) -
 
 
 def _assemble(config, plan, images, cache, entries, reference) -> dict[str, Any]:
-    from .. import bench as base
+    from .. import benchmark as base
     from ..runtime import backends
 
     truth = np.asarray(images.labels, np.int64)

@@ -43,11 +43,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import CheckFailed, DeviceUnavailable, UsageError
-from .metadata import (MODEL_FILE, MODEL_METADATA, atomic_directory, check_output_dir, read_json, read_sidecar,
+from ..errors import CheckFailed, DeviceUnavailable, UsageError
+from ..metadata import (MODEL_FILE, MODEL_METADATA, atomic_directory, check_output_dir, read_json, read_sidecar,
                        sidecar_path, software_versions, verify_artifact, write_json)
-from .preprocess import Preprocessing
-from .runtime import backends
+from ..preprocess import Preprocessing
+from ..runtime import backends
 
 log = logging.getLogger("edgetl")
 
@@ -407,7 +407,7 @@ def accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 5) -> dict[str, An
 def compare_outputs(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Same-space comparison (logits with logits, probabilities with probabilities), with export
     parity's tie and zero-vector rules (``export.parity.agreement_rows``)."""
-    from .export.parity import agreement_rows
+    from ..exporting.parity import agreement_rows
 
     a, b = outputs.astype(np.float64), reference.astype(np.float64)
     diff = np.abs(a - b)
@@ -443,7 +443,7 @@ class InputCache:
         self.timings: dict[str, dict[str, float]] = {}
 
     def pixels(self, recipe: Preprocessing) -> np.ndarray:
-        from .data import load_pixels
+        from ..data import load_pixels
 
         key = json.dumps(recipe.to_dict(), sort_keys=True)
         if key not in self._pixels:
@@ -560,7 +560,7 @@ def check_reference(path: Path) -> None:
     for name in (MODEL_FILE, MODEL_METADATA):
         if not (Path(path) / name).exists():
             raise UsageError(f"--reference {path}: not a model directory (no {name})")
-    from .metadata import read_model_metadata
+    from ..metadata import read_model_metadata
 
     read_model_metadata(path)  # invalid edgetl.json: one line before TensorFlow loads
 
@@ -572,7 +572,7 @@ def reference_outputs(model_dir: Path, cache: InputCache, runs: int, warmup: int
     import keras
     import tensorflow as tf
 
-    from .finetune import load_trained
+    from ..training import load_trained
 
     model, metadata = load_trained(model_dir)
     recipe = Preprocessing.from_dict(metadata["preprocessing"])
@@ -679,7 +679,7 @@ def bench(config: BenchConfig) -> BenchResult:
         cache = InputCache(images.paths)
         truth = np.asarray(images.labels, np.int64)
         results, outputs, benched, failed = [], [], [], []
-        from .console import progress
+        from ..console import progress
 
         with progress(len(artifacts), "bench") as bar:
             for artifact in artifacts:  # artifacts first: a corrupt one fails before the Keras model loads
@@ -719,7 +719,7 @@ def bench(config: BenchConfig) -> BenchResult:
         report = _assemble(config, artifacts, results, reference, images, cache, devices, overhead, batch_sizes)
         report["failed"] = failed
         report["settings"]["batch_sizes_requested"] = [int(b) for b in config.batch_sizes]
-        from . import report as reporting
+        from .. import report as reporting
 
         markdown = reporting.render_markdown(report)
         write_json(tmp / "bench.json", report)
@@ -737,7 +737,7 @@ def bench(config: BenchConfig) -> BenchResult:
 
 
 def _scan(data: Path):
-    from .data import scan_folder, warn_skipped
+    from ..data import scan_folder, warn_skipped
 
     images = scan_folder(data)
     warn_skipped(images.skipped)
@@ -780,7 +780,7 @@ def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[i
     gc.collect()
     profiled = None
     if config.profile:
-        from .profile import profile_artifact
+        from ..profile import profile_artifact
 
         profiled = profile_artifact(artifact.path, artifact.format, batch_of(inputs, fixed or 1), config.profile_runs,
                                     config.threads, **config.backend_options(artifact.format), **artifact.options)
@@ -815,7 +815,7 @@ def _native_precision_variants(artifacts: list[Artifact], config: BenchConfig) -
     benchmark_app and a plain OpenVINO app get), each with its own accuracy row."""
     if not config.openvino_native_precision or config.target != "cpu":
         return []
-    from .profile import native_precision
+    from ..profile import native_precision
 
     native = native_precision() if any(a.format == "openvino" for a in artifacts) else None
     if native in (None, "f32"):
@@ -828,7 +828,7 @@ def _benchmark_app_beside(artifacts: list[Artifact], results: list[dict], config
     """OpenVINO's own benchmark_app (latency hint, batch 1) on each IR, at the same precision as the row."""
     if config.target != "cpu" or not config.benchmark_app_seconds:
         return
-    from .profile import benchmark_app, benchmark_app_path
+    from ..profile import benchmark_app, benchmark_app_path
 
     if benchmark_app_path() is None:
         return

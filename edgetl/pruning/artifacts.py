@@ -1,6 +1,6 @@
 """Exported files of a pruned model, for the sweep and for checking that zeros survive conversion.
 
-``export_float`` prefers ``edgetl.export`` (the project's exporter, with sidecars and parity checks);
+``export_float`` prefers ``edgetl.exporting`` (the project's exporter, with sidecars and parity checks);
 where that is not installed it converts the logits graph directly (tf2onnx / TFLite converter), which
 is enough to time the model and to measure its size.
 """
@@ -19,9 +19,9 @@ log = logging.getLogger("edgetl")
 
 
 def export_float(model_dir: Path, out_dir: Path, formats=FORMATS) -> dict[str, Path]:
-    """FP32 artifacts of ``model_dir`` in ``out_dir`` through ``edgetl.export``: {format: path}."""
+    """FP32 artifacts of ``model_dir`` in ``out_dir`` through ``edgetl.exporting``: {format: path}."""
     from ..errors import CheckFailed
-    from ..export import ExportConfig, export
+    from ..exporting import ExportConfig, export
 
     try:
         result = export(ExportConfig(model=model_dir, out=out_dir, formats=tuple(formats), modes=("fp32",),
@@ -38,7 +38,7 @@ def export_float(model_dir: Path, out_dir: Path, formats=FORMATS) -> dict[str, P
 def logits_model(model_dir: Path):
     import keras
 
-    from ..finetune import load_trained
+    from ..training import load_trained
 
     model, metadata = load_trained(model_dir)
     logits = (metadata.get("output") or {}).get("logits_layer")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -586,13 +585,3 @@ def _method_name(fmt: str, mode: str) -> str | None:
 
 __all__ = ["ExportConfig", "ExportResult", "ArtifactResult", "export", "FORMATS", "MODES", "artifact_name"]
 
-
-class _CallableModule(type(sys)):
-    """``edgetl.export`` is both this package and its main function: once the package is imported,
-    Python binds the module as ``edgetl.export``, so the module itself forwards calls to ``export``."""
-
-    def __call__(self, config: ExportConfig) -> ExportResult:
-        return export(config)
-
-
-sys.modules[__name__].__class__ = _CallableModule

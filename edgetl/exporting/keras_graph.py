@@ -64,13 +64,13 @@ def check_source(model: str | Path, input_size: int | None) -> None:
                          f"to export a model not made by edgetl")
     if (directory / MODEL_METADATA).exists():
         read_model_metadata(directory)  # invalid JSON or missing fields: one line, before TensorFlow
-    from ..finetune import check_keras_file
+    from ..training import check_keras_file
 
     check_keras_file(path)
 
 
 def load_source(model: str | Path, input_size: int | None = None, labels: list[str] | None = None) -> SourceModel:
-    from ..finetune import load_keras_model
+    from ..training import load_keras_model
 
     check_source(model, input_size)
     path, directory = resolve_model_path(model)

@@ -5,7 +5,7 @@ fine-tunes it for a few epochs on the same train/val split it was trained with (
 seed) to recover accuracy, and writes a new model directory: ``model.keras`` (a plain Keras model, no
 pruning wrappers), ``edgetl.json`` (the source metadata plus a ``pruning`` record) and
 ``training.png`` (the recovery curve). With ``sweep`` it prunes at several sparsities and writes one
-accuracy/latency/size report instead (see ``edgetl.prune.sweep``).
+accuracy/latency/size report instead (see ``edgetl.pruning.sweep``).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class PruneConfig:
         read_model_metadata(self.model_dir)  # missing, not JSON, or lacking fields: one line, before TensorFlow
         if not (self.model_dir / MODEL_FILE).is_file():
             raise UsageError(f"{self.model_dir}: no {MODEL_FILE} to prune")
-        from ..finetune import check_keras_file
+        from ..training import check_keras_file
 
         check_keras_file(self.model_dir / MODEL_FILE)
         from ..metadata import check_output_dir
@@ -118,7 +118,7 @@ def prune(config: PruneConfig) -> PruneResult:
 def prune_model(config: PruneConfig) -> PruneResult:
     import keras
 
-    from ..finetune import load_trained
+    from ..training import load_trained
     from ..metadata import read_model_metadata
 
     started = time.perf_counter()
@@ -358,7 +358,7 @@ def _recover(model, data: _Data, config: PruneConfig, callbacks: list) -> list[d
     records for its backbone: Keras 3 functional models pass the outer ``training=True`` of ``fit`` on
     to nested calls, and a non-trainable BN always runs on its moving statistics.
     """
-    from ..finetune import _fit, is_batchnorm
+    from ..training import _fit, is_batchnorm
 
     if config.epochs == 0:
         return []
@@ -378,7 +378,7 @@ def _recover(model, data: _Data, config: PruneConfig, callbacks: list) -> list[d
 
 # -- output -----------------------------------------------------------------------------------------
 def _write(config: PruneConfig, model, metadata, record, metrics, history) -> dict[str, Any]:
-    from ..finetune import plot_history
+    from ..training import plot_history
     from ..metadata import MODEL_FILE, MODEL_METADATA, atomic_directory, sha256_file, write_json
 
     new = copy.deepcopy(metadata)

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import zoo
-from .data import ImageSet, load_pixels, load_splits, make_dataset
-from .errors import UsageError
-from .metadata import (MODEL_FILE, MODEL_METADATA, MODEL_SCHEMA, atomic_directory, check_output_dir,
+from .. import zoo
+from ..data import ImageSet, load_pixels, load_splits, make_dataset
+from ..errors import UsageError
+from ..metadata import (MODEL_FILE, MODEL_METADATA, MODEL_SCHEMA, atomic_directory, check_output_dir,
                        sha256_file, software_versions, write_json)
-from .preprocess import Preprocessing
+from ..preprocess import Preprocessing
 
 log = logging.getLogger("edgetl")
 
@@ -136,7 +136,7 @@ def build_stack(names: list[str], weights: str, n_classes: int, dropout: float, 
     """Several frozen backbones, one classifier each, probabilities averaged; raw-pixel input."""
     import keras
 
-    from .layers import normalization_layer
+    from ..layers import normalization_layer
 
     specs = [zoo.get(n) for n in names]
     size = max(s.input_size for s in specs)
@@ -202,7 +202,7 @@ class _EpochPrinter:
 
         class Printer(keras.callbacks.Callback):
             def on_train_begin(self, logs=None):
-                from .console import progress
+                from ..console import progress
 
                 self._progress = progress(total, f"training ({phase})", enabled=verbose)
                 self._bar = self._progress.__enter__()
@@ -355,7 +355,7 @@ def _distill(config: FinetuneConfig, model, train_set: ImageSet, val_set: ImageS
              history: list) -> dict[str, Any]:
     import numpy as np
 
-    from .metadata import read_model_metadata
+    from ..metadata import read_model_metadata
 
     if config.teacher is None or not Path(config.teacher).is_dir():
         raise UsageError(f"strategy 'distill' needs --teacher MODEL_DIR (an edgetl model directory); "
@@ -461,14 +461,14 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str) -> Non
 
 def _log(config: FinetuneConfig, message: str) -> None:
     if config.verbose:
-        from .console import say
+        from ..console import say
 
         say(message)
 
 
 def load_trained(model_dir: str | Path):
     """(keras model, metadata) from a model directory."""
-    from .metadata import read_model_metadata
+    from ..metadata import read_model_metadata
 
     model_dir = Path(model_dir)
     metadata = read_model_metadata(model_dir)
