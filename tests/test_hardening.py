@@ -258,8 +258,9 @@ def _recipe(sidecar):
 
 # -- 12. ties and zero vectors -------------------------------------------------------------------------------
 def test_parity_ties_and_zero_vectors():
-    from edgetl.benchmark import compare_outputs
-    from edgetl.exporting.parity import agreement_rows, compare, describe
+    from edgetl.exporting.parity import compare, describe
+    from edgetl.metrics import agreement_rows
+    from edgetl.metrics import compare as same_space_compare
 
     rng = np.random.default_rng(0)
     # A degenerate model: every logit ~1e-10, an INT8 artifact off by ~3e-10. No class is preferred.
@@ -270,7 +271,7 @@ def test_parity_ties_and_zero_vectors():
     assert parity["top1_agreement"] == 1.0 and parity["cosine"] == 1.0 and parity["passed"]
     assert parity["max_abs_diff"] < 1e-9
     assert describe(parity).startswith("agreement 1.000 (12/12)")
-    bench = compare_outputs(artifact, reference)
+    bench = same_space_compare(reference, artifact)
     assert bench["top1_agreement"] == 1.0 and bench["cosine_mean"] == bench["cosine_min"] == 1.0
 
     # Real logits: a swapped clear decision still disagrees; a near-tie (1e-5 of a range of 8) agrees.
@@ -278,13 +279,13 @@ def test_parity_ties_and_zero_vectors():
     artifact = np.array([[-4.0, 4.0], [1.0, 1.0], [0.5, -0.5]], np.float32)
     parity = compare(reference, artifact, "int8", 0.98)
     assert parity["top1_agreement"] == pytest.approx(2 / 3) and not parity["passed"]
-    assert compare_outputs(artifact, reference)["top1_agreement"] == pytest.approx(2 / 3)
+    assert same_space_compare(reference, artifact)["top1_agreement"] == pytest.approx(2 / 3)
     # A NaN row never agrees (and nulls the cosine mean); a zero vector against a real one has cosine 0.
     outputs = np.array([[np.nan, 0.0], [0.0, 0.0]], np.float32)
     reference = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
     agree, cosine = agreement_rows(reference, outputs)
     assert agree.tolist() == [False, True] and np.isnan(cosine[0]) and cosine[1] == 0.0
-    result = compare_outputs(outputs, reference)
+    result = same_space_compare(reference, outputs)
     assert result["top1_agreement"] == 0.5 and result["cosine_mean"] is None
 
 

@@ -36,26 +36,26 @@ import os
 import platform
 import sys
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import CheckFailed, DeviceUnavailable, UsageError
 from ..metadata import (MODEL_FILE, MODEL_METADATA, atomic_directory, check_output_dir, read_json, read_sidecar,
                        sidecar_path, software_versions, verify_artifact, write_json)
+from ..metrics import accuracy, compare, file_sizes, softmax
 from ..preprocess import Preprocessing
 from ..runtime import backends
+from ..runtime.cpu import cpu_model_and_flags, isa_flags
+from ..timing import TIMING_KEYS, harness_overhead, time_runs, timing_stats
 
 log = logging.getLogger("edgetl")
 
 BENCH_SCHEMA = "edgetl.bench/1"
 TARGETS = ("cpu", "gpu", "npu")
 RUNTIMES = {"auto": None, "onnxruntime": "onnx", "tflite": "tflite", "litert": "tflite", "openvino": "openvino"}
-TIMING_KEYS = ("min", "p50", "p90", "p99", "mean", "std")
-OVERHEAD_TARGET_PCT = 3.0
 
 
 def bench_schema() -> dict[str, Any]:
@@ -225,26 +225,8 @@ def verify_hashes(artifacts: list[Artifact]) -> None:
 
 
 # -- machine -----------------------------------------------------------------------------------------
-INT8_FLAGS = {  # /proc/cpuinfo flag -> what it means for INT8 speed
-    "avx2": "avx2", "avx512f": "avx512f", "avx512_vnni": "avx512_vnni", "avx_vnni": "avx_vnni",
-    "avx512_bf16": "avx512_bf16", "amx_tile": "amx_tile", "amx_int8": "amx_int8", "amx_bf16": "amx_bf16",
-    "asimddp": "arm_dotprod", "i8mm": "arm_i8mm", "sve": "arm_sve",
-}
-
-
 def machine_info() -> dict[str, Any]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            unnamed = model in ("", platform.machine(), platform.processor())
-            if key in ("model name", "hardware", "cpu model") and unnamed:
-                model = value.strip()
-            elif key in ("flags", "features") and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
+    model, flags = cpu_model_and_flags()
     memory = None
     try:
         import psutil
@@ -259,7 +241,7 @@ def machine_info() -> dict[str, Any]:
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable,
         "memory_gib": memory,
-        "isa": {name: flag in flags for flag, name in INT8_FLAGS.items()},
+        "isa": isa_flags(flags),
         "os": f"{platform.system()} {platform.release()}",
         # Other processes competing for the cores make every latency here slower and noisier.
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
@@ -275,53 +257,6 @@ def thread_settings(threads: int | None) -> dict[str, Any]:
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "OPENBLAS_NUM_THREADS")
                 if k in os.environ},
     }
-
-
-# -- measurement helpers -----------------------------------------------------------------------------
-def timing_stats(times_ms: Sequence[float]) -> dict[str, float]:
-    values = np.asarray(times_ms, np.float64)
-    return {
-        "min": float(values.min()),
-        "p50": float(np.percentile(values, 50)),
-        "p90": float(np.percentile(values, 90)),
-        "p99": float(np.percentile(values, 99)),
-        "mean": float(values.mean()),
-        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-    }
-
-
-def time_runs(run: Callable[[], Any], runs: int, warmup: int) -> list[float]:
-    """Warm-up, then ``runs`` timed calls; only the call itself sits between the two clock reads."""
-    for _ in range(warmup):
-        run()
-    times = [0] * runs
-    clock = time.perf_counter_ns
-    for i in range(runs):
-        start = clock()
-        run()
-        times[i] = clock() - start
-    return [t / 1e6 for t in times]
-
-
-def harness_overhead(run: Callable[[], Any], runs: int, rounds: int = 5) -> dict[str, Any]:
-    """Bare ``run()`` loop vs the timing loop on the same artifact. Rounds alternate and the fastest
-    round of each is kept, so a noisy neighbour on a shared CPU reads as little as possible as harness
-    overhead. ``bookkeeping_pct`` is the time the timing loop spends outside the timed calls."""
-    bare, timed, inside = [], [], []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(runs):
-            run()
-        bare.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        times = time_runs(run, runs, 0)
-        timed.append(time.perf_counter() - start)
-        inside.append(sum(times) / 1e3)
-    overhead = (min(timed) - min(bare)) / min(bare) * 100
-    bookkeeping = min((t - i) / i for t, i in zip(timed, inside)) * 100
-    return {"bare_loop_ms": min(bare) * 1e3, "timed_loop_ms": min(timed) * 1e3, "runs": runs,
-            "rounds": rounds, "overhead_pct": overhead, "bookkeeping_pct": bookkeeping,
-            "target_pct": OVERHEAD_TARGET_PCT, "within_target": overhead < OVERHEAD_TARGET_PCT}
 
 
 class PeakRss:
@@ -371,58 +306,7 @@ def current_rss_mb() -> float:
     return rss
 
 
-def disk_size(files: Sequence[Path]) -> dict[str, int]:
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31 = gzip container, as `gzip -6`
-    compressed = 0
-    for path in files:
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                compressed += len(compressor.compress(block))
-    compressed += len(compressor.flush())
-    return {"bytes": sum(p.stat().st_size for p in files), "gzip_bytes": compressed}
-
-
 # -- accuracy ----------------------------------------------------------------------------------------
-def softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
-def accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 5) -> dict[str, Any]:
-    """Top-1/top-k (k clipped to the class count) and the confusion matrix (rows true, columns predicted)."""
-    n_classes = scores.shape[1]
-    k = min(k, n_classes)
-    scores = np.where(np.isfinite(scores), scores, -np.inf)  # NaN rows: never counted as correct
-    finite = np.isfinite(scores).any(axis=1)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    top1 = order[:, 0]
-    confusion = np.zeros((n_classes, n_classes), np.int64)
-    np.add.at(confusion, (labels[finite], top1[finite]), 1)
-    return {"top1": float(np.mean((top1 == labels) & finite)),
-            "top5": float(np.mean((order[:, :k] == labels[:, None]).any(axis=1) & finite)),
-            "top5_k": k, "confusion": confusion.tolist(), "predictions": top1}
-
-
-def compare_outputs(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Same-space comparison (logits with logits, probabilities with probabilities), with export
-    parity's tie and zero-vector rules (``export.parity.agreement_rows``)."""
-    from ..exporting.parity import agreement_rows
-
-    a, b = outputs.astype(np.float64), reference.astype(np.float64)
-    diff = np.abs(a - b)
-    # A NaN row agrees with nothing; NaN statistics become null (JSON has no NaN).
-    agree, cosine = agreement_rows(b, a)
-    return {"top1_agreement": float(np.mean(agree)), "cosine_mean": _finite(cosine.mean()),
-            "cosine_min": _finite(cosine.min()), "max_abs_diff": _finite(diff.max()),
-            "mean_abs_diff": _finite(diff.mean())}
-
-
-def _finite(value) -> float | None:
-    value = float(value)
-    return value if np.isfinite(value) else None
-
-
 def label_indices(data_classes: list[str], artifact_labels: list[str], artifact: Path | str) -> np.ndarray:
     """Data folder class names -> the artifact's label indices (by name, never by position)."""
     missing = [c for c in data_classes if c not in artifact_labels]
@@ -797,7 +681,7 @@ def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[i
         "quantization": artifact.quantization, "input_dtype": str(inputs.dtype),
         "backbone": (artifact.sidecar.get("source_model") or {}).get("backbone"),
         "output_kind": artifact.output_kind, "labels": labels,
-        "size": disk_size(artifact.files), "files": [p.name for p in artifact.files],
+        "size": file_sizes(artifact.files), "files": [p.name for p in artifact.files],
         "load_ms": load_ms, "memory": {"rss_before_mb": memory.before_mb, "peak_rss_mb": memory.peak_mb,
                                        "scope": memory.scope},
         "placement": placement, "fixed_batch": fixed,
@@ -848,7 +732,7 @@ def compare_with_reference(artifact: Artifact, outputs: np.ndarray, reference: d
     if space != artifact.output_kind:  # logits artifact, reference without a logits layer
         outputs = softmax(outputs)
     ref_order = label_indices(artifact.sidecar["labels"], reference["labels"], reference["path"])
-    return {**compare_outputs(outputs, reference["outputs"][space][:, ref_order]), "space": space}
+    return {**compare(reference["outputs"][space][:, ref_order], outputs), "space": space}
 
 
 def _pad(inputs: np.ndarray, multiple: int) -> np.ndarray:

@@ -11,17 +11,8 @@ Pass rules (``threshold`` in the sidecar says which applied):
 * fp16: ``max_abs_diff <= 1e-2 * max(1, max|reference|)`` and agreement >= ``min_agreement``.
 * dynamic / int8: top-1 agreement >= ``min_agreement`` (default 0.98).
 
-Ties and zero vectors (``agreement_rows``; bench's comparison with its Keras reference uses the same
-function, so both report the same numbers):
-
-* top-1: an image agrees when the class the artifact picks is one of the reference's maxima up to
-  a tie tolerance, ``reference[pick] >= max(reference) - tol`` with
-  ``tol = max(TIE_RTOL * range, TIE_ATOL)``, ``range`` the spread (max - min) of all reference
-  outputs on the check set. A reference whose classes lie closer than that made no decision, so
-  either pick agrees; a model whose logits are all ~1e-10 is all ties. A NaN/inf output never
-  agrees.
-* cosine: two vectors both of norm <= ZERO_NORM are the same (near-)zero vector: cosine 1. One
-  near-zero vector against a real one scores ~0, as the formula gives.
+Ties, zero vectors and NaN rows follow ``edgetl.metrics`` (bench's comparison with its Keras
+reference is the same function, so both report the same numbers).
 """
 
 from __future__ import annotations
@@ -32,14 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import metrics
+
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 1e-2
 BATCH = 32
-# Tie rule: 1e-4 of the reference's output range (1e-3 for logits spanning -5..5); never finer than
-# 1e-6, below which two float32 logits near 1 are a rounding step apart and softmax cannot tell them.
-TIE_RTOL = 1e-4
-TIE_ATOL = 1e-6
-ZERO_NORM = 1e-6
 
 
 @dataclass
@@ -80,28 +68,6 @@ def artifact_outputs(path: Path, inputs: np.ndarray, threads: int | None = None,
                      "settings": dict(backend.settings)}
 
 
-def tie_tolerance(reference: np.ndarray) -> float:
-    """How close two reference outputs must be to count as tied (see the module docstring)."""
-    finite = reference[np.isfinite(reference)]
-    spread = float(finite.max() - finite.min()) if finite.size else 0.0
-    return max(TIE_RTOL * spread, TIE_ATOL)
-
-
-def agreement_rows(reference: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: (top-1 agrees under the tie rule, cosine under the zero-vector rule); NaN rows
-    disagree and have a NaN cosine."""
-    ref, out = reference.astype(np.float64), outputs.astype(np.float64)
-    finite = np.isfinite(ref).all(-1) & np.isfinite(out).all(-1)
-    ref_safe = np.where(np.isfinite(ref), ref, -np.inf)
-    pick = np.where(np.isfinite(out), out, -np.inf).argmax(-1)
-    chosen = np.take_along_axis(ref_safe, pick[:, None], -1)[:, 0]
-    agree = finite & (chosen >= ref_safe.max(-1) - tie_tolerance(ref))
-    ref_norm, out_norm = np.linalg.norm(ref, axis=-1), np.linalg.norm(out, axis=-1)
-    with np.errstate(invalid="ignore"):
-        cosine = np.sum(ref * out, axis=-1) / np.maximum(ref_norm * out_norm, 1e-300)
-    cosine = np.where((ref_norm <= ZERO_NORM) & (out_norm <= ZERO_NORM), 1.0, cosine)
-    return agree, cosine
-
 def _padded(batch: np.ndarray, size: int) -> np.ndarray:
     if len(batch) == size:
         return batch
@@ -110,14 +76,16 @@ def _padded(batch: np.ndarray, size: int) -> np.ndarray:
 
 def compare(reference: np.ndarray, outputs: np.ndarray, mode: str, min_agreement: float,
             labels: np.ndarray | None = None) -> dict[str, Any]:
-    diff = np.abs(outputs.astype(np.float64) - reference.astype(np.float64))
-    ref_top, out_top = reference.argmax(-1), outputs.argmax(-1)
-    agree, cosines = agreement_rows(reference, outputs)
-    agreement = float(agree.mean())
-    cosine = float(np.mean(cosines))
-    scale = max(1.0, float(np.abs(reference).max()))
-    result = {"top1_agreement": round(agreement, 6), "max_abs_diff": float(diff.max()),
-              "mean_abs_diff": float(diff.mean()), "cosine": round(cosine, 8), "n_images": int(len(reference))}
+    """``metrics.compare`` plus the pass rule for ``mode`` (the module docstring), as the sidecar records it."""
+    measured = metrics.compare(reference, outputs)
+    agreement = measured["top1_agreement"]
+    scale = max(1.0, float(np.abs(reference[np.isfinite(reference)]).max(initial=0.0)))
+    nan = float("nan")  # a non-finite statistic fails every threshold below
+    result = {"top1_agreement": round(agreement, 6),
+              "max_abs_diff": nan if measured["max_abs_diff"] is None else measured["max_abs_diff"],
+              "mean_abs_diff": nan if measured["mean_abs_diff"] is None else measured["mean_abs_diff"],
+              "cosine": nan if measured["cosine_mean"] is None else round(measured["cosine_mean"], 8),
+              "n_images": measured["n_images"]}
     if mode == "fp32":
         limit = FP32_TOLERANCE * scale
         # Exact ties aside, the same float graph must pick the same class.
@@ -131,8 +99,8 @@ def compare(reference: np.ndarray, outputs: np.ndarray, mode: str, min_agreement
         passed = agreement >= min_agreement
         result["threshold"] = {"top1_agreement": min_agreement}
     if labels is not None:
-        result["accuracy"] = round(float((out_top == labels).mean()), 6)
-        result["reference_accuracy"] = round(float((ref_top == labels).mean()), 6)
+        result["accuracy"] = round(float((outputs.argmax(-1) == labels).mean()), 6)
+        result["reference_accuracy"] = round(float((reference.argmax(-1) == labels).mean()), 6)
     result["passed"] = bool(passed)
     return result
 

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CheckFailed
+from ..timing import time_runs
 
 log = logging.getLogger("edgetl")
 
@@ -111,13 +111,7 @@ def latency_ms(path: Path, sample: np.ndarray, runs: int = LATENCY_RUNS, **backe
 
     backend = open_backend(path, "cpu", **backend_options)
     one = sample[:1].astype(backend.input_dtype, copy=False)
-    backend.run(one)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        backend.run(one)
-        times.append(time.perf_counter() - start)
-    return round(float(np.median(times)) * 1000, 3)
+    return round(float(np.median(time_runs(lambda: backend.run(one), runs, warmup=1))), 3)
 
 
 def make_accurate(builder, fmt: str, input_dtype: str, path: Path, details: dict, parity: dict):

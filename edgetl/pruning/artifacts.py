@@ -7,8 +7,6 @@ is enough to time the model and to measure its size.
 
 from __future__ import annotations
 
-import gzip
-import io
 import logging
 from pathlib import Path
 
@@ -84,11 +82,3 @@ def count_zero_weights(path: Path, min_size: int = 1000) -> int:
     path = Path(path)
     arrays = onnx_weights(path) if path.suffix == ".onnx" else tflite_weights(path)
     return int(sum(np.count_nonzero(a == 0) for a in arrays if a.size >= min_size))
-
-
-def file_sizes(path: Path) -> dict[str, int]:
-    data = Path(path).read_bytes()
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=9, mtime=0) as handle:
-        handle.write(data)
-    return {"bytes": len(data), "gzip_bytes": len(buffer.getvalue())}

@@ -11,15 +11,16 @@ file format itself does not shrink). Writes ``sweep.json``, ``sweep.md`` and ``s
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..metadata import atomic_directory, read_model_metadata, software_versions, write_json
+from ..metrics import file_sizes
 from ..runtime.backends import open_backend
-from .artifacts import export_float, file_sizes
+from ..timing import interleaved
+from .artifacts import export_float
 
 # nonzero_params: nonzero exported (ONNX) weights, the same basis for every row.
 COLUMNS = ("label", "sparsity", "val_accuracy", "accuracy_before_recovery", "params", "nonzero_params",
@@ -104,15 +105,8 @@ def interleaved_latency(paths: dict[str, Path], rounds: int, runs: int, threads:
     for name, backend in backends.items():
         shape = [1 if d is None else int(d) for d in backend.input_shape]
         inputs[name] = np.random.default_rng(0).standard_normal(shape).astype(backend.input_dtype)
-        for _ in range(warmup):
-            backend.run(inputs[name])
-    times: dict[str, list[float]] = {name: [] for name in backends}
-    for _ in range(rounds):
-        for name, backend in backends.items():
-            for _ in range(runs):
-                start = time.perf_counter_ns()
-                backend.run(inputs[name])
-                times[name].append((time.perf_counter_ns() - start) / 1e6)
+    times = interleaved({name: (lambda b=backend, x=inputs[name]: b.run(x)) for name, backend in backends.items()},
+                        rounds, runs, warmup)
     return {name: {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
                    "min_ms": float(np.min(t)), "n": len(t)} for name, t in times.items()}
 

@@ -42,6 +42,7 @@ package is reported in one line naming its extra.
 
 from __future__ import annotations
 
-from .model import EdgeModel, softmax
+from ..metrics import softmax
+from .model import EdgeModel
 
 __all__ = ["EdgeModel", "softmax"]

@@ -1,4 +1,7 @@
-"""What this CPU's integer kernels can do; stdlib only (device apps import it through the runtime)."""
+"""This CPU as edgetl reads it: model name, ISA flags, and what its integer kernels can do.
+
+The one reader of ``/proc/cpuinfo`` (bench records the flags with every measurement; the runtime and
+export decide on exact INT8 kernels from them). Stdlib only: device apps import it through the runtime."""
 
 from __future__ import annotations
 
@@ -7,6 +10,44 @@ import platform
 from pathlib import Path
 
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+INT8_FLAGS = {  # /proc/cpuinfo flag -> the name bench reports, for what it means to INT8 speed
+    "avx2": "avx2", "avx512f": "avx512f", "avx512_vnni": "avx512_vnni", "avx_vnni": "avx_vnni",
+    "avx512_bf16": "avx512_bf16", "amx_tile": "amx_tile", "amx_int8": "amx_int8", "amx_bf16": "amx_bf16",
+    "asimddp": "arm_dotprod", "i8mm": "arm_i8mm", "sve": "arm_sve",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model_and_flags() -> tuple[str, frozenset[str]]:
+    """(model name, flags of the first CPU listed); the flags are empty where /proc/cpuinfo is unreadable."""
+    model, flags = platform.processor() or platform.machine(), frozenset()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return model or "unknown", flags
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        unnamed = model in ("", platform.machine(), platform.processor())
+        if key in ("model name", "hardware", "cpu model") and unnamed:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = frozenset(value.split())
+    return model or "unknown", flags
+
+
+def isa_flags(flags: frozenset[str] | None = None) -> dict[str, bool]:
+    """{reported name: present} for every flag in ``INT8_FLAGS``."""
+    flags = cpu_model_and_flags()[1] if flags is None else flags
+    return {name: flag in flags for flag, name in INT8_FLAGS.items()}
+
+
+def cpuinfo_readable() -> bool:
+    try:
+        Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=1)
@@ -26,8 +67,7 @@ def int8_dot_saturates() -> bool:
     ARM dot-product kernels accumulate in int32 and never saturate."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    if not cpuinfo_readable():
         return True  # unknown x86: the safe answer
+    flags = cpu_model_and_flags()[1]
     return not any(flag in flags for flag in VNNI_FLAGS)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from ..errors import CheckFailed, UsageError
 from ..metadata import read_sidecar, verify_artifact
+from ..metrics import softmax
 from ..preprocess import IMAGE_SUFFIXES, DecodeRules, ImageDecodeError, Preprocessing, to_pil
 from .backends import Backend, artifact_format, open_backend
 
@@ -25,14 +26,6 @@ Prediction = list[tuple[str, float]]
 # InferenceSession.run is documented thread-safe; a LiteRT interpreter and an OpenVINO InferRequest
 # hold per-call state (tensors, resized shapes), so calls into them are serialised by a lock.
 _REENTRANT_RUNTIMES = {"onnxruntime"}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, shifted by the row max so large logits do not overflow."""
-    z = np.asarray(logits, np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 class EdgeModel:

@@ -149,7 +149,7 @@ def _base_entry(artifact, runtime: str, version: str, input_dtype: str) -> dict[
             "runtime_version": version, "runtime_settings": {}, "quantization": artifact.quantization,
             "input_dtype": input_dtype, "backbone": (artifact.sidecar.get("source_model") or {}).get("backbone"),
             "output_kind": artifact.output_kind, "labels": artifact.sidecar["labels"],
-            "size": base.disk_size(artifact.files), "files": [p.name for p in artifact.files],
+            "size": base.file_sizes(artifact.files), "files": [p.name for p in artifact.files],
             "fixed_batch": 1, "vs_reference": None, "sidecar_parity": artifact.sidecar.get("parity"),
             "target": artifact.sidecar.get("target")}
 

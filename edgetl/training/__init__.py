@@ -29,6 +29,7 @@ from ..data import ImageSet, load_pixels, load_splits, make_dataset
 from ..errors import UsageError
 from ..metadata import (MODEL_FILE, MODEL_METADATA, MODEL_SCHEMA, atomic_directory, check_output_dir,
                        sha256_file, software_versions, write_json)
+from ..metrics import softmax
 from ..preprocess import Preprocessing
 
 log = logging.getLogger("edgetl")
@@ -322,8 +323,7 @@ def teacher_probabilities(teacher_dir: Path, paths: list[Path], batch_size: int 
         out.append(np.asarray(teacher.predict(x, verbose=0), np.float64))
     probs = np.concatenate(out)
     if (metadata.get("output") or {}).get("kind") == "logits":
-        probs = np.exp(probs - probs.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
+        probs = softmax(probs).astype(np.float64)
     return probs, metadata
 
 

@@ -1,0 +1,83 @@
+"""Latency measurement shared by bench, the prune sweep, the sensitivity ranking and tools/.
+
+One timer (``time_runs``), one interleaved comparison (``interleaved``: candidates take turns round by
+round, so a drift in machine load hits each of them alike), one set of statistics and one check of
+what the timing loop itself costs (``harness_overhead``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+TIMING_KEYS = ("min", "p50", "p90", "p99", "mean", "std")
+OVERHEAD_TARGET_PCT = 3.0
+
+
+def timing_stats(times_ms: Sequence[float]) -> dict[str, float]:
+    values = np.asarray(times_ms, np.float64)
+    return {
+        "min": float(values.min()),
+        "p50": float(np.percentile(values, 50)),
+        "p90": float(np.percentile(values, 90)),
+        "p99": float(np.percentile(values, 99)),
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+    }
+
+
+def time_runs(run: Callable[[], Any], runs: int, warmup: int = 0) -> list[float]:
+    """Warm-up, then ``runs`` timed calls in milliseconds; only the call sits between the two clock reads."""
+    for _ in range(warmup):
+        run()
+    times = [0] * runs
+    clock = time.perf_counter_ns
+    for i in range(runs):
+        start = clock()
+        run()
+        times[i] = clock() - start
+    return [t / 1e6 for t in times]
+
+
+def interleaved(runners: Mapping[str, Callable[[], Any]], rounds: int, runs_per_round: int = 1,
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Milliseconds per call of each runner, measured in alternating rounds (every runner warmed up
+    first), so ratios between them come from one shared stretch of machine time."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            times[name].extend(time_runs(run, runs_per_round))
+    return times
+
+
+def median_ms(runners: Mapping[str, Callable[[], Any]], rounds: int, runs_per_round: int = 1,
+              warmup: int = 1) -> dict[str, float]:
+    """``interleaved`` reduced to each runner's median."""
+    return {name: float(np.median(values))
+            for name, values in interleaved(runners, rounds, runs_per_round, warmup).items()}
+
+
+def harness_overhead(run: Callable[[], Any], runs: int, rounds: int = 5) -> dict[str, Any]:
+    """Bare ``run()`` loop vs the timing loop on the same artifact. Rounds alternate and the fastest
+    round of each is kept, so a noisy neighbour on a shared CPU reads as little as possible as harness
+    overhead. ``bookkeeping_pct`` is the time the timing loop spends outside the timed calls."""
+    bare, timed, inside = [], [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(runs):
+            run()
+        bare.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        times = time_runs(run, runs, 0)
+        timed.append(time.perf_counter() - start)
+        inside.append(sum(times) / 1e3)
+    overhead = (min(timed) - min(bare)) / min(bare) * 100
+    bookkeeping = min((t - i) / i for t, i in zip(timed, inside)) * 100
+    return {"bare_loop_ms": min(bare) * 1e3, "timed_loop_ms": min(timed) * 1e3, "runs": runs,
+            "rounds": rounds, "overhead_pct": overhead, "bookkeeping_pct": bookkeeping,
+            "target_pct": OVERHEAD_TARGET_PCT, "within_target": overhead < OVERHEAD_TARGET_PCT}
