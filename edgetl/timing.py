@@ -81,3 +81,16 @@ def harness_overhead(run: Callable[[], Any], runs: int, rounds: int = 5) -> dict
     return {"bare_loop_ms": min(bare) * 1e3, "timed_loop_ms": min(timed) * 1e3, "runs": runs,
             "rounds": rounds, "overhead_pct": overhead, "bookkeeping_pct": bookkeeping,
             "target_pct": OVERHEAD_TARGET_PCT, "within_target": overhead < OVERHEAD_TARGET_PCT}
+
+
+def machine_summary() -> str:
+    """One line for a results file: CPU model, usable cores and the INT8-relevant ISA flags present
+    (read from /proc/cpuinfo by ``runtime.cpu``, never assumed)."""
+    import os
+
+    from .runtime.cpu import cpu_model_and_flags, isa_flags
+
+    model, flags = cpu_model_and_flags()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    present = [name for name, has in isa_flags(flags).items() if has]
+    return f"{model}, {cores} usable cores, ISA: {' '.join(present) or 'none of the INT8 flags'}"

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+
+from edgetl.timing import machine_summary, median_ms  # noqa: E402
 
 PHOTOS = REPO.parent / "shared" / "data" / "hymenoptera" / "train"
 IMAGENET_CLASS = {"ants": 310, "bees": 309}
@@ -116,19 +116,8 @@ def latencies(paths: dict[str, Path], sample: np.ndarray, rounds: int, iters: in
     options = options or {}
     backends = {name: open_backend(p, "cpu", threads, **options.get(name, {})) for name, p in paths.items()}
     one = sample[:1]
-    for backend in backends.values():  # warm-up
-        for _ in range(3):
-            backend.run(one)
-    per_round: dict[str, list[float]] = {name: [] for name in backends}
-    for _ in range(rounds):
-        for name, backend in backends.items():
-            times = []
-            for _ in range(iters):
-                start = time.perf_counter()
-                backend.run(one)
-                times.append(time.perf_counter() - start)
-            per_round[name].append(statistics.median(times) * 1000)
-    return {name: statistics.median(values) for name, values in per_round.items()}
+    return median_ms({name: (lambda b=backend: b.run(one)) for name, backend in backends.items()},
+                     rounds, iters, warmup=3)
 
 
 def export_all(model_dir: Path, out: Path, calib: Path, check: Path | None, calib_size: int) -> object:
@@ -290,7 +279,7 @@ def main(argv=None) -> int:
         pick = np.linspace(0, len(eval_paths) - 1, args.eval_size).round().astype(int)
         eval_paths, labels = [eval_paths[i] for i in pick], labels[pick]
     lines = ["# Export benchmark: FP32 vs INT8", "",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+             f"Machine: {machine_summary()} "
              f"(shared; other jobs were running), {args.threads} threads, batch 1, {args.rounds} interleaved "
              f"rounds x {args.iters} calls (median of per-round medians). Calibration: {args.calib_size} "
              f"even-indexed photos of {PHOTOS.name}/; evaluation: {len(eval_paths)} odd-indexed photos "

@@ -31,6 +31,7 @@ from edgetl.exporting import ExportConfig, export  # noqa: E402
 from edgetl.training import FinetuneConfig, finetune  # noqa: E402
 from edgetl.pruning import PruneConfig, prune  # noqa: E402
 from edgetl.pruning.sweep import interleaved_latency  # noqa: E402
+from edgetl.timing import machine_summary  # noqa: E402
 
 TARGET_FP32, TARGET_INT8, TARGET_ACCURACY_POINTS = 1.4, 1.3, 2.0
 
@@ -82,7 +83,7 @@ def main() -> None:
                         for mode in ("fp32", "int8")},
             "sizes": {name: Path(p).stat().st_size for name, p in artifacts.items()},
             "threads": args.threads, "rounds": args.rounds, "runs_per_round": args.runs,
-            "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+            "machine": {"cpu": machine_summary(), "python": platform.python_version()},
             "seconds": round(time.perf_counter() - started, 1),
         }
         summary["targets_met"] = {

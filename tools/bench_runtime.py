@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from edgetl.preprocess import open_image  # noqa: E402
 from edgetl.runtime import EdgeModel  # noqa: E402
+from edgetl.timing import interleaved, machine_summary  # noqa: E402
 from edgetl.runtime.backends import (OPENVINO_DEVICE, _import, ort_session_options)  # noqa: E402
 
 FORMATS = ("onnx", "tflite", "openvino")
@@ -159,13 +160,7 @@ def latency(path: Path, image: Path, threads: int | None, repeat: int, warmup: i
     np.testing.assert_allclose(bare(batch).reshape(1, -1), model.run(batch), rtol=1e-5, atol=1e-5)
     variants = {"bare": lambda: bare(batch), "run": lambda: model.run(batch),
                 "predict": lambda: model.predict(pixels), "predict(jpeg)": lambda: model.predict(image)}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for round_ in range(warmup + repeat):
-        for name, call in variants.items():
-            start = time.perf_counter()
-            call()
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
+    times = {name: [t / 1e3 for t in ms] for name, ms in interleaved(variants, repeat, 1, warmup).items()}
     stats = {name: {"median": statistics.median(t), "p90": float(np.percentile(t, 90))}
              for name, t in times.items()}
     return {"stats": stats, "runtime": model.backend.runtime, "version": model.backend.version(),
@@ -178,7 +173,7 @@ def report(rows: list[dict], args, out: Path) -> None:
         "# edgetl.runtime overhead",
         "",
         f"Written by `tools/bench_runtime.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared with other "
+        f"{machine_summary()} (shared with other "
         f"jobs while measured), Python {platform.python_version()}, runtime threads = {args.threads}, "
         f"model `{args.model if not args.artifacts else 'given artifacts'}`, {args.repeat} rounds after "
         f"5 warm-up rounds, batch 1.",

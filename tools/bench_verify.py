@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from edgetl.metadata import artifact_files, read_sidecar, verify_artifact  # noqa: E402
 from edgetl.runtime import EdgeModel  # noqa: E402
+from edgetl.timing import interleaved, machine_summary  # noqa: E402
 
 BEGIN, END = "<!-- bench_verify -->", "<!-- /bench_verify -->"
 MAKE = """
@@ -58,17 +58,10 @@ def build(work: Path) -> list[Path]:
 
 def measure(path: Path, rounds: int) -> dict:
     sidecar = read_sidecar(path)
-    times: dict[str, list[float]] = {"verify": [], "load_noverify": [], "load": []}
     EdgeModel.load(path, threads=1)  # first use: runtime import, plugin start-up, page cache
-    for _ in range(rounds):
-        start = time.perf_counter()
-        verify_artifact(path, sidecar)
-        times["verify"].append((time.perf_counter() - start) * 1e3)
-        for key, verify in (("load_noverify", False), ("load", True)):
-            start = time.perf_counter()
-            model = EdgeModel.load(path, threads=1, verify=verify)
-            times[key].append((time.perf_counter() - start) * 1e3)
-            del model
+    times = interleaved({"verify": lambda: verify_artifact(path, sidecar),
+                         "load_noverify": lambda: EdgeModel.load(path, threads=1, verify=False),
+                         "load": lambda: EdgeModel.load(path, threads=1, verify=True)}, rounds, 1, warmup=0)
     medians = {k: statistics.median(v) for k, v in times.items()}
     size = sum(p.stat().st_size for p in artifact_files(path))
     return {"artifact": path.name, "files": len(sidecar.get("files") or [path.name]), "mb": size / 1e6,
@@ -80,7 +73,7 @@ def render(rows: list[dict], rounds: int) -> str:
     lines = [BEGIN, "## Artifact verification at load",
              "",
              f"Written by `tools/bench_verify.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
-             f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), model `efficientnet_lite0` "
+             f"{machine_summary()} (shared), model `efficientnet_lite0` "
              f"(ImageNet head, 224 px), runtime threads = 1, median of {rounds} rounds, page cache warm.",
              "",
              "`verify` = sha256 of every file the sidecar lists (`metadata.verify_artifact`); `load` = "

@@ -10,7 +10,6 @@ with --weights none (trained in full) to show what transfer buys.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgetl.timing import machine_summary  # noqa: E402
 from edgetl.training import FinetuneConfig, finetune  # noqa: E402
 
 RUNS = [
@@ -49,7 +49,7 @@ def main() -> None:
         "# Fine-tuning results", "",
         f"Data: `{args.data}` (stratified 80/20 split, seed 0); {args.epochs} epochs per phase "
         f"(freeze/full: head phase + the same number of fine-tuning epochs); batch 16, Adam 1e-3 "
-        f"(second phase lr/10 for freeze, lr/100 for full). Machine: {platform.processor() or platform.machine()}, "
+        f"(second phase lr/10 for freeze, lr/100 for full). Machine: {machine_summary()}, "
         f"2 cores.", "",
         "| backbone | weights | strategy | train | val | val accuracy | time (s) |",
         "|---|---|---|---:|---:|---:|---:|",
