@@ -25,6 +25,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..benchmark.config import BENCH_SCHEMA, BenchConfig, BenchResult, expand_artifacts, verify_hashes
+from ..benchmark.inputs import InputCache, batch_of, data_summary, label_indices, run_all, scan_images, timed_latency
+from ..benchmark.machine import PeakRss, machine_info, thread_settings
+from ..benchmark.reference import (accuracy_entry, check_reference, compare_with_reference, default_reference,
+                                   reference_entry, reference_outputs)
+from ..benchmark.rows import artifact_entry, artifact_row, reference_rows, timing_columns, write_csv
 from ..errors import CheckFailed, DeviceUnavailable, UsageError
 from ..metadata import atomic_directory, software_versions, write_json
 
@@ -58,7 +64,6 @@ class _Plan:
 
 
 def _plan(config: TargetBenchConfig) -> _Plan:
-    from .. import benchmark as base
     from .. import targets
 
     if config.target == "cpu":
@@ -66,16 +71,16 @@ def _plan(config: TargetBenchConfig) -> _Plan:
     levels = ("hardware", "simulator", "estimator") if config.simulate else ("hardware",)
     target = targets.resolve(config.target, levels)
     level = target.availability().level
-    artifacts = base.expand_artifacts(config.artifacts, compiled_too=True)
+    artifacts = expand_artifacts(config.artifacts, compiled_too=True)
     if target.kind == "npu":
         artifacts = [a for a in artifacts if (a.sidecar.get("target") or {}).get("name") == target.name
                      and (a.sidecar["target"].get("compiled") is None)]
         if not artifacts:
             raise UsageError(f"no artifact compiled for {target.name} among {', '.join(map(str, config.artifacts))}; "
                              f"run `edgetl export MODEL --target {target.name} --calib DIR` first")
-    reference = Path(config.reference) if config.reference else base.default_reference(artifacts)
+    reference = Path(config.reference) if config.reference else default_reference(artifacts)
     if reference:
-        base.check_reference(reference)
+        check_reference(reference)
     out = Path(config.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
         raise UsageError(f"{out} exists and is not empty (pass --overwrite to replace it)")
@@ -92,71 +97,57 @@ def preflight_target(config: TargetBenchConfig) -> bool:
     return _plan(config).reference is not None
 
 
-def bench_target(config: TargetBenchConfig):
-    from .. import benchmark as base
-
+def bench_target(config: TargetBenchConfig) -> BenchResult:
     plan = _plan(config)
     if plan.target.kind == "gpu":
         return _bench_gpu(config, plan)
-    images = base._scan(config.data)
-    cache = base.InputCache(images.paths)
+    images = scan_images(config.data)
+    cache = InputCache(images.paths)
     truth = np.asarray(images.labels, np.int64)
     with atomic_directory(config.out, config.overwrite) as tmp:
-        base.verify_hashes(plan.artifacts)
+        verify_hashes(plan.artifacts)
         entries, raw = [], []
         for artifact in plan.artifacts:
             run = _qnn_artifact if plan.target.name == "npu:qnn-htp" else _ethos_u_artifact
             entry, outputs = run(artifact, config, plan, cache)
-            mapped = base.label_indices(images.classes, artifact.sidecar["labels"], artifact.path)[truth]
-            scores = base.softmax(outputs) if artifact.output_kind == "logits" else outputs
-            acc = base.accuracy(scores, mapped)
-            acc.pop("predictions")
-            entry["accuracy"] = {**acc, "n_images": int(len(truth)), "non_finite_outputs":
-                                 int((~np.isfinite(outputs)).any(axis=1).sum())}
+            mapped = label_indices(images.classes, artifact.sidecar["labels"], artifact.path)[truth]
+            entry["accuracy"] = accuracy_entry(artifact, outputs, mapped)
             entries.append(entry)
             raw.append(outputs)
         reference = None
         if plan.reference:
-            reference = base.reference_outputs(plan.reference, cache, min(config.runs, 10), 2, [1])
+            reference = reference_outputs(plan.reference, cache, min(config.runs, 10), 2, [1])
             for artifact, entry, outputs in zip(plan.artifacts, entries, raw):
-                entry["vs_reference"] = base.compare_with_reference(artifact, outputs, reference)
+                entry["vs_reference"] = compare_with_reference(artifact, outputs, reference)
         report = _assemble(config, plan, images, cache, entries, reference)
         markdown = render_markdown(report)
         write_json(tmp / "bench.json", report)
-        base.write_csv(tmp / "bench.csv", report["rows"])
+        write_csv(tmp / "bench.csv", report["rows"])
         (tmp / "report.md").write_text(markdown)
         (tmp / "report.html").write_text(render_html(report))
-    return base.BenchResult(json=report, rows=report["rows"], markdown=markdown, out=Path(config.out))
+    return BenchResult(json=report, rows=report["rows"], markdown=markdown, out=Path(config.out))
 
 
-def _bench_gpu(config: TargetBenchConfig, plan: _Plan):
+def _bench_gpu(config: TargetBenchConfig, plan: _Plan) -> BenchResult:
     """A GPU target with its device here: the ordinary bench on that runtime's GPU device."""
-    from .. import benchmark as base
+    from ..benchmark import bench
 
     runtime = {"onnx": "onnxruntime", "tflite": "tflite", "openvino": "openvino"}.get(plan.target.artifact.format)
     if runtime is None:
         raise UsageError(f"{plan.target.name}: the Keras reference runs on the GPU in every bench (--reference)")
-    return base.bench(base.BenchConfig(artifacts=config.artifacts, data=config.data, out=config.out, target="gpu",
-                                       reference=config.reference, runs=config.runs, warmup=config.warmup,
-                                       threads=config.threads, runtime=runtime, strict=not config.allow_cpu_fallback,
-                                       overwrite=config.overwrite))
+    return bench(BenchConfig(artifacts=config.artifacts, data=config.data, out=config.out, target="gpu",
+                             reference=config.reference, runs=config.runs, warmup=config.warmup,
+                             threads=config.threads, runtime=runtime, strict=not config.allow_cpu_fallback,
+                             overwrite=config.overwrite))
 
 
 def _base_entry(artifact, runtime: str, version: str, input_dtype: str) -> dict[str, Any]:
-    from .. import benchmark as base
-
-    return {"path": str(artifact.path), "name": artifact.name, "format": artifact.format, "runtime": runtime,
-            "runtime_version": version, "runtime_settings": {}, "quantization": artifact.quantization,
-            "input_dtype": input_dtype, "backbone": (artifact.sidecar.get("source_model") or {}).get("backbone"),
-            "output_kind": artifact.output_kind, "labels": artifact.sidecar["labels"],
-            "size": base.file_sizes(artifact.files), "files": [p.name for p in artifact.files],
-            "fixed_batch": 1, "vs_reference": None, "sidecar_parity": artifact.sidecar.get("parity"),
-            "target": artifact.sidecar.get("target")}
+    return {**artifact_entry(artifact, runtime, version, {}, input_dtype), "fixed_batch": 1, "vs_reference": None,
+            "sidecar_parity": artifact.sidecar.get("parity"), "target": artifact.sidecar.get("target")}
 
 
 # -- Qualcomm HTP ------------------------------------------------------------------------------------
 def _qnn_artifact(artifact, config: TargetBenchConfig, plan: _Plan, cache) -> tuple[dict, np.ndarray]:
-    from .. import benchmark as base
     from ..exporting import qnn
     from ..runtime import backends
 
@@ -167,27 +158,24 @@ def _qnn_artifact(artifact, config: TargetBenchConfig, plan: _Plan, cache) -> tu
         raise CheckFailed(f"{artifact.name}: {len(left)} node(s) stay on the CPU, not the HTP: "
                           f"{qnn.describe_nodes(left)} (pass --allow-cpu-fallback to accept that)")
     inputs = cache.inputs_for(artifact)
-    with base.PeakRss() as memory:
+    with PeakRss() as memory:
         started = time.perf_counter()
         backend = backends.open_backend(artifact.path, "npu", config.threads, soc=soc, simulate=config.simulate,
                                         allow_cpu_fallback=config.allow_cpu_fallback)
         load_ms = (time.perf_counter() - started) * 1e3
         started = time.perf_counter()
-        outputs = base.run_all(backend, inputs, 1)
+        outputs = run_all(backend, inputs, 1)
         wall_ms = (time.perf_counter() - started) * 1e3 / len(inputs)
         latency: dict[str, Any] = {"1": {"skipped": "HTP simulator: its wall time is not device latency"}}
         evidence = "simulated" if backend.simulated else "measured"
         if not backend.simulated:
-            batch = base.batch_of(inputs, 1)
-            times = base.time_runs(lambda: backend.run(batch), config.runs, config.warmup)
-            latency = {"1": {**base.timing_stats(times), "times_ms": times}}
+            latency = {"1": timed_latency(backend, batch_of(inputs, 1), config.runs, config.warmup)}
         devices = list(backend.placement.devices)
         version = _qnn_version()
     nodes = block.get("nodes") or {}
     entry = _base_entry(artifact, "onnxruntime", version, "float32")
     entry.update(
-        load_ms=load_ms, memory={"rss_before_mb": memory.before_mb, "peak_rss_mb": memory.peak_mb,
-                                 "scope": memory.scope},
+        load_ms=load_ms, memory=memory.summary(),
         placement={"requested": "npu", "devices": devices,
                    "nodes": {"QNN": int(nodes.get("compute_ops_on_npu", nodes.get("on_npu", 0))), "CPU": len(left)},
                    "method": "EPContext model: nodes outside the EPContext node stay on the CPU EP "
@@ -212,7 +200,6 @@ def _qnn_version() -> str:
 
 # -- Arm Ethos-U -------------------------------------------------------------------------------------
 def _ethos_u_artifact(artifact, config: TargetBenchConfig, plan: _Plan, cache) -> tuple[dict, np.ndarray]:
-    from .. import benchmark as base
     from ..exporting import vela
     from ..metadata import sha256_file
 
@@ -225,7 +212,7 @@ def _ethos_u_artifact(artifact, config: TargetBenchConfig, plan: _Plan, cache) -
     if not uncompiled.exists() or sha256_file(uncompiled) != block.get("uncompiled_sha256"):
         raise CheckFailed(f"{artifact.name}: its uncompiled model {uncompiled.name} is missing or changed")
     inputs = cache.inputs_for(artifact)
-    with base.PeakRss() as memory:
+    with PeakRss() as memory:
         started = time.perf_counter()
         reference_int8, optimized_int8 = vela.reference_kernel_outputs(uncompiled, inputs)
         load_ms = (time.perf_counter() - started) * 1e3 / len(inputs)  # reference kernels, per image
@@ -237,8 +224,7 @@ def _ethos_u_artifact(artifact, config: TargetBenchConfig, plan: _Plan, cache) -
         estimate.update(vela.read_summary(summary), evidence="estimated", source=f"Vela summary {summary.name}")
     entry = _base_entry(artifact, "litert", _litert_version(), "int8")
     entry.update(
-        load_ms=load_ms, memory={"rss_before_mb": memory.before_mb, "peak_rss_mb": memory.peak_mb,
-                                 "scope": memory.scope},
+        load_ms=load_ms, memory=memory.summary(),
         placement={"requested": "npu", "devices": [f"{block['accelerator_config']} (Vela placement)"],
                    "nodes": {"NPU": int(placement.get("npu_ops", 0)), "CPU": int(placement.get("cpu_ops", 0))},
                    "method": "Vela --show-cpu-operations at compile time", "verified": True,
@@ -264,58 +250,30 @@ def _litert_version() -> str:
 
 
 # -- the document ------------------------------------------------------------------------------------
-def _rows(entries: list[dict], reference: dict | None, ref_entry: dict | None) -> list[dict[str, Any]]:
-    from .. import benchmark as base
-
+def _rows(entries: list[dict], ref_entry: dict | None) -> list[dict[str, Any]]:
     rows = []
     for entry in entries:
         timing = entry["latency_ms"]["1"]
         estimate = (entry.get("npu") or {}).get("estimate") or {}
-        vs = entry["vs_reference"] or {}
-        row = {key: None for key in base.ROW_COLUMNS} | {
-            "artifact": entry["name"], "kind": "artifact", "backbone": entry["backbone"], "format": entry["format"],
-            "runtime": entry["runtime"], "quantization": entry["quantization"], "batch_size": 1,
-            "size_bytes": entry["size"]["bytes"], "gzip_bytes": entry["size"]["gzip_bytes"],
-            "top1": entry["accuracy"]["top1"], "top5": entry["accuracy"]["top5"],
-            "agreement": vs.get("top1_agreement"), "cosine_mean": vs.get("cosine_mean"),
-            "max_abs_diff": vs.get("max_abs_diff"), "cpu_fallback_nodes": entry["placement"]["cpu_fallback_nodes"],
-            "device": ",".join(entry["placement"]["devices"]),
-            "accuracy_evidence": entry["evidence"]["accuracy"], "latency_evidence": entry["evidence"]["latency_ms"]}
+        row = artifact_row(entry, 1) | {"accuracy_evidence": entry["evidence"]["accuracy"],
+                                        "latency_evidence": entry["evidence"]["latency_ms"]}
         if "p50" in timing:
-            row.update({f"latency_{k}_ms": timing[k] for k in base.TIMING_KEYS},
-                       throughput_ips=1e3 / timing["mean"], load_ms=entry["load_ms"])
+            row.update(timing_columns(timing, 1), load_ms=entry["load_ms"])
         elif "inference_ms" in estimate:
             row.update(latency_p50_ms=estimate["inference_ms"], throughput_ips=1e3 / estimate["inference_ms"])
         rows.append(row)
-    if reference:
-        timing = reference["latency_ms"][1]
-        rows.append({key: None for key in base.ROW_COLUMNS} | {
-            "artifact": "reference (keras)", "kind": "reference", "backbone": reference.get("backbone"),
-            "format": "keras", "runtime": "tensorflow", "quantization": "none", "batch_size": 1,
-            **{f"latency_{k}_ms": timing[k] for k in base.TIMING_KEYS}, "throughput_ips": 1e3 / timing["mean"],
-            "agreement": 1.0, "device": reference["device"], "top1": ref_entry["accuracy"]["top1"],
-            "top5": ref_entry["accuracy"]["top5"], "accuracy_evidence": "measured", "latency_evidence": "measured"})
-    return rows
+    return rows + (reference_rows(ref_entry, [1]) if ref_entry else [])
 
 
 def _assemble(config, plan, images, cache, entries, reference) -> dict[str, Any]:
-    from .. import benchmark as base
     from ..runtime import backends
 
     truth = np.asarray(images.labels, np.int64)
-    ref_entry = None
-    if reference:
-        mapped = base.label_indices(images.classes, reference["labels"], reference["path"])[truth]
-        ref_acc = base.accuracy(reference["outputs"]["probabilities"], mapped)
-        ref_acc.pop("predictions")
-        ref_entry = {"path": reference["path"], "device": reference["device"], "backbone": reference["backbone"],
-                     "accuracy": {**ref_acc, "n_images": int(len(truth))},
-                     "latency_ms": {str(k): v for k, v in reference["latency_ms"].items()},
-                     "versions": reference["versions"], "evidence": "measured"}
-    rows = _rows(entries, reference, ref_entry)
+    ref_entry = {**reference_entry(reference, images.classes, truth), "evidence": "measured"} if reference else None
+    rows = _rows(entries, ref_entry)
     found = plan.target.availability()
     return {
-        "schema": base.BENCH_SCHEMA,
+        "schema": BENCH_SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "target": plan.target.name,
         "mode": "hardware" if plan.level == "hardware" else f"simulate ({plan.level})",
@@ -326,12 +284,11 @@ def _assemble(config, plan, images, cache, entries, reference) -> dict[str, Any]
         "target_devices": {},
         "available_devices": backends.available_devices(),
         "settings": {"runs": config.runs, "warmup": config.warmup, "batch_sizes": [1], "runtime": "auto",
-                     "threads": base.thread_settings(config.threads)},
-        "machine": base.machine_info(),
+                     "threads": thread_settings(config.threads)},
+        "machine": machine_info(),
         "versions": software_versions(["onnxruntime", "onnxruntime-qnn", "ai-edge-litert", "ethos-u-vela",
                                        "tensorflow", "keras"]),
-        "data": {"root": str(Path(config.data).resolve()), "classes": images.classes, "n_images": len(images),
-                 "per_class": images.counts(), "skipped": [str(p) for p, _ in images.skipped]},
+        "data": data_summary(config.data, images),
         "preprocessing": list(cache.timings.values()),
         "reference": ref_entry,
         "harness_overhead": None,

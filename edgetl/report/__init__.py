@@ -1,0 +1,24 @@
+"""Markdown and self-contained HTML reports from flat result rows (bench, and prune's ``--sweep``).
+
+Reusable pieces:
+
+* ``markdown_table(rows, columns)`` – a Markdown table with the column formats below;
+* ``scatter_png(rows, x, y, label)`` – base64 PNG of one metric against another, labelled points;
+* ``curve_report(rows, columns, x, y, title)`` – table + scatter as ``{"markdown", "html"}`` (what
+  prune's sweep renders for its accuracy / latency / size curve);
+* ``render_markdown(bench_json)`` / ``render_html(bench_json)`` – the bench report.
+
+Plots use matplotlib's Agg backend and are embedded as ``data:image/png;base64`` so the HTML file is
+one self-contained document.
+"""
+
+from .markdown import profile_summary_lines, render_markdown, summary_markdown
+from .page import STYLE, curve_report, html_page, markdown_to_html, render_html
+from .plots import _place_labels, _png, _pyplot, boxplot_png, confusion_png, img, scatter_png
+from .tables import (ARTIFACT_COLUMNS, COLUMNS, SUMMARY_COLUMNS, format_value, html_table, human_bytes, markdown_table,
+                     summary_columns)
+
+__all__ = ["profile_summary_lines", "render_markdown", "summary_markdown", "STYLE", "curve_report", "html_page",
+           "markdown_to_html", "render_html", "_place_labels", "_png", "_pyplot", "boxplot_png", "confusion_png",
+           "img", "scatter_png", "ARTIFACT_COLUMNS", "COLUMNS", "SUMMARY_COLUMNS", "format_value", "html_table",
+           "human_bytes", "markdown_table", "summary_columns"]
