@@ -15,6 +15,7 @@ LOGITS_LAYER = "logits"
 BACKBONE_LAYER = "backbone"
 
 
+@dataclass
 class FinetuneConfig:
     data: Path
     out: Path
