@@ -6,6 +6,8 @@
   the TFLite converter's "fully_quantize: 0 ...", LiteRT's XNNPACK INFO lines) and ``sys.stderr`` at
   the same sink (Python warnings such as "Statistics for quantized inputs were expected", NNCF's
   tables), for the duration of a command. ``edgetl --verbose`` leaves both alone.
+* ``say(message, enabled)``: one progress line on ``stderr`` (``enabled``: the command's ``verbose``),
+  the one print helper of the library modules.
 * ``progress(total, description)``: a rich progress bar on stderr when it is a terminal (nothing
   otherwise: logs and CI output stay plain lines).
 """
@@ -54,8 +56,10 @@ class _EdgetlStderr(io.TextIOBase):
 stderr = _EdgetlStderr()
 
 
-def say(message: str) -> None:
-    print(message, file=stderr, flush=True)
+def say(message: str, enabled: bool = True) -> None:
+    """One line of edgetl's progress on stderr; ``enabled`` is the caller's ``verbose``."""
+    if enabled:
+        print(message, file=stderr, flush=True)
 
 
 @contextlib.contextmanager

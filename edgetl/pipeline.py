@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import zoo
+from .console import say
 from .data import ImageSet, load_splits, sample_dataset
 from .errors import CheckFailed, UsageError
-from .metadata import (OUTPUT_MARKER, atomic_directory, check_output_dir, output_marker, read_json, sha256_file,
-                       write_json)
+from .metadata import (OUTPUT_MARKER, atomic_directory, check_output_dir, output_marker, read_json, read_model_card,
+                       sha256_file, write_json)
 
 STAGE_FILE = "stage.json"
 
@@ -73,12 +74,12 @@ def _stage(name: str, directory: Path, key: str, config: RunConfig, result: RunR
     record = _read_record(marker)
     problem = None if config.force or record.get("key") != key else _damage(directory, record)
     if not config.force and record.get("key") == key and problem is None:
-        _say(config, f"== {name}: inputs unchanged, reusing {directory}")
+        say(f"== {name}: inputs unchanged, reusing {directory}", config.verbose)
         result.reused.append(name)
     else:
         why = (f": inputs unchanged but {problem}; redoing it" if problem
                else ": inputs changed" if record.get("key") and not config.force else "")
-        _say(config, f"== {name}{why}")
+        say(f"== {name}{why}", config.verbose)
         started = time.perf_counter()
         build(directory)
         write_json(marker, {"stage": name, "key": key, "seconds": round(time.perf_counter() - started, 2),
@@ -176,7 +177,7 @@ def run(config: RunConfig) -> RunResult:
     model_dir = _stage("finetune", out / "model", _key({"splits": split_key, **ft_options}), config, result,
                        lambda d: finetune(FinetuneConfig(data=splits, out=d, verbose=config.verbose,
                                                          **ft_options)))
-    model_sha = read_json(model_dir / "edgetl.json")["model_sha256"]
+    model_sha = read_model_card(model_dir).model_sha256
 
     # 3. Export FP32 and each quantized mode of every format (calibrated on train, checked on val).
     #    An INT8 artifact under the agreement threshold is written and marked failing; the run goes on
@@ -189,7 +190,7 @@ def run(config: RunConfig) -> RunResult:
             export(ExportConfig(model=model_dir, out=directory, calib=splits / "train", check=splits / "val",
                                 overwrite=True, verbose=config.verbose, **export_options))
         except CheckFailed as failure:
-            _say(config, f"warning: {failure}")
+            say(f"warning: {failure}", config.verbose)
 
     export_dir = _stage("export", out / "export", _key({"model": model_sha, **export_options}), config, result,
                         do_export)
@@ -208,9 +209,3 @@ def run(config: RunConfig) -> RunResult:
     result.seconds = time.perf_counter() - started
     return result
 
-
-def _say(config: RunConfig, message: str) -> None:
-    if config.verbose:
-        from .console import say
-
-        say(message)

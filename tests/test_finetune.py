@@ -132,7 +132,7 @@ def test_interrupted_finetune_leaves_nothing(sample_dir, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ft, "plot_history", boom)
+    monkeypatch.setattr(ft.io, "plot_history", boom)
     with pytest.raises(KeyboardInterrupt):
         finetune(_config(sample_dir, tmp_path / "m"))
     assert list(tmp_path.iterdir()) == []

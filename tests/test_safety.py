@@ -60,7 +60,7 @@ def exported(tiny_model_dir, sample_dir, tmp_path_factory) -> Path:
 
 # -- 1. one output-folder rule ------------------------------------------------------------------------
 def test_finetune_out_that_is_holds_or_is_unrelated_is_refused_before_training(tmp_path, capsys, monkeypatch):
-    import edgetl.training as ft
+    import edgetl.training.job as ft
 
     def no_training(*args, **kwargs):
         raise AssertionError("training started")

@@ -28,7 +28,8 @@ COLUMNS = ("label", "sparsity", "val_accuracy", "accuracy_before_recovery", "par
 
 
 def run_sweep(config, rounds: int = 5, runs_per_round: int = 20):
-    from . import PruneResult, prune_model
+    from .config import PruneResult
+    from .job import prune_model
 
     source_meta = read_model_metadata(config.model_dir)
     rows: list[dict[str, Any]] = []

@@ -1,13 +1,4 @@
-"""Metadata files, fingerprints and atomic writes (numpy-free, TensorFlow-free).
-
-Two JSON documents carry everything a later stage needs:
-
-* ``edgetl.json`` in a model directory (written by finetune/prune): labels, preprocessing, backbone,
-  training record. See ``models/README.md``.
-* ``<artifact>.json`` next to every exported artifact (``model_int8.onnx`` -> ``model_int8.onnx.json``):
-  labels, input/output tensors, preprocessing, quantization, calibration and source fingerprints,
-  parity numbers. The runtime and the bench read nothing else.
-"""
+"""Output folders: the one rule for what edgetl may replace, the marker it leaves, atomic directories."""
 
 from __future__ import annotations
 
@@ -17,11 +8,8 @@ import ctypes.util
 import datetime
 import errno
 import fnmatch
-import hashlib
 import importlib.metadata
-import json
 import os
-import platform
 import re
 import secrets
 import shutil
@@ -30,77 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .errors import CheckFailed, UsageError, raise_if_terminated
-
-MODEL_METADATA = "edgetl.json"
-MODEL_FILE = "model.keras"
-MODEL_SCHEMA = "edgetl.model/1"
-ARTIFACT_SCHEMA = "edgetl.artifact/1"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fingerprint_files(paths: Iterable[str | Path], root: str | Path | None = None) -> dict[str, Any]:
-    """A set of files named by content: sorted per-file sha256, hashed together.
-
-    Names are kept (relative to ``root``) for the manifest, but the fingerprint depends on content
-    only, so the same images copied elsewhere fingerprint the same.
-    """
-    entries = []
-    for path in paths:
-        path = Path(path)
-        name = str(path.relative_to(root)) if root else path.name
-        entries.append({"file": name, "sha256": sha256_file(path)})
-    entries.sort(key=lambda e: (e["sha256"], e["file"]))
-    combined = hashlib.sha256("\n".join(e["sha256"] for e in entries).encode()).hexdigest()
-    return {"fingerprint": combined, "count": len(entries), "files": entries}
-
-
-def software_versions(extra: Iterable[str] = ()) -> dict[str, str]:
-    names = ["edgetl", "numpy", "pillow", *extra]
-    versions = {"python": platform.python_version()}
-    for name in names:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[name] = importlib.metadata.version(name)
-    return versions
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename) so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=_json_default)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _json_default(value: Any) -> Any:
-    # numpy scalars/arrays and Paths show up in metrics; keep the writer dependency-free.
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def read_json(path: str | Path) -> Any:
-    with open(path) as handle:
-        return json.load(handle)
-
+from ..errors import UsageError, raise_if_terminated
+from .cards import MODEL_FILE, MODEL_METADATA
+from .files import read_json, write_json
 
 # -- output folders ---------------------------------------------------------------------------------
 # One rule for every verb (finetune, export, prune, bench, run): edgetl replaces only a folder it wrote,
@@ -182,7 +102,7 @@ def check_output_dir(out: str | Path, inputs: Iterable[str | Path | None] = (), 
     (``is_edgetl_output``) and is replaced only with ``overwrite``. ``inputs`` (data, model, artifacts,
     calibration/check folders, reference: files or folders) may not be ``out``, inside it, or hold it.
     """
-    from .writable import check_writable
+    from ..writable import check_writable
 
     out = Path(out)
     try:
@@ -354,111 +274,3 @@ def atomic_directory(out: str | Path, overwrite: bool = True, *, inputs: Iterabl
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-
-# -- artifact files ---------------------------------------------------------------------------------
-# Files an artifact consists of besides its main file, by suffix of the main file. Formats that add
-# companions (e.g. a compiled EPContext blob next to an .onnx) add them here so the sidecar hashes them.
-ARTIFACT_COMPANIONS: dict[str, tuple[str, ...]] = {".xml": (".bin",)}
-
-
-def artifact_files(artifact: str | Path) -> list[Path]:
-    """Every file of an artifact, main file first (OpenVINO: the .xml and its .bin weights)."""
-    artifact = Path(artifact)
-    return [artifact, *(artifact.with_suffix(s) for s in ARTIFACT_COMPANIONS.get(artifact.suffix.lower(), ()))]
-
-
-def hash_artifact(artifact: str | Path) -> dict[str, str]:
-    """``{file name relative to the artifact's folder: sha256}`` of every file of the artifact: the
-    sidecar's ``files`` field."""
-    artifact = Path(artifact)
-    return {str(p.relative_to(artifact.parent)): sha256_file(p) for p in artifact_files(artifact)}
-
-
-def verify_artifact(artifact: str | Path, sidecar: dict[str, Any] | None = None) -> None:
-    """Raise ``CheckFailed`` (one line) unless every file the sidecar hashes is present and matches.
-
-    Sidecars with ``files`` as ``{name: sha256}`` cover every file; older ones (``files`` a list of
-    names, or absent) have only ``sha256`` of the main file, which is checked.
-    """
-    artifact = Path(artifact)
-    sidecar = read_sidecar(artifact) if sidecar is None else sidecar
-    recorded = sidecar.get("files")
-    main = sidecar.get("file") or artifact.name
-    if not isinstance(recorded, dict):
-        recorded = {main: sidecar["sha256"]} if sidecar.get("sha256") else {}
-    elif main not in recorded:
-        raise CheckFailed(f"{sidecar_path(artifact)}: its files do not include the artifact {main} itself "
-                          f"(edited by hand?); re-export it")
-    for name, digest in recorded.items():
-        relative = Path(name)
-        if relative.is_absolute() or ".." in relative.parts:
-            raise CheckFailed(f"{sidecar_path(artifact)}: file {name!r} lies outside the artifact's folder")
-        if name == main:
-            path = artifact
-        elif relative.stem == Path(main).stem:  # a renamed artifact: companions share its new stem
-            path = artifact.with_name(artifact.stem + relative.suffix)
-        else:
-            path = artifact.parent / relative
-        if not path.is_file():
-            raise CheckFailed(f"{artifact}: {path.name} is missing (its sidecar lists it as part of the artifact)")
-        if sha256_file(path) != digest:
-            raise CheckFailed(f"{artifact}: {path.name} does not match the sha256 in its sidecar "
-                              f"(corrupt or replaced after export)")
-
-
-def sidecar_path(artifact: str | Path) -> Path:
-    artifact = Path(artifact)
-    return artifact.with_name(artifact.name + ".json")
-
-
-def read_sidecar(artifact: str | Path) -> dict[str, Any]:
-    artifact = Path(artifact)
-    side = sidecar_path(artifact)
-    if not artifact.exists():
-        raise UsageError(f"{artifact}: no such artifact")
-    if not side.exists():
-        raise UsageError(f"{artifact}: metadata sidecar {side.name} is missing next to it; "
-                         f"re-export with `edgetl export` to create it")
-    try:
-        data = read_json(side)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{side}: unreadable metadata ({exc})") from None
-    if data.get("schema") != ARTIFACT_SCHEMA:
-        raise UsageError(f"{side}: not an edgetl artifact sidecar (schema {data.get('schema')!r})")
-    return data
-
-
-def read_model_metadata(model_dir: str | Path) -> dict[str, Any]:
-    """``edgetl.json`` of a model directory, checked: one line naming the file and the field when it
-    is missing, not JSON, or lacks what export/prune/bench read (``check_model_metadata``)."""
-    model_dir = Path(model_dir)
-    path = model_dir / MODEL_METADATA
-    if not path.exists():
-        raise UsageError(f"{model_dir}: no {MODEL_METADATA} (not a model directory written by "
-                         f"`edgetl finetune` or `edgetl prune`)")
-    try:
-        data = read_json(path)
-    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
-        raise UsageError(f"{path}: not valid JSON ({str(exc).splitlines()[0][:120]})") from None
-    check_model_metadata(data, path)
-    return data
-
-
-def check_model_metadata(data: Any, path: str | Path) -> None:
-    """Required fields: ``labels`` (non-empty list of names), ``preprocessing.input_size`` ([H, W]
-    positive integers); ``output`` and ``dataset`` must be objects when present."""
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    labels = data.get("labels")
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise UsageError(f"{path}: field 'labels' is {'missing' if labels is None else 'invalid'} "
-                         f"(a non-empty list of class names)")
-    recipe = data.get("preprocessing")
-    size = recipe.get("input_size") if isinstance(recipe, dict) else None
-    if not (isinstance(size, list) and len(size) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        field = "preprocessing" if not isinstance(recipe, dict) else "preprocessing.input_size"
-        raise UsageError(f"{path}: field '{field}' is missing or invalid (the recipe with input_size [H, W])")
-    for field in ("output", "dataset"):
-        if field in data and data[field] is not None and not isinstance(data[field], dict):
-            raise UsageError(f"{path}: field '{field}' must be an object")

@@ -7,60 +7,18 @@ unusable artifact, 3 no device); a usage error of the parser is one line and exi
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import logging
-import os
-import signal
-import sys
-import threading
-import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .errors import TERMINATION_REQUESTED, EdgetlError, Terminated
+from ..errors import EdgetlError
+from .frameworks import _load_tensorflow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
                   help="Fine-tune an ImageNet backbone and take it to an edge device: "
                        "finetune, export, prune, bench, predict, run, search.")
-
-
-def _quiet_frameworks() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
-    from .console import stderr as edgetl_stderr
-
-    # edgetl's warnings reach the terminal even while the converters' chatter is silenced (--verbose).
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=edgetl_stderr)
-    for noisy in ("tensorflow", "absl", "tf2onnx", "nncf", "h5py", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    # Pillow's DecompressionBombWarning (over 89 MP): edgetl's own, lower pixel cap already refuses
-    # those images with a one-line reason (edgetl.preprocess.DecodeRules.max_pixels).
-    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
-
-
-def _load_tensorflow() -> None:
-    """Import TensorFlow with C++ start-up chatter (CUDA probing, oneDNN banners) silenced: absl
-    writes it to fd 2 before any log level applies, so stderr is pointed at /dev/null meanwhile."""
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow
-
-        tensorflow.config.list_physical_devices()  # CUDA probing happens here, also noisily
-        import keras  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 @app.callback()
@@ -69,7 +27,7 @@ def _global_options(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the converters' and runtimes' own "
                                  "stderr output (TensorFlow, TFLite converter, XNNPACK, NNCF), silenced by default."),
 ):
-    from .console import quiet_native_stderr
+    from ..console import quiet_native_stderr
 
     ctx.with_resource(quiet_native_stderr(enabled=not verbose))
 
@@ -105,7 +63,7 @@ def finetune(
     distill_weight: float = typer.Option(0.5, help="strategy distill: weight of the teacher term (the rest: labels)."),
 ):
     """Fine-tune a backbone with a new classification head on an image folder."""
-    from .training import FinetuneConfig
+    from ..training import FinetuneConfig
 
     config = FinetuneConfig(data=data, out=out, backbone=backbone,
                             backbones=tuple(_split([backbones])) if backbones else (), weights=weights,
@@ -116,7 +74,7 @@ def finetune(
                             distill_weight=distill_weight)
     config.validate()  # bad arguments, a forbidden or unwritable --out: before TensorFlow and training
     _load_tensorflow()
-    from .training import finetune as run_finetune
+    from ..training import finetune as run_finetune
 
     result = run_finetune(config)
     typer.echo(f"model: {result.model_dir}  val_accuracy: {result.val_accuracy}")
@@ -140,8 +98,8 @@ def run(
 ):
     """The whole road: fine-tune, export FP32 + INT8 of each format, bench, print the summary."""
     _load_tensorflow()
-    from .pipeline import RunConfig
-    from .pipeline import run as run_pipeline
+    from ..pipeline import RunConfig
+    from ..pipeline import run as run_pipeline
 
     config = RunConfig(out=out, data=data, backbone=backbone, weights=weights, strategy=strategy,
                        epochs=epochs, batch_size=batch_size, input_size=input_size,
@@ -180,8 +138,8 @@ def search(
     address: Optional[str] = typer.Option(None, help="Join this Ray cluster (HOST:PORT); default: Ray started in-process here."),
 ):
     """Search backbones x strategies x sparsity x quantization x format on Ray; Pareto front and winner per target."""
-    from .errors import UsageError
-    from .search import SearchConfig
+    from ..errors import UsageError
+    from ..search import SearchConfig
 
     try:
         sparsities = tuple(float(v) for v in _split([sparsity]))
@@ -195,8 +153,8 @@ def search(
                           seed=seed, runs=runs, threads=threads, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
                           max_drop=max_drop, eta=eta, space=space, address=address)
     config.validate()  # bad arguments and a forbidden --out fail before Ray starts
-    from .search import require_winners
-    from .search import search as run_search
+    from ..search import require_winners
+    from ..search import search as run_search
 
     result = run_search(config)
     typer.echo(result.markdown)
@@ -226,7 +184,7 @@ def prune(
         sweep_values = tuple(float(v) for v in _split([sweep])) if sweep else ()
     except ValueError:
         raise typer.BadParameter(f"--sweep expects comma-separated numbers, got {sweep!r}") from None
-    from .pruning import PruneConfig
+    from ..pruning import PruneConfig
 
     config = PruneConfig(model_dir=model_dir, out=out, method=method, sparsity=sparsity, schedule=schedule,
                          importance=importance, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -234,7 +192,7 @@ def prune(
                          prune_classifier=prune_classifier, sweep=sweep_values)
     config.validate()  # bad arguments fail before TensorFlow loads
     _load_tensorflow()
-    from .pruning import prune as run_prune
+    from ..pruning import prune as run_prune
 
     result = run_prune(config)
     if config.sweep:
@@ -277,8 +235,8 @@ def export(
     allow_cpu_fallback: bool = typer.Option(False, "--allow-cpu-fallback", help="NPU targets: accept ops left for the CPU instead of failing."),
 ):
     """Export a trained model to ONNX / TFLite / OpenVINO, FP32 or quantized, with parity checks."""
-    from .exporting import ExportConfig
-    from .exporting import export as run_export
+    from ..exporting import ExportConfig
+    from ..exporting import export as run_export
 
     config = ExportConfig(model=model, out=out, formats=tuple(_split(format) or ["onnx"]),
                           modes=tuple(_split(quantize) or ["fp32"]),
@@ -291,7 +249,7 @@ def export(
                           memory_mode=memory_mode, allow_cpu_fallback=allow_cpu_fallback)
     config.validate()  # bad arguments fail before TensorFlow's start-up cost
     if target:
-        from .targets import preflight_export
+        from ..targets import preflight_export
 
         preflight_export(config)  # unknown target, missing tooling (exit 3), no --calib: before TensorFlow
     _load_tensorflow()
@@ -305,7 +263,7 @@ def list_targets(as_json: bool = typer.Option(False, "--json", help="Print JSON 
     """List every target: the artifact it needs, how it is compiled and run, and what this machine has."""
     import json
 
-    from . import targets
+    from .. import targets
 
     rows = targets.table()
     typer.echo(json.dumps(rows, indent=2) if as_json else targets.render_table(rows))
@@ -314,7 +272,7 @@ def list_targets(as_json: bool = typer.Option(False, "--json", help="Print JSON 
 @app.command("backbones")
 def list_backbones():
     """List the registered backbones with input size, feature width and preprocessing."""
-    from . import zoo
+    from .. import zoo
 
     for name in zoo.names():
         spec = zoo.get(name)
@@ -344,10 +302,10 @@ def bench_command(
     profile: bool = typer.Option(False, "--profile", help="Per-op profile of each artifact (ONNX Runtime profiling, OpenVINO performance counters): top ops and the share by op kind."),
 ):
     """Latency, memory, size and accuracy of artifacts vs their FP32 Keras reference."""
-    from .errors import UsageError
+    from ..errors import UsageError
 
     if ":" in target or simulate:  # a registered target (npu:qnn-htp, gpu:cuda, ...): edgetl.targets.bench
-        from .targets.bench import TargetBenchConfig, bench_target, preflight_target
+        from ..targets.bench import TargetBenchConfig, bench_target, preflight_target
 
         tconfig = TargetBenchConfig(artifacts=tuple(artifacts), data=data, out=out, target=target,
                                     reference=reference, simulate=simulate, allow_cpu_fallback=allow_cpu_fallback,
@@ -363,8 +321,8 @@ def bench_command(
         sizes = tuple(int(b) for b in _split([batch_sizes]))
     except ValueError:
         raise UsageError(f"--batch-sizes takes comma-separated integers, got {batch_sizes!r}") from None
-    from .benchmark import BenchConfig, preflight
-    from .benchmark import bench as run_bench
+    from ..benchmark import BenchConfig, preflight
+    from ..benchmark import bench as run_bench
 
     config = BenchConfig(artifacts=tuple(artifacts), data=data, out=out, target=target, reference=reference,
                          runs=runs, warmup=warmup, batch_sizes=sizes, threads=threads, runtime=runtime,
@@ -398,10 +356,10 @@ def predict(
     # Device path: only edgetl.runtime (numpy, Pillow, one runtime); never _load_tensorflow() here.
     import json
 
-    from .errors import UsageError
-    from .preprocess import ImageDecodeError, open_image
-    from .runtime import EdgeModel
-    from .runtime.model import iter_image_files
+    from ..errors import UsageError
+    from ..preprocess import ImageDecodeError, open_image
+    from ..runtime import EdgeModel
+    from ..runtime.model import iter_image_files
 
     model = EdgeModel.load(artifact, device=device, threads=threads, verify=not no_verify)
     results = []
@@ -411,7 +369,7 @@ def predict(
         except ImageDecodeError as exc:
             if named:
                 raise UsageError(str(exc)) from None
-            from .console import stderr as edgetl_stderr
+            from ..console import stderr as edgetl_stderr
 
             typer.echo(f"edgetl: warning: skipped {exc}", file=edgetl_stderr)
             continue
@@ -425,109 +383,3 @@ def predict(
         typer.echo(json.dumps([{"image": str(path), "predictions": [{"label": label, "score": score}
                                                                     for label, score in ranked]}
                                for path, ranked in results], indent=2))
-
-
-def _usage_error_types() -> tuple[type, ...]:
-    # typer >= 0.22 vendors click as typer._click; older typer uses click itself.
-    try:
-        from typer._click.exceptions import ClickException
-    except ImportError:
-        from click import ClickException
-    return (ClickException,)
-
-
-def _on_sigterm(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
-    TERMINATION_REQUESTED.set()
-    if not _inside_import(frame):
-        raise Terminated()
-    # An exception inside a native module's import (TensorFlow's) leaves it half-initialised, which can
-    # crash the process later; the writers raise it at their next commit (errors.raise_if_terminated).
-
-
-def _inside_import(frame) -> bool:
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            return True
-        frame = frame.f_back
-    return False
-
-
-@contextlib.contextmanager
-def _sigterm_as_exception():
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    TERMINATION_REQUESTED.clear()  # a new command in this process (tests call main() repeatedly)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Console entry point: one line and a non-zero code for every failure the user can fix."""
-    with _sigterm_as_exception():
-        return _main(argv)
-
-
-def _main(argv: Optional[list[str]] = None) -> int:
-    _quiet_frameworks()
-    command = typer.main.get_command(app)
-    try:
-        result = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgetl",
-                              standalone_mode=False)
-        return result if isinstance(result, int) else 0
-    except Terminated:
-        _drop_interrupted_finalizers()
-        typer.echo("edgetl: terminated (SIGTERM); nothing half-written was left", err=True)
-        return 143
-    except typer.Exit as exc:
-        if isinstance(exc.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into Exit(130)
-            _drop_interrupted_finalizers()
-            typer.echo("edgetl: interrupted; nothing half-written was left", err=True)
-        return exc.exit_code
-    except typer.Abort:
-        typer.echo("edgetl: aborted", err=True)
-        return 130
-    except _usage_error_types() as exc:  # bad arguments: one line, exit 2
-        typer.echo(f"edgetl: error: {exc.format_message()}", err=True)
-        return exc.exit_code
-    except EdgetlError as exc:
-        typer.echo(f"edgetl: error: {exc}", err=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        _drop_interrupted_finalizers()
-        typer.echo("edgetl: interrupted; nothing half-written was left", err=True)
-        return 130
-    except OSError as exc:  # disk full, permission, read-only mid-write: one line; other OSErrors are bugs
-        from .writable import describe_os_error
-
-        message = describe_os_error(exc)
-        if message is None:
-            raise
-        typer.echo(f"edgetl: error: {message}", err=True)
-        return 2
-
-
-def _drop_interrupted_finalizers() -> None:
-    """A signal that lands mid-import leaves native modules (TensorFlow's ApiDefMap) half-initialised;
-    their finalizers raise "Exception ignored in ..." tracebacks (or crash) when the garbage collector
-    runs them, after the one line edgetl prints. The clean-up is done by now and the process is about to
-    exit (``entry``: without finalization), so the collector stays off and such reports are dropped."""
-    gc.disable()
-    sys.unraisablehook = lambda unraisable: None
-
-
-def entry() -> None:
-    code = main()
-    if code in (130, 143):  # interrupted: skip interpreter finalization for the same reason
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    entry()

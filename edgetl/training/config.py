@@ -1,0 +1,94 @@
+"""What `edgetl finetune` takes (``FinetuneConfig``) and gives back (``TrainedModel``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import zoo
+from ..choices import Strategy, choose
+from ..errors import UsageError
+from ..metadata import check_output_dir
+
+LOGITS_LAYER = "logits"
+BACKBONE_LAYER = "backbone"
+
+
+@dataclass
+class FinetuneConfig:
+    data: Path
+    out: Path
+    backbone: str = zoo.DEFAULT_BACKBONE
+    backbones: tuple[str, ...] = ()  # for strategy="stack"
+    weights: str = "imagenet"
+    strategy: str = Strategy.FEATURES
+    unfreeze_top: int = 20
+    epochs: int = 5
+    fine_tune_epochs: int | None = None  # second phase of freeze/full; default: epochs
+    batch_size: int = 16
+    lr: float = 1e-3
+    fine_tune_lr: float | None = None  # default: lr/10 (freeze), lr/100 (full)
+    dropout: float = 0.2
+    val_split: float = 0.2
+    seed: int = 0
+    input_size: int | None = None
+    verbose: bool = True
+    teacher: Path | None = None  # strategy distill: an edgetl model directory
+    temperature: float = 2.0  # distill: softens teacher and student alike
+    distill_weight: float = 0.5  # distill: share of the soft (teacher) term; the rest is the label loss
+
+    def validate(self) -> None:
+        self.strategy = choose(Strategy, self.strategy, "strategy")
+        if self.strategy == Strategy.STACK and len(self.backbones) < 2:
+            raise UsageError("strategy 'stack' needs --backbones with at least two names")
+        for name in self.backbones or (self.backbone,):
+            zoo.get(name)
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise UsageError("epochs and batch size must be >= 1 and the learning rate > 0")
+        if self.strategy == Strategy.FREEZE and self.unfreeze_top < 1:
+            raise UsageError("--unfreeze-top must be >= 1 for strategy 'freeze'")
+        self._validate_numbers()
+        if not Path(self.data).is_dir():
+            raise UsageError(f"data folder {self.data} does not exist")
+        pre_split = (Path(self.data) / "train").is_dir() and (Path(self.data) / "val").is_dir()
+        if not pre_split and not 0.0 < self.val_split < 1.0:
+            # No held-out images would mean no val accuracy (nan) and no parity set for export.
+            raise UsageError(f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}; "
+                             f"to choose the validation images yourself, use DATA/train and DATA/val")
+        check_output_dir(self.out, self.inputs())  # before training, not after it
+
+    def inputs(self) -> tuple[Path | None, ...]:
+        """What --out may not be, hold or lie inside: the data and a weights file."""
+        weights = Path(self.weights) if self.weights not in (None, "imagenet", "none") else None
+        return (Path(self.data), weights, Path(self.teacher) if self.teacher else None)
+
+    def _validate_numbers(self) -> None:
+        """Ranges Keras would otherwise reject with a traceback, or silently replace."""
+        if self.fine_tune_epochs is not None and self.fine_tune_epochs < 1:
+            raise UsageError(f"--fine-tune-epochs must be >= 1, got {self.fine_tune_epochs}")
+        if self.fine_tune_lr is not None and self.fine_tune_lr <= 0:
+            raise UsageError(f"--fine-tune-lr must be > 0, got {self.fine_tune_lr}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.input_size is not None:
+            if self.strategy == Strategy.STACK:
+                raise UsageError("--input-size does not apply to strategy 'stack' (each backbone keeps "
+                                 "its own size)")
+            spec = zoo.get(self.backbone)
+            if self.input_size < spec.min_input_size:
+                # 0 included: it used to fall back to the default size silently.
+                raise UsageError(f"--input-size must be >= {spec.min_input_size} for {spec.name}, "
+                                 f"got {self.input_size}")
+
+
+@dataclass
+class TrainedModel:
+    model_dir: Path
+    model: Any
+    metadata: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return self.metadata.get("metrics", {}).get("val_accuracy")

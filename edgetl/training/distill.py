@@ -1,0 +1,102 @@
+"""Strategy ``distill``: ``features`` trained on the soft predictions of a teacher (any edgetl model
+directory, a stack included) as well as on the labels (Hinton et al.'s loss, ``distill_loss``).
+
+A plain KD loss rather than keras.distillation.Distiller (Keras 3.15 has it): the Distiller runs the
+teacher on the student's input batch, but an edgetl teacher has its own input size and normalisation
+(a stack takes raw pixels at its largest backbone's size). So the teacher runs once, on its own
+preprocessing of every image, and the dataset's label becomes the image's row in a table of
+(label, teacher probabilities); the model stays the plain classifier with its ``logits`` layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..console import say
+from ..data import ImageSet, load_pixels, make_dataset
+from ..errors import UsageError
+from ..metadata import read_model_card
+from ..metrics import softmax
+from ..preprocess import Preprocessing
+from .config import FinetuneConfig
+from .fit import train_phase
+from .io import load_trained
+
+
+def teacher_probabilities(teacher_dir: Path, paths: list[Path], batch_size: int = 16):
+    """(N x classes teacher probabilities, teacher metadata) on the teacher's own preprocessing."""
+    import numpy as np
+
+    teacher, metadata = load_trained(teacher_dir)
+    recipe = Preprocessing.from_dict(metadata["preprocessing"])
+    out = []
+    for i in range(0, len(paths), batch_size):
+        x = recipe.normalize(load_pixels(paths[i:i + batch_size], recipe))
+        out.append(np.asarray(teacher.predict(x, verbose=0), np.float64))
+    probs = np.concatenate(out)
+    if (metadata.get("output") or {}).get("kind") == "logits":
+        probs = softmax(probs).astype(np.float64)
+    return probs, metadata
+
+
+def distill_loss(table, temperature: float, weight: float):
+    """Loss on (row index, student probabilities): ``(1 - weight) * CE(label) + weight * T^2 *
+    KL(teacher_T || student_T)``, softened through log-probabilities (log-softmax of logits / T equals
+    log-softmax of log(probs) / T). ``table``: rows of [label, teacher probabilities...]."""
+    import tensorflow as tf
+
+    table = tf.constant(table, tf.float32)
+
+    def loss(rows, probs):
+        row = tf.gather(table, tf.cast(tf.reshape(rows, [-1]), tf.int32))
+        labels, teacher = tf.cast(row[:, 0], tf.int32), row[:, 1:]
+        hard = tf.keras.losses.sparse_categorical_crossentropy(labels, probs)
+        student_t = tf.nn.log_softmax(tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0)) / temperature)
+        teacher_t = tf.nn.softmax(tf.math.log(tf.clip_by_value(teacher, 1e-7, 1.0)) / temperature)
+        soft = tf.reduce_sum(teacher_t * (tf.math.log(tf.clip_by_value(teacher_t, 1e-12, 1.0)) - student_t), -1)
+        return (1.0 - weight) * hard + weight * temperature ** 2 * soft
+
+    def accuracy(rows, probs):
+        labels = tf.gather(table[:, 0], tf.cast(tf.reshape(rows, [-1]), tf.int32))
+        return tf.cast(tf.equal(tf.cast(labels, tf.int64), tf.argmax(probs, -1)), tf.float32)
+
+    return loss, accuracy
+
+
+def train_distilled(config: FinetuneConfig, model, train_set: ImageSet, val_set: ImageSet,
+                    recipe: Preprocessing, history: list) -> dict[str, Any]:
+    """The distill phase on ``model`` (appends to ``history``); returns the card's ``teacher`` record."""
+    import numpy as np
+
+    if config.teacher is None or not Path(config.teacher).is_dir():
+        raise UsageError(f"strategy 'distill' needs --teacher MODEL_DIR (an edgetl model directory); "
+                         f"got {config.teacher}")
+    teacher = read_model_card(config.teacher)
+    if teacher.labels != train_set.classes:
+        raise UsageError(f"teacher {config.teacher} has classes {teacher.labels}, "
+                         f"the data {train_set.classes}")
+    if not 0.0 <= config.distill_weight <= 1.0 or config.temperature <= 0:
+        raise UsageError("--distill-weight must be in [0, 1] and --temperature > 0")
+    paths = list(train_set.paths) + list(val_set.paths)
+    probs, _ = teacher_probabilities(Path(config.teacher), paths)
+    labels = np.asarray(list(train_set.labels) + list(val_set.labels), np.float64)
+    table = np.concatenate([labels[:, None], probs], axis=1)
+    say(f"teacher {config.teacher} ({teacher.backbone}): accuracy "
+        f"{float((probs.argmax(-1) == labels).mean()):.3f} on train+val", config.verbose)
+    # Labels replaced by row numbers (train first, then val) so that shuffling keeps each image with its row.
+    rows_train = dataclasses.replace(train_set, labels=list(range(len(train_set))))
+    rows_val = dataclasses.replace(val_set, labels=list(range(len(train_set), len(paths))))
+    train_ds = make_dataset(rows_train, recipe, config.batch_size, True, config.seed,
+                            pixels=load_pixels(train_set.paths, recipe, training=True))
+    val_ds = make_dataset(rows_val, recipe, config.batch_size, False) if len(val_set) else None
+    loss, accuracy = distill_loss(table, config.temperature, config.distill_weight)
+    accuracy.__name__ = "accuracy"  # history keys as for the other strategies
+    train_phase(model, train_ds, val_ds, config.epochs, config.lr, "distill", config.verbose, history,
+                loss=loss, metrics=(accuracy,))
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])  # plain labels again
+    teacher_val = float((probs[len(train_set):].argmax(-1) == labels[len(train_set):]).mean()) if len(val_set) else None
+    return {"path": str(Path(config.teacher).resolve()), "backbone": teacher.backbone,
+            "model_sha256": teacher.model_sha256, "val_accuracy": teacher_val,
+            "temperature": config.temperature, "distill_weight": config.distill_weight}
