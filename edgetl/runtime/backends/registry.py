@@ -14,7 +14,8 @@ from .onnx import OnnxBackend
 from .openvino import OpenVinoBackend
 from .tflite import TfliteBackend
 
-BACKENDS: dict[str, type[Backend]] = {"onnx": OnnxBackend, "tflite": TfliteBackend, "openvino": OpenVinoBackend}
+# The order is the order of every per-format listing (available_devices, target_devices, bench.json).
+BACKENDS: dict[str, type[Backend]] = {"onnx": OnnxBackend, "openvino": OpenVinoBackend, "tflite": TfliteBackend}
 
 FORMAT_BY_SUFFIX = {cls.suffix: fmt for fmt, cls in BACKENDS.items()}
 RUNTIME_BY_FORMAT = {fmt: cls.runtime for fmt, cls in BACKENDS.items()}
@@ -27,7 +28,7 @@ SHARED_OPTIONS = frozenset({"exact_int8", "soc", "allow_cpu_fallback"})
 def artifact_format(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in FORMAT_BY_SUFFIX:
-        *first, last = FORMAT_BY_SUFFIX
+        *first, last = sorted(FORMAT_BY_SUFFIX)
         raise UsageError(f"{path}: unknown artifact type {suffix or '(none)'}; expected {', '.join(first)} or {last}")
     return FORMAT_BY_SUFFIX[suffix]
 
