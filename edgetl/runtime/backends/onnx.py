@@ -114,18 +114,23 @@ class OnnxBackend(Backend):
     def version(self) -> str:
         return self._ort.__version__
 
+    def _session_options(self):
+        return ort_session_options(self.threads, self.exact_int8)
+
+    def _providers(self) -> dict[str, Any]:
+        return {"providers": self.session.get_providers()}
+
     def _placement_details(self, sample: np.ndarray, devices: list[str]) -> dict[str, Any]:
         return {"nodes": self.profile_nodes(sample), "method": "onnxruntime profiling"}
 
     def profile_nodes(self, sample: np.ndarray) -> dict[str, int]:
         """A second session with profiling on, the same providers and INT8 kernels: one run of
         ``sample``, nodes counted per execution provider (``{"CPU": 60, "CUDA": 3}``)."""
-        options = ort_session_options(self.threads, self.exact_int8)
+        options = self._session_options()
         options.enable_profiling = True
         with tempfile.TemporaryDirectory(prefix="edgetl-ort-profile-") as tmp:
             options.profile_file_prefix = str(Path(tmp) / "profile")
-            session = self._ort.InferenceSession(str(self.path), sess_options=options,
-                                                 providers=self.session.get_providers())
+            session = self._ort.InferenceSession(str(self.path), sess_options=options, **self._providers())
             session.run(None, {self.input_name: sample})
             events = read_json(session.end_profiling())
         counts: dict[str, set] = {}

@@ -80,12 +80,13 @@ class QnnBackend(OnnxBackend):
 
     def __init__(self, path: Path, device: str = "npu", threads: int | None = None, soc: str | None = None,
                  allow_cpu_fallback: bool = False, exact_int8: bool = True):
-        super(OnnxBackend, self).__init__(path, device, threads)
+        super(OnnxBackend, self).__init__(path, device, threads)  # Backend's: the session is made here
         ort = self.require("onnxruntime")
         devices = qnn_ep_devices()
         self.simulated = qnn_is_simulator(devices)
         self.exact_int8 = False  # the HTP runs its own integer kernels; ORT's CPU switch does not apply
-        options = qnn_session_options(soc, allow_cpu_fallback, threads=threads)
+        self.soc, self.allow_cpu_fallback = soc, allow_cpu_fallback
+        options = self._session_options()
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options)
         except Exception as exc:
@@ -96,6 +97,12 @@ class QnnBackend(OnnxBackend):
         if soc:
             self.settings = {"soc_model": str(soc)}
         self._ort = ort
+
+    def _session_options(self):
+        return qnn_session_options(self.soc, self.allow_cpu_fallback, threads=self.threads)
+
+    def _providers(self) -> dict:
+        return {}  # the plugin EP is attached by the session options, not named
 
     @classmethod
     def checked(cls, simulate: bool) -> type[QnnBackend]:
