@@ -44,6 +44,8 @@ class Backend(ABC):
     pip_extra: ClassVar[str]  # what to install when the runtime is missing
     # keyword options of __init__ beyond (path, device, threads)
     options: ClassVar[frozenset[str]] = frozenset()
+    # whether ``run`` may be entered from several threads at once (else EdgeModel serialises calls)
+    reentrant: ClassVar[bool] = False
     simulated: bool = False  # True where wall time is a simulator's, never the device's latency
 
     input_name: str

@@ -75,6 +75,7 @@ class OnnxBackend(Backend):
     format, runtime, suffix, pip_extra = "onnx", "onnxruntime", ".onnx", "edgetl[runtime-onnx]"
     options = frozenset({"exact_int8"})
     providers = ORT_PROVIDERS
+    reentrant = True  # InferenceSession.run is documented thread-safe
 
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None, exact_int8: bool = True):
         super().__init__(path, device, threads)

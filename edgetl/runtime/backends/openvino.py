@@ -21,6 +21,7 @@ def openvino_core():
 class OpenVinoBackend(Backend):
     format, runtime, suffix, pip_extra = "openvino", "openvino", ".xml", "edgetl[runtime-openvino]"
     options = frozenset({"precision"})
+    # reentrant: no, one InferRequest holds per-call state
     device_names = OPENVINO_DEVICE
 
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None,

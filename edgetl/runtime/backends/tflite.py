@@ -29,6 +29,7 @@ def _delegate_library(name: str) -> str:
 
 class TfliteBackend(Backend):
     format, runtime, suffix, pip_extra = "tflite", "litert", ".tflite", "edgetl[runtime-tflite]"
+    # reentrant: no, an interpreter holds per-call state (input tensors, resized shapes)
 
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
         super().__init__(path, device, threads)
