@@ -46,7 +46,6 @@ class Backend(ABC):
     options: ClassVar[frozenset[str]] = frozenset()
     # whether ``run`` may be entered from several threads at once (else EdgeModel serialises calls)
     reentrant: ClassVar[bool] = False
-    simulated: bool = False  # True where wall time is a simulator's, never the device's latency
 
     input_name: str
     input_shape: list[int | None]
@@ -59,6 +58,7 @@ class Backend(ABC):
         self.threads = threads
         # runtime settings that change numbers, recorded by parity and bench; one dict per instance
         self.settings: dict[str, str] = {}
+        self.simulated = False  # True where wall time is a simulator's, never the device's latency
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
