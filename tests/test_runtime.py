@@ -545,3 +545,38 @@ def test_exact_int8_is_accepted_and_ignored_by_the_other_runtimes(artifacts):
     for fmt in FORMATS:
         model = EdgeModel.load(artifacts.paths[fmt], exact_int8=False)
         assert model.backend.format == fmt and model.backend.settings.get("session.x64quantprecision") is None
+
+
+# -- the backend interface ----------------------------------------------------------------------------
+def test_backends_do_not_share_runtime_settings(artifacts):
+    """``settings`` belongs to one backend: what one LiteRT backend records never shows up on another
+    (it was once a class attribute, one dict shared by every instance)."""
+    from edgetl.runtime.backends import open_backend
+
+    first, second = open_backend(artifacts.paths["tflite"]), open_backend(artifacts.paths["tflite"])
+    assert first.settings == second.settings == {} and first.settings is not second.settings
+    first.settings["recorded"] = "by the first only"
+    assert second.settings == {} and open_backend(artifacts.paths["tflite"]).settings == {}
+    openvino = open_backend(artifacts.paths["openvino"])
+    assert openvino.settings == {"INFERENCE_PRECISION_HINT": "f32"}
+    assert first.settings == {"recorded": "by the first only"}
+
+
+def test_every_backend_reports_its_placement_and_devices(artifacts):
+    """The bench's per-format questions answered by the backend itself: nodes per device on the CPU
+    (all of them on the CPU, none counted as fallback) and which devices of this machine serve a target."""
+    from edgetl.runtime.backends import BACKENDS, available_devices, open_backend, target_devices
+
+    available = available_devices()
+    for fmt in FORMATS:
+        backend = open_backend(artifacts.paths[fmt])
+        sample = np.zeros([1, *backend.input_shape[1:]], backend.input_dtype)
+        placement = backend.node_placement(sample)
+        assert placement["requested"] == "cpu" and placement["verified"] and placement["cpu_fallback_nodes"] == 0
+        assert list(placement["nodes"]) == ["CPU"] and placement["nodes"]["CPU"] >= 3, placement  # 3 convs at least
+        cls = BACKENDS[fmt]
+        assert cls.devices_for("cpu") == cls.devices_for("cpu", available) != []
+        assert cls.devices_for("cpu", {}) == [] and cls.devices_for("gpu", {}) == []
+        assert target_devices("cpu", available)[fmt] == cls.devices_for("cpu", available)
+    assert open_backend(artifacts.paths["openvino"], precision=None).reported_precision == "native"
+    assert open_backend(artifacts.paths["onnx"]).reported_precision is None

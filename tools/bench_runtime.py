@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from edgetl.preprocess import open_image  # noqa: E402
 from edgetl.runtime import EdgeModel  # noqa: E402
 from edgetl.timing import interleaved, machine_summary  # noqa: E402
-from edgetl.runtime.backends import (OPENVINO_DEVICE, _import, ort_session_options)  # noqa: E402
+from edgetl.runtime.backends import OPENVINO_DEVICE, import_runtime, ort_session_options  # noqa: E402
 
 FORMATS = ("onnx", "tflite", "openvino")
 SAMPLE = REPO / "edgetl" / "samples" / "hymenoptera" / "bees"
@@ -101,13 +101,13 @@ def bare_runner(path: Path, threads: int | None):
     """The runtime's own inference call on the prepared batch, set up as the backend sets it up."""
     fmt = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}[path.suffix]
     if fmt == "onnx":
-        ort = _import("onnxruntime", "onnx")
+        ort = import_runtime("onnxruntime", "onnx")
         session = ort.InferenceSession(str(path), sess_options=ort_session_options(threads),
                                        providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda batch: session.run(None, {name: batch})[0]
     if fmt == "tflite":
-        interpreter_module = _import("ai_edge_litert.interpreter", "tflite")
+        interpreter_module = import_runtime("ai_edge_litert.interpreter", "tflite")
         interpreter = interpreter_module.Interpreter(model_path=str(path), num_threads=threads or os.cpu_count())
         interpreter.allocate_tensors()
         inp, out = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
@@ -118,7 +118,7 @@ def bare_runner(path: Path, threads: int | None):
             return interpreter.get_tensor(out)
 
         return run
-    ov = _import("openvino", "openvino")
+    ov = import_runtime("openvino", "openvino")
     config = {"INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads

@@ -5,8 +5,9 @@ artifacts are fed), ``placement`` (devices of a target, where nodes ran), ``refe
 reference, accuracy), ``rows`` (bench.json entries and rows, bench.csv), ``run`` (``bench`` itself).
 """
 
+from ..runtime.backends import target_devices
 from .config import BENCH_SCHEMA, RUNTIMES, TARGETS, Artifact, BenchConfig, BenchResult, bench_schema, expand_artifacts
-from .placement import StrictPlacementError, check_placement, target_devices
+from .placement import StrictPlacementError, check_placement
 from .rows import ROW_COLUMNS
 from .run import Plan, bench, preflight
 

@@ -44,7 +44,7 @@ from .config import BENCH_SCHEMA, Artifact, BenchConfig, BenchResult, expand_art
 from .inputs import (InputCache, batch_of, cap_batch_sizes, data_summary, label_indices, pad_to_multiple, run_all,
                      scan_images, timed_latency)
 from .machine import PeakRss, machine_info, thread_settings
-from .placement import StrictPlacementError, check_placement, check_target, node_placement
+from .placement import StrictPlacementError, check_placement, check_target
 from .reference import (accuracy_entry, check_reference, compare_with_reference, default_reference,
                         reference_entry, reference_outputs, source_model_dir)
 from .rows import artifact_entry, build_rows, recommend, write_csv
@@ -173,7 +173,7 @@ def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[i
             raise CheckFailed(f"{artifact.path}: the graph takes {backend.input_dtype} but its sidecar says "
                               f"{artifact.sidecar['input'].get('dtype')}")
         fixed = None if backend.dynamic_batch else backend.input_shape[0]
-        placement = node_placement(backend, artifact.path, batch_of(inputs, fixed or 1), config.threads)
+        placement = backend.node_placement(batch_of(inputs, fixed or 1))
         check_placement(artifact, placement, config)  # before the timed runs: --strict fails fast
         # Accuracy pass at the largest batch the graph takes (fixed-batch graphs: their own batch).
         chunk = fixed or max(batch_sizes)
@@ -186,7 +186,7 @@ def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[i
             latency[size] = timed_latency(backend, batch_of(inputs, size), config.runs, config.warmup)
         version = backend.version()
         settings = dict(backend.settings)
-        precision = getattr(backend, "precision", None) or ("native" if artifact.format == "openvino" else None)
+        precision = backend.reported_precision
     del backend
     gc.collect()
     profiled = None

@@ -50,6 +50,18 @@ def cpuinfo_readable() -> bool:
     return True
 
 
+def is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
+def int8_cpu_kind() -> str:
+    """This CPU as ``export --target-cpu`` names it: "arm" (not x86: dot products accumulate in int32),
+    "vnni" or "no-vnni" (x86, by ``int8_dot_saturates``)."""
+    if not is_x86():
+        return "arm"
+    return "no-vnni" if int8_dot_saturates() else "vnni"
+
+
 @functools.lru_cache(maxsize=1)
 def int8_dot_saturates() -> bool:
     """True on x86 CPUs without VNNI (AVX2 / AVX-512F only): their uint8 x int8 dot product
@@ -59,13 +71,14 @@ def int8_dot_saturates() -> bool:
 
     * ONNX Runtime: ``session.x64quantprecision=1`` switches its U8S8 GEMMs to U8U8 kernels that widen
       to int16 first (no saturation); the runtime sets it by default on such CPUs (``exact_int8``),
-      except for artifacts exported with ``--int8-weights pair-safe``, whose weights cannot saturate.
+      except for artifacts exported with ``--int8-weights pair-safe``, whose weights cannot saturate
+      (the decision: ``runtime.backends.exact_int8_for``).
     * OpenVINO: no such switch; export makes its int8 weights pair-safe (``export.pairs``), so they cannot
       saturate.
     * LiteRT: XNNPACK widens before multiplying, nothing to do.
 
     ARM dot-product kernels accumulate in int32 and never saturate."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+    if not is_x86():
         return False
     if not cpuinfo_readable():
         return True  # unknown x86: the safe answer

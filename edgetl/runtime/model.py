@@ -22,12 +22,6 @@ from .backends import Backend, artifact_format, open_backend
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 Prediction = list[tuple[str, float]]
 
-# Runtimes whose inference call may be entered from several threads at once. ORT's
-# InferenceSession.run is documented thread-safe; a LiteRT interpreter and an OpenVINO InferRequest
-# hold per-call state (tensors, resized shapes), so calls into them are serialised by a lock.
-_REENTRANT_RUNTIMES = {"onnxruntime"}
-
-
 class EdgeModel:
     """An exported classifier: ``EdgeModel.load(path)``, then ``predict(images, top_k)``.
 
@@ -73,8 +67,8 @@ class EdgeModel:
         if self.output_kind not in ("logits", "probabilities"):
             raise CheckFailed(f"{path}: unknown output kind {self.output_kind!r} in its sidecar")
         self._check_input_size()
-        reentrant = backend.runtime in _REENTRANT_RUNTIMES
-        self._lock = contextlib.nullcontext() if reentrant else threading.Lock()
+        # calls into a backend that is not reentrant (Backend.reentrant) are serialised by a lock
+        self._lock = contextlib.nullcontext() if backend.reentrant else threading.Lock()
 
     @classmethod
     def load(cls, artifact: str | Path, device: str = "cpu", threads: int | None = None, verify: bool = True,
