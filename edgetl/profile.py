@@ -124,7 +124,7 @@ def _onnx_ops(path: Path, batch: np.ndarray, runs: int, threads: int | None, exa
     from .metadata import read_json
     from .runtime import backends
 
-    options = backends.ort_session_options(threads, exact_int8)
+    options = backends.ort_session_options(threads, exact_int8, artifact=path)
     options.enable_profiling = True
     options.log_severity_level = 3  # saving an NCHWc-optimised graph warns that it is machine-specific
     with tempfile.TemporaryDirectory(prefix="edgetl-ort-profile-") as tmp:

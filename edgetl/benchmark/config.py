@@ -108,7 +108,7 @@ class Artifact:
     def files(self) -> list[Path]:
         # Everything that ships to the device: OpenVINO keeps its weights in a .bin beside the .xml.
         listed = [self.path.with_name(name) for name in self.sidecar.get("files", [])]
-        extra = [self.path.with_suffix(".bin")] if self.format == "openvino" else []
+        extra = backends.backend_class(self.format).companion_files(self.path)
         return list(dict.fromkeys([self.path, *[p for p in listed + extra if p.exists()]]))
 
 
