@@ -1,4 +1,5 @@
-"""OpenVINO IR artifacts: ``openvino.convert_model`` straight from the Keras model, NNCF for INT8.
+"""OpenVINO IR artifacts: ``openvino.convert_model`` straight from the Keras model, NNCF for INT8, and
+``OpenvinoBackend``, the export backend that runs them for each mode.
 
 NNCF quantizes the OpenVINO model (not an ONNX one: NNCF's ONNX output ran slowly in ORT here), with
 ``nncf.Dataset`` over the calibration chunks. ``fast_bias_correction=True`` (NNCF's default) is kept:
@@ -19,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
-from . import pairs
-from .calibration import CalibrationSet, prepare_batch
+from ...choices import Format, Mode
+from ...errors import UsageError
+from .. import pairs
+from ..calibration import CalibrationSet, prepare_batch
+from .base import ExportBackend
 
 
 def convert(model, input_dtype: str, output_name: str, onnx_fallback: Path | None = None):
@@ -128,10 +131,7 @@ def bound_weight_pairs(ov_model) -> dict[str, Any]:
         constant = convert.input_value(0).get_node()
         if constant.get_type_name() != "Constant" or constant.get_output_element_type(0) != ov.Type.i8:
             continue
-        if kind == "Convolution":
-            layout = "conv"
-        else:
-            layout = "nk" if op.get_attributes().get("transpose_b", False) else "kn"
+        layout = pairs.weight_layout(kind == "Convolution", bool(op.get_attributes().get("transpose_b", False)))
         q, scale = constant.get_data(), scale_node.get_data()
         try:
             new_q, new_scale = pairs.requantize(q.astype(np.float64) * scale, scale, layout)
@@ -233,3 +233,83 @@ def compress_weights(ov_model):
 
 def layer_names(ov_model, types: tuple[str, ...] = ("Convolution", "GroupConvolution", "MatMul")) -> list[str]:
     return [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() in types]
+
+
+def io_names(path: Path) -> dict[str, dict[str, str]]:
+    """The tensor names of the model's ports: ``compiled(...)["logits"]`` or ``{"image": x}``."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    names = {}
+    for side, port in (("input", model.inputs[0]), ("output", model.outputs[0])):
+        name = port.get_any_name()
+        names[side] = {"name": name, "tensor_name": name}
+    return names
+
+
+class OpenvinoBackend(ExportBackend):
+    """One FP32 IR per input dtype (straight from Keras), then fp16 compression or NNCF on it."""
+
+    format = Format.OPENVINO
+    extension = ".xml"
+    methods = {Mode.FP16: "openvino compress_to_fp16", Mode.DYNAMIC: "nncf.compress_weights INT8",
+               Mode.INT8: "nncf.quantize"}
+    # OpenVINO has no exact-kernel switch like ORT's, so its weights are pair-safe for targets that may
+    # lack VNNI (NNCF's own overflow fix, "7-bit", costs a whole bit).
+    auto_int8_weights = "pair-safe"
+
+    def files(self, path: Path) -> list[Path]:
+        return [Path(path), Path(path).with_suffix(".bin")]
+
+    def fp32(self, job, input_dtype: str) -> tuple[Path, dict]:
+        """The FP32 IR (saved once per export call and input dtype) and how it was converted."""
+        def make():
+            fallback = job.work / f"onnx_fp32_{input_dtype}.onnx"  # the ONNX backend's, if it ran first
+            model, details = convert(job.keras_graph(input_dtype), input_dtype, job.source.output_kind, fallback)
+            path = job.work / f"openvino_fp32_{input_dtype}.xml"
+            save(model, path)
+            return path, details
+
+        return job.cached(("openvino", input_dtype), make)
+
+    def read_fp32(self, job, input_dtype: str):
+        """A fresh ov.Model of the FP32 IR (NNCF and fp16 compression change the model they get)."""
+        import openvino as ov
+
+        path, _ = self.fp32(job, input_dtype)
+        return ov.Core().read_model(str(path))
+
+    def convert(self, job, path: Path, mode: str, input_dtype: str) -> dict[str, Any]:
+        _, details = self.fp32(job, input_dtype)
+        fp16 = mode == Mode.FP16
+        save(self.read_fp32(job, input_dtype), path, compress_to_fp16=fp16)
+        return {**details, "weights": "float16 (compress_to_fp16)"} if fp16 else dict(details)
+
+    def quantize(self, job, path: Path, mode: str, input_dtype: str) -> dict[str, Any]:
+        _, details = self.fp32(job, input_dtype)
+        model = self.read_fp32(job, input_dtype)
+        if mode == Mode.DYNAMIC:
+            model, extra = compress_weights(model)
+        else:
+            model, extra = quantize_int8(model, job.calib, input_dtype, None, job.int8_weights(self))
+        save(model, path)
+        return {**details, **extra}
+
+    def make_accurate(self, job, path: Path, input_dtype: str, details: dict) -> tuple:
+        """NNCF's own accuracy control (``quantize_int8_accuracy_aware``)."""
+        _, details = self.fp32(job, input_dtype)
+        model, extra = quantize_int8_accuracy_aware(
+            self.read_fp32(job, input_dtype), job.calib, input_dtype, job.model_inputs(input_dtype),
+            job.reference.argmax(-1), job.config.min_agreement, job.int8_weights(self))
+        save(model, path)
+        parity, runtime = job.measure_parity(self, path, Mode.INT8, input_dtype)
+        return path, {**details, **extra}, parity, runtime, float_layer_names(model)
+
+    def io_names(self, path: Path) -> dict[str, dict[str, str | None]]:
+        return io_names(path)
+
+    def embed(self, path: Path, described: dict[str, Any]) -> dict[str, Any]:
+        from ..embedded_metadata import embed_openvino
+
+        embed_openvino(path, described)
+        return {}
