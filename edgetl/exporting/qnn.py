@@ -49,7 +49,7 @@ QNN_SCHEMES = {
 DEFAULT_SCHEME = "edgetl"
 
 
-def check_soc(soc: str) -> str:
+def validate_soc(soc: str) -> str:
     name = str(soc).upper()
     if name not in SOCS and not name.isdigit():
         raise UsageError(f"unknown --soc {soc!r}; known: {', '.join(SOCS)} (or a QNN numeric soc_model id)")

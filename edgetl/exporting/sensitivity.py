@@ -5,12 +5,12 @@ The search is format-free (``make_accurate``, ``float_until_passing``); each exp
 ``make_accurate`` supplies its ranking and re-quantization. ONNX (the precise path): both the pre-processed FP32 graph and its QDQ model expose every intermediate
 tensor under the same name (QDQ only inserts Q/DQ pairs after them), so each Conv/Gemm's *own*
 contribution is measured as ``relerr(output) - relerr(input)`` against the FP32 activations on the
-check images. Layers are excluded in that order (``nodes_to_exclude``: their Q/DQ pairs are left out),
+parity images. Layers are excluded in that order (``nodes_to_exclude``: their Q/DQ pairs are left out),
 doubling the count (1, 2, 4, ...) until the threshold holds; ranges come from the cached calibration,
 so each retry is a re-quantization, not a re-calibration.
 
 OpenVINO: NNCF's own accuracy control (``nncf.quantize_with_accuracy_control``, metric = top-1 agreement
-with the Keras model on the check images) reverts the fewest layers to float. TFLite: its
+with the Keras model on the parity images) reverts the fewest layers to float. TFLite: its
 QuantizationDebugger ranks every quantized op by RMSE / scale of its own output (float references run
 beside each op) and then builds selectively quantized models with the worst ops denylisted, in the same
 1, 2, 4, ... search as ONNX; uint8-input artifacts, which the debugger cannot make, fall back to

@@ -157,7 +157,7 @@ def _build_qnn(ctx: _TargetJob):
     from ..runtime.backends import open_backend
 
     config = ctx.config
-    soc = qnn.check_soc(config.soc or qnn.DEFAULT_SOC)
+    soc = qnn.validate_soc(config.soc or qnn.DEFAULT_SOC)
     started = time.perf_counter()
     fp32 = ctx.work / "fp32.onnx"
     converted = onnx_export.convert(output_model(ctx.source), fp32, "float32", config.opset)

@@ -143,22 +143,22 @@ def bound_weight_pairs(ov_model) -> dict[str, Any]:
     return pairs.summary(growth)
 
 
-def quantize_int8_accuracy_aware(ov_model, calib: CalibrationSet, calib_input: str, check_inputs: np.ndarray,
+def quantize_int8_accuracy_aware(ov_model, calib: CalibrationSet, calib_input: str, parity_inputs: np.ndarray,
                                  reference_top1: np.ndarray, min_agreement: float, int8_weights: str = "pair-safe"):
     """``--accuracy-aware`` for OpenVINO: NNCF's own accuracy control (``quantize_with_accuracy_control``)
     ranks the quantized layers by how much reverting each one to float restores the metric, and reverts
-    the fewest until it holds. The metric is top-1 agreement with the Keras FP32 model on the check
+    the fewest until it holds. The metric is top-1 agreement with the Keras FP32 model on the parity
     images (labels not needed), so ``max_drop = 1 - min_agreement``.
 
     NNCF measures its candidates on the exporting CPU as it goes. It searches with 7-bit weights (its
     overflow fix), which compute exactly on every CPU, so which layers it reverts cannot depend on the
     machine that exported; the artifact is then quantized with the target's weights (``int8_weights``)
-    and those layers in float (pair-safe: or the searched 7-bit model, whichever agrees more on the check
+    and those layers in float (pair-safe: or the searched 7-bit model, whichever agrees more on the parity
     images; ``int8_weights`` in the details says which), and the parity check measures that artifact."""
     import nncf
 
     dataset, kwargs, advanced, details = _quantization_arguments(calib, calib_input, None, "7-bit")
-    validation = nncf.Dataset(list(zip(check_inputs[:, None], reference_top1.tolist())), lambda item: item[0])
+    validation = nncf.Dataset(list(zip(parity_inputs[:, None], reference_top1.tolist())), lambda item: item[0])
 
     def agreement(compiled, items) -> tuple[float, list[float]]:
         output = compiled.output(0)
@@ -178,11 +178,11 @@ def quantize_int8_accuracy_aware(ov_model, calib: CalibrationSet, calib_input: s
         # The reverted set does not always carry over (NNCF may also have reverted activation quantizers).
         # Pair-safe weights are exact on every CPU too, so keeping the better of the two is still the same
         # choice everywhere; full weights are only exact with VNNI, so for them the target is kept unmeasured.
-        if int8_weights != "pair-safe" or (_agreement(target, check_inputs, reference_top1)
-                                           >= _agreement(searched, check_inputs, reference_top1)):
+        if int8_weights != "pair-safe" or (_agreement(target, parity_inputs, reference_top1)
+                                           >= _agreement(searched, parity_inputs, reference_top1)):
             quantized, details = target, target_details
     details = {**details, "tool": "nncf.quantize_with_accuracy_control",
-               "accuracy_control": {"metric": "top-1 agreement with Keras FP32", "images": int(len(check_inputs)),
+               "accuracy_control": {"metric": "top-1 agreement with Keras FP32", "images": int(len(parity_inputs)),
                                     "max_drop": round(max(0.0, 1.0 - min_agreement), 6),
                                     "searched_with": "7-bit", "reverted": len(reverted)}}
     return quantized, details
