@@ -278,10 +278,11 @@ def test_cli_bad_inputs_exit_2_and_leave_nothing(tiny_model_dir, sample_dir, tmp
 def test_unsupported_mode_names_the_formats_that_support_it(tiny_model_dir, tmp_path, monkeypatch):
     """An onnxruntime without its transformers tools cannot write fp16 ONNX: the error says who can."""
     import edgetl.exporting as export_module
+    import edgetl.exporting.formats as formats_module
     from edgetl.cli import main
 
     support = {"onnx": ("fp32", "dynamic", "int8"), "tflite": MODES, "openvino": MODES}
-    monkeypatch.setattr(export_module, "supported_modes", lambda: support)
+    monkeypatch.setattr(formats_module, "supported_modes", lambda: support)
     with pytest.raises(UsageError, match="fp16 is not supported for onnx.*tflite, openvino"):
         export_module.export(export_module.ExportConfig(model=tiny_model_dir, out=tmp_path / "o", modes=("fp16",)))
     assert main(["export", str(tiny_model_dir), "-q", "fp16", "--out", str(tmp_path / "o")]) == 2
@@ -303,7 +304,7 @@ def test_sensitivity_ranks_layers_by_their_own_int8_error(exported, sample_dir, 
     import onnx
 
     from edgetl.data import load_inputs
-    from edgetl.exporting import onnx as onnx_export
+    from edgetl.exporting.backends import onnx as onnx_export
     from edgetl.exporting.sensitivity import rank_onnx_nodes
     from edgetl.preprocess import Preprocessing
 
@@ -342,7 +343,7 @@ def test_openvino_accuracy_control_reverts_layers_until_agreement_holds(exported
     def no_flag_reading():
         raise AssertionError("accuracy-aware OpenVINO read the exporting CPU's flags")
 
-    from edgetl.exporting import openvino as ov_export
+    from edgetl.exporting.backends import openvino as ov_export
     from edgetl.exporting.calibration import load_calibration
     from edgetl.preprocess import Preprocessing
 
@@ -413,7 +414,7 @@ def test_tflite_selective_quantization_keeps_the_worst_ranked_ops_float(tiny_mod
     denylisting the worst leaves exactly those op outputs float while the rest stays int8."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgetl.exporting import tflite as tflite_export
+    from edgetl.exporting.backends import tflite as tflite_export
     from edgetl.exporting.calibration import load_calibration
     from edgetl.exporting.keras_graph import load_source, output_model
 

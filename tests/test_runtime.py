@@ -518,7 +518,7 @@ def test_pair_safe_weights_make_the_fast_kernels_exact(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from edgetl.exporting.onnx import bound_weight_pairs
+    from edgetl.exporting.backends.onnx import bound_weight_pairs
     from edgetl.exporting.pairs import PAIR_BOUND
     from edgetl.runtime.backends import OnnxBackend, open_backend
     from edgetl.runtime.cpu import int8_dot_saturates

@@ -147,7 +147,7 @@ def onnx_variants(result, calib: Path, calib_size: int, inputs: np.ndarray, refe
     """QDQ vs QOperator (same ranges) and MinMax / Entropy / Percentile ranges, on ONNX."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from edgetl.exporting import onnx as onnx_export
+    from edgetl.exporting.backends import onnx as onnx_export
     from edgetl.exporting.calibration import load_calibration
     from edgetl.metadata import read_sidecar
     from edgetl.preprocess import Preprocessing
@@ -176,7 +176,7 @@ def onnx_variants(result, calib: Path, calib_size: int, inputs: np.ndarray, refe
                 onnx_export.quantize_int8(pre, path, cache, method, int8_weights=weights)
                 variants[f"minmax QDQ {label}"] = path
             path = work / "int8_S8S8.onnx"  # int8 activations: not an export choice, so ORT directly
-            with onnx_export.quiet_root_logger():
+            with onnx_export.quiet_ort_quantization():
                 quantize_static(str(pre), str(path), None, quant_format=QuantFormat.QDQ, per_channel=True,
                                 weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
                                 calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache),

@@ -45,7 +45,7 @@ def val_folder(model_dir: Path, out: Path) -> Path:
 
 def qnn_variants(args, work: Path) -> dict:
     from edgetl.exporting import ExportConfig, export, qnn
-    from edgetl.exporting import onnx as onnx_export
+    from edgetl.exporting.backends import onnx as onnx_export
     from edgetl.exporting.calibration import load_calibration
     from edgetl.exporting.parity import compare, run_batches
     from edgetl.runtime.backends import open_backend
@@ -70,13 +70,14 @@ def qnn_variants(args, work: Path) -> dict:
     base = work / f"qnn_{qnn.DEFAULT_SCHEME}"
     sidecar = json.loads((base / "model_qnn_int8.onnx.json").read_text())
     from edgetl.exporting.keras_graph import load_source, output_model
-    from edgetl.exporting import _check_set, _keras_reference, ExportConfig as EC
+    from edgetl.exporting import ExportConfig as EC
+    from edgetl.exporting.parity import keras_reference, parity_images
 
     source = load_source(args.model)
     calib = load_calibration(args.calib, source.recipe, args.calib_size)
     config = EC(model=args.model, out=work / "unused", calib=args.calib)
-    checks = _check_set(config, source, calib)
-    reference = _keras_reference(source, checks)
+    checks = parity_images(config, source, calib)
+    reference = keras_reference(source, checks)
     fp32 = work / "fp32.onnx"
     onnx_export.convert(output_model(source), fp32, "float32")
     cache = work / "ranges.json"

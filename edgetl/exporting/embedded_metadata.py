@@ -63,18 +63,6 @@ def description(sidecar: dict[str, Any]) -> dict[str, Any]:
     return described
 
 
-def embed(path: Path, fmt: str, described: dict[str, Any]) -> dict[str, Any]:
-    """Write ``described`` into the artifact at ``path`` (in place, atomically) in ``fmt``'s own form.
-    Returns what changed in the artifact's interface, for the sidecar (``output`` additions)."""
-    if fmt == "tflite":
-        return embed_tflite(path, described)
-    if fmt == "onnx":
-        embed_onnx(path, described)
-    elif fmt == "openvino":
-        embed_openvino(path, described)
-    return {}
-
-
 def _normalisation(described: dict[str, Any]) -> tuple[list[float], list[float]]:
     """(mean, std) on 0..255 pixels the artifact's input expects; identity for uint8-input graphs,
     whose normalisation is inside the graph."""

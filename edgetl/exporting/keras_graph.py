@@ -54,7 +54,7 @@ def resolve_model_path(model: str | Path) -> tuple[Path, Path]:
     raise UsageError(f"{model}: expected a model directory (model.keras + edgetl.json) or a .keras file")
 
 
-def check_source(model: str | Path, input_size: int | None) -> None:
+def validate_source(model: str | Path, input_size: int | None) -> None:
     """Cheap validation before TensorFlow is touched: files exist and metadata or --input-size given."""
     path, directory = resolve_model_path(model)
     if not path.exists():
@@ -72,7 +72,7 @@ def check_source(model: str | Path, input_size: int | None) -> None:
 def load_source(model: str | Path, input_size: int | None = None, labels: list[str] | None = None) -> SourceModel:
     from ..training import load_keras_model
 
-    check_source(model, input_size)
+    validate_source(model, input_size)
     path, directory = resolve_model_path(model)
     meta_path = directory / MODEL_METADATA
     keras_model = load_keras_model(path)
@@ -107,14 +107,18 @@ def _has_layer(model, name: str) -> bool:
     return any(layer.name == name for layer in model.layers)
 
 
-def output_model(source: SourceModel):
-    """Float input (normalised, as the runtime prepares it) -> logits, or probabilities for stacks."""
+def logits_submodel(model, logits_layer: str | None):
+    """``model`` cut at ``logits_layer`` (edgetl.json ``output.logits_layer``); the model itself without one."""
     import keras
 
-    model = source.model
-    if source.logits_layer:
-        model = keras.Model(model.inputs, model.get_layer(source.logits_layer).output, name="logits_model")
-    return model
+    if not logits_layer:
+        return model
+    return keras.Model(model.inputs, model.get_layer(logits_layer).output, name="logits_model")
+
+
+def output_model(source: SourceModel):
+    """Float input (normalised, as the runtime prepares it) -> logits, or probabilities for stacks."""
+    return logits_submodel(source.model, source.logits_layer)
 
 
 def pixel_input_model(source: SourceModel, dtype: str = "uint8"):

@@ -9,7 +9,7 @@ about 0.4 bit, where 7-bit weights (ORT ``reduce_range``, NNCF ``OverflowFix.ENA
 
 Which neighbours share a sum depends on how a kernel packs the weights, so a convolution is bounded in
 both orders of its reduction axis (C, kh, kw and kh, kw, C); depthwise convolutions are not GEMMs and
-widen to int16 themselves. Backends (``onnx.bound_weight_pairs``, ``openvino.bound_weight_pairs``) find
+widen to int16 themselves. Backends (``backends.onnx.bound_weight_pairs``, ``backends.openvino.bound_weight_pairs``) find
 the weights in their graphs and call ``requantize``.
 """
 
@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..choices import Int8Weights
+
 PAIR_BOUND = 128
 
 # ``--int8-weights``. "auto" is per format and per *target* CPU (``--target-cpu``), never the exporting
 # one: an artifact is made for the machine it will run on, and two exports of one model must not differ
-# because they ran on different build machines. ONNX keeps full 8-bit weights everywhere, because ONNX
-# Runtime has exact kernels the runtime turns on where the CPU needs them. OpenVINO has no such switch:
-# its weights are pair-safe for targets that may lack VNNI ("any", "no-vnni"; NNCF's own overflow fix,
-# "7-bit", costs a whole bit) and full 8-bit where the dot product cannot saturate ("vnni", "arm").
-# TFLite (XNNPACK) never saturates.
-INT8_WEIGHTS = ("auto", "full", "pair-safe", "7-bit")
+# because they ran on different build machines. Each export backend says what "auto" means for it where
+# the dot product may saturate (``ExportBackend.auto_int8_weights``: ONNX full, OpenVINO pair-safe, TFLite
+# none, since XNNPACK never saturates); where it cannot ("vnni", "arm") auto is full 8-bit weights.
+INT8_WEIGHTS = tuple(m.value for m in Int8Weights)
 # "any" (the default) is the portable choice: an OpenVINO artifact made for it runs exactly on every CPU;
 # "this" means the exporting CPU, read once at export (runtime.cpu) and recorded as what it resolved to.
 TARGET_CPUS = ("any", "vnni", "no-vnni", "arm", "this")
-AUTO = {"onnx": "full", "openvino": "pair-safe"}
 SAFE_TARGETS = ("vnni", "arm")  # int8 dot products accumulate without int16 saturation
 
 
@@ -49,15 +48,27 @@ def target_cpu(target: str) -> str:
 
 def resolve(int8_weights: str, fmt: str, target: str = "any") -> str | None:
     """The weight choice for one format and target CPU (None where it does not apply)."""
-    if fmt not in AUTO:
+    from .backends import get_backend
+
+    auto = get_backend(fmt).auto_int8_weights
+    if auto is None:
         return None
-    if int8_weights != "auto":
+    if int8_weights != Int8Weights.AUTO:
         return int8_weights
-    return "full" if target_cpu(target) in SAFE_TARGETS else AUTO[fmt]
+    return Int8Weights.FULL.value if target_cpu(target) in SAFE_TARGETS else auto
+
 
 # How a weight tensor's reduction axis is laid out: "conv" [O, C, kh, kw]; "kn" [K, N] (MatMul B,
 # Gemm B); "nk" [N, K] (Gemm with transB, MatMul with transpose_b).
 LAYOUTS = ("conv", "kn", "nk")
+
+
+def weight_layout(convolution: bool, transposed: bool) -> str:
+    """The layout of a GEMM's weight input: a convolution's, or a MatMul/Gemm B, transposed or not
+    (ONNX ``transB``, OpenVINO ``transpose_b``)."""
+    if convolution:
+        return "conv"
+    return "nk" if transposed else "kn"
 
 
 def max_pair_sum(weights: np.ndarray, layout: str) -> np.ndarray:

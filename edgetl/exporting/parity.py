@@ -31,7 +31,7 @@ BATCH = 32
 
 
 @dataclass
-class CheckSet:
+class ParityImages:
     """Images parity runs on: raw uint8 pixels, optional labels, and where they came from."""
 
     pixels: np.ndarray
@@ -41,6 +41,43 @@ class CheckSet:
 
     def __len__(self) -> int:
         return len(self.pixels)
+
+
+def parity_images(config, source, calib) -> ParityImages:
+    """Held-back images: --check DIR, else the model's own val split, else the calibration images."""
+    from ..data import load_pixels, scan_unlabelled
+    from ..errors import UsageError
+
+    def labels_for(paths: list[Path], root: Path) -> np.ndarray | None:
+        index = {name: i for i, name in enumerate(source.labels)}
+        found = [index.get(p.relative_to(root).parts[0]) if len(p.relative_to(root).parts) > 1 else None
+                 for p in paths]
+        return None if any(f is None for f in found) else np.asarray(found)
+
+    if config.check is not None:
+        paths, _ = scan_unlabelled(config.check)
+        if not paths:
+            raise UsageError(f"--check folder {config.check} has no usable image")
+        return ParityImages(load_pixels(paths, source.recipe), labels_for(paths, config.check),
+                            f"--check {config.check} ({len(paths)} images)", paths)
+    dataset = source.metadata.get("dataset") or {}
+    root, files = dataset.get("root"), (dataset.get("val") or {}).get("files") or []
+    if root and files and all((Path(root) / f).exists() for f in files):
+        paths = [Path(root) / f for f in files]
+        return ParityImages(load_pixels(paths, source.recipe), labels_for(paths, Path(root)),
+                            f"val split of {root} ({len(paths)} images)", paths)
+    if calib is not None:
+        return ParityImages(calib.pixels, None, f"calibration images ({len(calib)}; no held-back set found)",
+                            calib.paths)
+    raise UsageError("no images to check parity on: the model's val split is not on this machine; "
+                     "pass --check DIR (or --calib DIR)")
+
+
+def keras_reference(source, images: ParityImages) -> np.ndarray:
+    """The Keras FP32 outputs every artifact is compared with (logits where the model has them)."""
+    from .keras_graph import output_model
+
+    return keras_outputs(output_model(source), source.recipe.normalize(images.pixels))
 
 
 def run_batches(fn, inputs: np.ndarray, batch: int = BATCH) -> np.ndarray:

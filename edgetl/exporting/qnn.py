@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import CheckFailed, UsageError
 from .calibration import CalibrationSet, ort_data_reader
-from .onnx import quiet_root_logger
+from .backends.onnx import quiet_ort_quantization
 
 # Snapdragon SoCs by chip name (QNN ``soc_model`` takes the name or its numeric id).
 SOCS = {
@@ -37,7 +37,7 @@ SOCS = {
     "QCS8550": "QCS8550 (IoT)", "SA8295": "SA8295P (automotive)",
 }
 DEFAULT_SOC = "SM8850"
-# name -> (activation type, weight type, per-channel weights); "edgetl" is export.onnx.quantize_int8
+# name -> (activation type, weight type, per-channel weights); "edgetl" is backends.onnx.quantize_int8
 QNN_SCHEMES = {
     "edgetl": ("QUInt8", "QInt8", True),  # quant_pre_process + quantize_static U8S8, then batch fixed
     "u8u8": ("QUInt8", "QUInt8", False),  # get_qnn_qdq_config's defaults
@@ -49,7 +49,7 @@ QNN_SCHEMES = {
 DEFAULT_SCHEME = "edgetl"
 
 
-def check_soc(soc: str) -> str:
+def validate_soc(soc: str) -> str:
     name = str(soc).upper()
     if name not in SOCS and not name.isdigit():
         raise UsageError(f"unknown --soc {soc!r}; known: {', '.join(SOCS)} (or a QNN numeric soc_model id)")
@@ -70,10 +70,10 @@ def fix_batch(fp32_path: Path, out_path: Path, batch: int = 1) -> None:
 
 
 def quantize_edgetl(fp32: Path, out_path: Path, calib: CalibrationSet, work: Path) -> dict[str, Any]:
-    """edgetl's CPU INT8 recipe (``export.onnx.quantize_int8``: BN folded and Conv+Relu fused by
+    """edgetl's CPU INT8 recipe (``backends.onnx.quantize_int8``: BN folded and Conv+Relu fused by
     ``quant_pre_process``, uint8 activations, symmetric int8 per-channel weights), ranges collected on the
     dynamic-batch graph, then the QDQ model's batch fixed to 1. The HTP takes every node of it."""
-    from . import onnx as onnx_export
+    from .backends import onnx as onnx_export
 
     pre, cache, dynamic = work / "qnn_pre.onnx", work / "qnn_ranges.json", work / "qnn_qdq_dynamic.onnx"
     onnx_export.preprocess(fp32, pre)
@@ -93,7 +93,7 @@ def quantize(static_fp32: Path, out_path: Path, calib: CalibrationSet, scheme: s
     if scheme not in QNN_SCHEMES:
         raise UsageError(f"unknown QNN quantization scheme {scheme!r}; choose from {', '.join(QNN_SCHEMES)}")
     activation, weight, per_channel = QNN_SCHEMES[scheme]
-    with tempfile.TemporaryDirectory(prefix="edgetl-qnn-") as tmp, quiet_root_logger():
+    with tempfile.TemporaryDirectory(prefix="edgetl-qnn-") as tmp, quiet_ort_quantization():
         pre = Path(tmp) / "pre.onnx"
         changed = qnn_preprocess_model(str(static_fp32), str(pre))
         source = pre if changed else static_fp32

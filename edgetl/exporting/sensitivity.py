@@ -1,15 +1,16 @@
 """Accuracy-aware INT8: when an INT8 artifact misses ``--min-agreement``, keep the fewest, most
 quantization-sensitive layers in float until it holds.
 
-ONNX (the precise path): both the pre-processed FP32 graph and its QDQ model expose every intermediate
+The search is format-free (``make_accurate``, ``float_until_passing``); each export backend's
+``make_accurate`` supplies its ranking and re-quantization. ONNX (the precise path): both the pre-processed FP32 graph and its QDQ model expose every intermediate
 tensor under the same name (QDQ only inserts Q/DQ pairs after them), so each Conv/Gemm's *own*
 contribution is measured as ``relerr(output) - relerr(input)`` against the FP32 activations on the
-check images. Layers are excluded in that order (``nodes_to_exclude``: their Q/DQ pairs are left out),
+parity images. Layers are excluded in that order (``nodes_to_exclude``: their Q/DQ pairs are left out),
 doubling the count (1, 2, 4, ...) until the threshold holds; ranges come from the cached calibration,
 so each retry is a re-quantization, not a re-calibration.
 
 OpenVINO: NNCF's own accuracy control (``nncf.quantize_with_accuracy_control``, metric = top-1 agreement
-with the Keras model on the check images) reverts the fewest layers to float. TFLite: its
+with the Keras model on the parity images) reverts the fewest layers to float. TFLite: its
 QuantizationDebugger ranks every quantized op by RMSE / scale of its own output (float references run
 beside each op) and then builds selectively quantized models with the worst ops denylisted, in the same
 1, 2, 4, ... search as ONNX; uint8-input artifacts, which the debugger cannot make, fall back to
@@ -17,13 +18,7 @@ dynamic-range quantization (INT8 weights, float activations). ``float_layers`` r
 (OpenVINO: convolutions whose weights are not quantized; TFLite: op output tensors), and the sidecar's
 ``accuracy_aware`` block the latency cost measured at export.
 
-Measured (efficientnet_lite0 zero-shot, 121 photos, AVX2 box without VNNI). ONNX, with the 7-bit weights
-export used before the runtime's exact kernels (see export/onnx.py): full INT8 agreement 0.934; the
-threshold 0.98 held with 32 of 64 layers in float (0.992), at 2x the full-INT8 latency. The ranking is
-a cheap heuristic (one pass, relative errors are not additive): agreement did not rise monotonically
-with the layer count (1: 0.942, 4: 0.959, 16: 0.909, 32: 0.992). OpenVINO (7-bit weights, overflow
-fix): 0.967 -> 1.000 at a 0.99 threshold with 26 of 50 convolutions reverted, in 438 s (NNCF ranks by
-re-validating the model once per quantized layer).
+Measured: tools/RESULTS-export.md ("Accuracy-aware INT8: the first measurements").
 """
 
 from __future__ import annotations
@@ -34,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..choices import Mode
 from ..errors import CheckFailed
 from ..timing import time_runs
 
@@ -114,23 +110,15 @@ def latency_ms(path: Path, sample: np.ndarray, runs: int = LATENCY_RUNS, **backe
     return round(float(np.median(time_runs(lambda: backend.run(one), runs, warmup=1))), 3)
 
 
-def make_accurate(builder, fmt: str, input_dtype: str, path: Path, details: dict, parity: dict):
+def make_accurate(job, backend, path: Path, input_dtype: str, details: dict, parity: dict):
     """Returns (path, details, parity, runtime, float_layers) of the artifact that meets the threshold
-    (or of the best attempt, still marked failing, when even all candidates in float do not)."""
-    inputs = (builder.checks.pixels if input_dtype == "uint8"
-              else builder.source.recipe.normalize(builder.checks.pixels))
-    options = builder.backend_options(path, "int8")
+    (or of the best attempt, still marked failing, when even all candidates in float do not), with the
+    latency cost measured at export in ``details["accuracy_aware"]``."""
+    inputs = job.model_inputs(input_dtype)
+    options = backend.runtime_options(job, Mode.INT8)
     full_int8_ms = latency_ms(path, inputs, **options)
     full_int8_agreement = parity["top1_agreement"]
-    if fmt == "onnx":
-        result = _onnx(builder, input_dtype, path, details, inputs)
-    elif fmt == "openvino":
-        result = _openvino(builder, input_dtype, path, inputs)
-    elif input_dtype == "float32":
-        result = _tflite(builder, input_dtype, path, details)
-    else:  # the debugger that keeps TFLite layers float does not make uint8-input models
-        result = _tflite_dynamic_fallback(builder, input_dtype, path)
-    path, details, parity, runtime, float_layers = result
+    path, details, parity, runtime, float_layers = backend.make_accurate(job, path, input_dtype, details)
     details = dict(details)
     details["accuracy_aware"] = {"full_int8_latency_ms": full_int8_ms,
                                  "latency_ms": latency_ms(path, inputs, **options),
@@ -139,8 +127,8 @@ def make_accurate(builder, fmt: str, input_dtype: str, path: Path, details: dict
     return path, details, parity, runtime, float_layers
 
 
-def _float_until_passing(builder, input_dtype: str, path: Path, details: dict, ranked: list[tuple[str, float]],
-                         measure: str, quantize_keeping_float) -> tuple:
+def float_until_passing(job, backend, input_dtype: str, path: Path, details: dict, ranked: list[tuple[str, float]],
+                        measure: str, quantize_keeping_float) -> tuple:
     """Re-quantize with the 1, 2, 4, ... worst-ranked layers in float until parity passes (or all are);
     ``quantize_keeping_float(candidate_path, names) -> details``. Keeps the best attempt in ``path``;
     ``measure`` names what the ranking scores are."""
@@ -157,7 +145,7 @@ def _float_until_passing(builder, input_dtype: str, path: Path, details: dict, r
                 raise CheckFailed(f"{path.name}: accuracy-aware re-quantization failed ({reason})") from None
             log.warning("accuracy-aware: stopped at %d layer(s) in float: %s", count, reason)
             break
-        trial_parity, runtime = builder.check(candidate, "int8", input_dtype)
+        trial_parity, runtime = job.measure_parity(backend, candidate, Mode.INT8, input_dtype)
         log.info("accuracy-aware: %d layer(s) in float -> agreement %.3f", count, trial_parity["top1_agreement"])
         if best is None or trial_parity["top1_agreement"] > best[1]["top1_agreement"]:
             shutil.move(candidate, path)
@@ -170,44 +158,3 @@ def _float_until_passing(builder, input_dtype: str, path: Path, details: dict, r
     details["sensitivity"] = {"measure": measure, "ranked": [{"node": n, "own_error": round(e, 6)}
                                                               for n, e in ranked[:max(8, len(kept))]]}
     return path, details, parity, runtime, kept
-
-
-def _onnx(builder, input_dtype: str, path: Path, details: dict, inputs: np.ndarray):
-    from . import onnx as onnx_export
-
-    pre, cache = builder.onnx_ranges(input_dtype)
-    ranked = rank_onnx_nodes(pre, path, inputs[:RANK_IMAGES])
-    return _float_until_passing(
-        builder, input_dtype, path, details, ranked, "relative L2 error of the output minus that of the input",
-        lambda candidate, excluded: onnx_export.quantize_int8(pre, candidate, cache, builder.config.calib_method,
-                                                              excluded, int8_weights=builder.int8_weights("onnx")))
-
-
-def _tflite(builder, input_dtype: str, path: Path, details: dict):
-    from . import tflite as tflite_export
-
-    ranked = tflite_export.rank_layers(builder.keras_graph(input_dtype), builder.calib, "float32", RANK_IMAGES,
-                                       output_name=builder.source.output_kind)
-    return _float_until_passing(
-        builder, input_dtype, path, details, ranked, "RMSE / scale of the op output (QuantizationDebugger)",
-        lambda candidate, names: builder._build_tflite(candidate, "int8", input_dtype, float_nodes=names))
-
-
-def _openvino(builder, input_dtype: str, path: Path, inputs: np.ndarray):
-    from . import openvino as ov_export
-
-    _, details = builder.openvino_fp32(input_dtype)
-    model, extra = ov_export.quantize_int8_accuracy_aware(
-        builder.read_openvino(input_dtype), builder.calib, input_dtype, inputs,
-        builder.reference.argmax(-1), builder.config.min_agreement, builder.int8_weights("openvino"))
-    ov_export.save(model, path)
-    float_layers = ov_export.float_layer_names(model)
-    parity, runtime = builder.check(path, "int8", input_dtype)
-    return path, {**details, **extra}, parity, runtime, float_layers
-
-
-def _tflite_dynamic_fallback(builder, input_dtype: str, path: Path):
-    details = builder._build_tflite(path, "int8", input_dtype, fallback="dynamic")
-    float_layers = ["all activations (dynamic-range fallback: int8 weights, float activations)"]
-    parity, runtime = builder.check(path, "int8", input_dtype)
-    return path, details, parity, runtime, float_layers

@@ -1,10 +1,10 @@
 """``edgetl export --target TARGET``: what one registered target runs, with its sidecars.
 
 * ``npu:qnn-htp`` -> ``model_qnn_int8.onnx`` (static batch 1, QDQ for the HTP; runs on any ONNX Runtime)
-  and ``model_qnn_int8_<soc>_ctx.onnx`` (the EPContext model compiled for ``--soc``), see ``export.qnn``.
+  and ``model_qnn_int8_<soc>_ctx.onnx`` (the EPContext model compiled for ``--soc``), see ``exporting.qnn``.
 * ``npu:ethos-u*`` -> ``model_tflite_int8_io8.tflite`` (full integer, int8 I/O, uncompiled) and
   ``model_<config>_vela.tflite`` (+ ``model_<config>_vela_summary.csv``, Vela's estimate), see
-  ``export.vela``.
+  ``exporting.vela``.
 * ``gpu:*`` -> the ordinary export restricted to the target's format, sidecars marked with the target.
 
 Every sidecar gets a ``target`` block (name, how compiled, placement, estimate) and ``files``
@@ -25,8 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckFailed, UsageError
-from ..metadata import ARTIFACT_SCHEMA, atomic_directory, sha256_file, sidecar_path, software_versions, write_json
+from ..choices import InputDtype, Mode
+from ..console import say
+from ..errors import UsageError
+from ..metadata import atomic_directory, sha256_file, sidecar_path, write_json
+from .formats import CALIBRATION_FILE, FORMATS, SUMMARY_FILE
+from .job import ExportJob
+from .results import ArtifactResult, ExportResult
+from .sidecar import artifact_sidecar, quantization_block
 
 QNN_VERSIONS = ["tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxruntime-qnn"]
 VELA_VERSIONS = ["tensorflow", "keras", "ai-edge-litert", "ethos-u-vela"]
@@ -60,12 +66,12 @@ def export_target(config):
 
 
 def _export_gpu(config, target):
-    from . import ExportConfig, export
+    from .job import export
 
     fmt = target.artifact.format
-    if fmt not in ("onnx", "tflite", "openvino"):
+    if fmt not in FORMATS:
         raise UsageError(f"{target.name} runs model.keras itself; there is nothing to export for it")
-    result = export(dataclasses.replace(config, target=None, formats=(fmt,), model_dir=None, quantize=None))
+    result = export(dataclasses.replace(config, target=None, formats=(fmt,)))
     for artifact in result.artifacts:
         artifact.sidecar["target"] = {"name": target.name, "compiled_by": target.compiled_by,
                                       "runs_on": target.runs_on}
@@ -74,91 +80,64 @@ def _export_gpu(config, target):
 
 
 def _export_npu(config, target, builder):
-    from . import ExportResult, SUMMARY_FILE, CALIBRATION_FILE, _check_set, _keras_reference, _recipe_without_tensorflow, _say
-    from .calibration import load_calibration
-    from .keras_graph import load_source
+    from .job import load_calibration_for
 
     started = time.perf_counter()
-    recipe = _recipe_without_tensorflow(config)
-    calib = load_calibration(config.calib, recipe, config.calib_size)
-    source = load_source(config.model, config.input_size, list(config.labels) or None)
-    checks = _check_set(config, source, calib)
-    _say(config, f"parity images: {checks.compared_on}")
-    reference = _keras_reference(source, checks)
-    result = ExportResult(Path(config.out), calibration=calib.summary(), compared_on=checks.compared_on)
-    context = _Context(config, target, source, calib, checks, reference)
+    calib = load_calibration_for(config)
+    job = _TargetJob.start(config, calib)
+    job.target = target
+    result = ExportResult(Path(config.out), calibration=calib.summary(), compared_on=job.images.compared_on)
     with tempfile.TemporaryDirectory(prefix="edgetl-target-work-") as work_dir, \
             atomic_directory(config.out, overwrite=config.overwrite) as tmp:
-        context.work, context.out = Path(work_dir), tmp
+        job.work, job.out = Path(work_dir), tmp
         write_json(tmp / CALIBRATION_FILE, calib.manifest)
-        for artifact in builder(context):
+        for artifact in builder(job):
             result.artifacts.append(artifact)
-            _say(config, f"{artifact.path.name}: {artifact.size_bytes / 1e6:.2f} MB, "
-                         f"{_parity_text(artifact.parity)} [{'ok' if artifact.passed else 'FAILED'}]")
+            if config.verbose:
+                say(f"{artifact.path.name}: {artifact.size_bytes / 1e6:.2f} MB, "
+                    f"{_parity_text(artifact.parity)} [{'ok' if artifact.passed else 'FAILED'}]")
         summary = result.summary()
         summary["target"] = target.name
         write_json(tmp / SUMMARY_FILE, summary)
-    for artifact in result.artifacts:
-        artifact.path = Path(config.out) / artifact.path.name
-    _say(config, f"export --target {target.name} done in {time.perf_counter() - started:.0f}s -> {config.out}")
-    if result.failed:
-        error = CheckFailed(f"{len(result.failed)} artifact(s) failed parity (written, marked failing): "
-                            + "; ".join(f"{a.path.name} {_parity_text(a.parity)}" for a in result.failed[:3]))
-        error.result = result
-        raise error
+    result.moved_to(config.out)
+    if config.verbose:
+        say(f"export --target {target.name} done in {time.perf_counter() - started:.0f}s -> {config.out}")
+    result.raise_if_failed(_parity_text, threshold=False)
     return result
 
 
-@dataclasses.dataclass
-class _Context:
-    config: Any
-    target: Any
-    source: Any
-    calib: Any
-    checks: Any
-    reference: np.ndarray
-    work: Path | None = None
-    out: Path | None = None
+class _TargetJob(ExportJob):
+    """An export job for one NPU target: the compiled artifacts are measured from outputs the target's
+    own runner produced, and their sidecars carry a ``target`` block."""
+
+    target: Any = None
 
     @property
     def inputs(self) -> np.ndarray:
-        return self.source.recipe.normalize(self.checks.pixels)
+        return self.model_inputs(InputDtype.FLOAT32)
 
     def parity(self, outputs: np.ndarray, evidence: str, ran_on: str, runtime: str, version: str) -> dict:
         from .parity import compare
 
-        result = compare(self.reference, outputs, "int8", self.config.min_agreement, self.checks.labels)
-        result.update(compared_on=self.checks.compared_on, precision="int8", runtime_settings={},
+        result = compare(self.reference, outputs, "int8", self.config.min_agreement, self.images.labels)
+        result.update(compared_on=self.images.compared_on, precision="int8", runtime_settings={},
                       runtime=runtime, runtime_version=version, evidence=evidence, ran_on=ran_on)
         return result
 
-    def sidecar(self, path: Path, fmt: str, files: list[Path], input_spec: dict, quantization: dict,
-                parity: dict, target_block: dict, versions: list[str]) -> dict[str, Any]:
+    def target_sidecar(self, path: Path, fmt: str, files: list[Path], input_spec: dict, quantization: dict,
+                       parity: dict, target_block: dict, versions: list[str]) -> dict[str, Any]:
         from .keras_graph import INPUT_NAME
 
-        info = self.source.describe()
-        height, width = self.source.input_size
-        return {
-            "schema": ARTIFACT_SCHEMA, "format": fmt, "file": path.name,
-            "files": {f.name: sha256_file(f) for f in files},
-            "sha256": sha256_file(path), "size_bytes": sum(f.stat().st_size for f in files),
-            "labels": list(self.source.labels),
-            "input": {"name": INPUT_NAME, "shape": [1, height, width, 3], "layout": "NHWC", **input_spec},
-            "output": {"name": self.source.output_kind, "kind": self.source.output_kind, "dtype": "float32",
-                       "softmax": "apply in float" if self.source.output_kind == "logits" else "in graph"},
-            "preprocessing": self.source.recipe.to_dict(),
-            "quantization": {"mode": "int8", "per_channel": quantization.get("per_channel", True),
-                             "calibration": self.calib.summary(), "float_layers": [], **quantization},
-            "source_model": {"sha256": info["sha256"], "path": info["path"], "backbone": info["backbone"]},
-            "versions": software_versions(versions),
-            "parity": parity,
-            "target": target_block,
-        }
+        return artifact_sidecar(
+            path, fmt, files, self.source, self.source_info, input_names={"name": INPUT_NAME}, batch=1,
+            input_dtype=input_spec["dtype"], input_quantization=input_spec["quantization"],
+            output_names={"name": self.source.output_kind},
+            quantization=quantization_block(Mode.INT8, quantization["method"], quantization["details"],
+                                            self.calib.summary(), [], quantization.get("per_channel", True)),
+            parity=parity, versions=versions, target=target_block)
 
 
 def _artifact(path: Path, fmt: str, sidecar: dict, seconds: float):
-    from . import ArtifactResult
-
     write_json(sidecar_path(path), sidecar)
     return ArtifactResult(fmt, "int8", sidecar["input"]["dtype"], path, sidecar, seconds)
 
@@ -170,15 +149,15 @@ def _parity_text(parity: dict) -> str:
 
 
 # -- Qualcomm HTP ------------------------------------------------------------------------------------
-def _build_qnn(ctx: _Context):
-    from . import onnx as onnx_export
+def _build_qnn(ctx: _TargetJob):
     from . import qnn
+    from .backends import onnx as onnx_export
     from .keras_graph import output_model
     from .parity import run_batches
     from ..runtime.backends import open_backend
 
     config = ctx.config
-    soc = qnn.check_soc(config.soc or qnn.DEFAULT_SOC)
+    soc = qnn.validate_soc(config.soc or qnn.DEFAULT_SOC)
     started = time.perf_counter()
     fp32 = ctx.work / "fp32.onnx"
     converted = onnx_export.convert(output_model(ctx.source), fp32, "float32", config.opset)
@@ -223,9 +202,9 @@ def _build_qnn(ctx: _Context):
                  "simulator_wall_ms_per_image": {"value": round(wall_ms, 1), "evidence": "simulated",
                                                  "note": "x86 HTP simulator wall time, not device latency"}
                  if htp_parity["evidence"] == "simulated" else None}
-    yield _artifact(qdq, "onnx", ctx.sidecar(qdq, "onnx", [qdq], input_spec, quant, cpu_parity, qdq_block,
+    yield _artifact(qdq, "onnx", ctx.target_sidecar(qdq, "onnx", [qdq], input_spec, quant, cpu_parity, qdq_block,
                                              QNN_VERSIONS), quantized_at - started)
-    yield _artifact(ctx_path, "onnx", ctx.sidecar(ctx_path, "onnx", [ctx_path], input_spec, quant, htp_parity,
+    yield _artifact(ctx_path, "onnx", ctx.target_sidecar(ctx_path, "onnx", [ctx_path], input_spec, quant, htp_parity,
                                                   ctx_block, QNN_VERSIONS), compiled["compile_seconds"])
 
 
@@ -236,7 +215,7 @@ def _qnn_version() -> str:
 
 
 # -- Arm Ethos-U -------------------------------------------------------------------------------------
-def _build_ethos_u(ctx: _Context):
+def _build_ethos_u(ctx: _TargetJob):
     from . import vela
     from .keras_graph import output_model
 
@@ -275,15 +254,15 @@ def _build_ethos_u(ctx: _Context):
                  "system_config": estimate.get("system_config"), "memory_mode": estimate.get("memory_mode"),
                  "estimate": {"evidence": "estimated", "source": f"Vela {compiled['vela_version']} summary CSV",
                               **estimate}}
-    yield _artifact(plain, "tflite", ctx.sidecar(plain, "tflite", [plain], input_spec, quant, parity, plain_block,
+    yield _artifact(plain, "tflite", ctx.target_sidecar(plain, "tflite", [plain], input_spec, quant, parity, plain_block,
                                                  VELA_VERSIONS), converted_at - started)
-    yield _artifact(npu_model, "tflite", ctx.sidecar(npu_model, "tflite", [npu_model, summary_csv], input_spec,
+    yield _artifact(npu_model, "tflite", ctx.target_sidecar(npu_model, "tflite", [npu_model, summary_csv], input_spec,
                                                      quant, parity, npu_block, VELA_VERSIONS),
                     compiled["compile_seconds"])
 
 
 def _input_quantization(path: Path) -> dict[str, float]:
-    from .tflite import input_quantization
+    from .backends.tflite import input_quantization
 
     return input_quantization(path)
 

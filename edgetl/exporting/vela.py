@@ -15,9 +15,7 @@ Vela for one accelerator configuration.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import os
 import re
 import subprocess
@@ -48,16 +46,10 @@ def convert_int8_io(model, path: Path, calib: CalibrationSet) -> dict[str, Any]:
     """Keras graph -> full-integer TFLite, int8 in and out (builtins INT8 only)."""
     import tensorflow as tf
 
-    from .tflite import _representative
+    from .backends.tflite import full_integer, write_converted
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = _representative(calib, "float32")
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints SavedModel signatures
-        path.write_bytes(converter.convert())
+    write_converted(full_integer(tf.lite.TFLiteConverter.from_keras_model(model), calib, "float32", tf.int8, tf.int8),
+                    path)
     return {"converter": "TFLiteConverter.from_keras_model", "weights": "int8 per-channel",
             "activations": "int8 per-tensor", "io": {"input": "int8", "output": "int8"}}
 

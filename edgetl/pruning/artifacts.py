@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-FORMATS = ("onnx", "tflite")
+from ..choices import Format
+
+FORMATS = (Format.ONNX, Format.TFLITE)  # the formats whose weights onnx_weights/tflite_weights read
 log = logging.getLogger("edgetl")
 
 
@@ -28,21 +30,16 @@ def export_float(model_dir: Path, out_dir: Path, formats=FORMATS) -> dict[str, P
         # export writes every artifact before it raises; a FP32 parity miss (its gate is 1e-4 relative)
         # does not change what the files contain, which is all size/zero counts/timing need here.
         log.warning("%s: %s", model_dir, exc)
-        suffix = {"onnx": ".onnx", "tflite": ".tflite"}
-        return {fmt: next(Path(out_dir).glob(f"*{suffix[fmt]}")) for fmt in formats}
+        result = exc.result
     return {fmt: result.get(fmt, "fp32").path for fmt in formats}
 
 
 def logits_model(model_dir: Path):
-    import keras
-
+    from ..exporting.keras_graph import logits_submodel
     from ..training import load_trained
 
     model, metadata = load_trained(model_dir)
-    logits = (metadata.get("output") or {}).get("logits_layer")
-    if logits:
-        model = keras.Model(model.inputs, model.get_layer(logits).output, name="logits_model")
-    return model
+    return logits_submodel(model, (metadata.get("output") or {}).get("logits_layer"))
 
 
 # -- what is inside the files -----------------------------------------------------------------------

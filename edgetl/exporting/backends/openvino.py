@@ -1,4 +1,5 @@
-"""OpenVINO IR artifacts: ``openvino.convert_model`` straight from the Keras model, NNCF for INT8.
+"""OpenVINO IR artifacts: ``openvino.convert_model`` straight from the Keras model, NNCF for INT8, and
+``OpenvinoBackend``, the export backend that runs them for each mode.
 
 NNCF quantizes the OpenVINO model (not an ONNX one: NNCF's ONNX output ran slowly in ORT here), with
 ``nncf.Dataset`` over the calibration chunks. ``fast_bias_correction=True`` (NNCF's default) is kept:
@@ -19,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
-from . import pairs
-from .calibration import CalibrationSet, prepare_batch
+from ...choices import Format, Mode
+from ...errors import UsageError
+from .. import pairs
+from ..calibration import CalibrationSet, prepare_batch
+from .base import ExportBackend
 
 
 def convert(model, input_dtype: str, output_name: str, onnx_fallback: Path | None = None):
@@ -128,10 +131,7 @@ def bound_weight_pairs(ov_model) -> dict[str, Any]:
         constant = convert.input_value(0).get_node()
         if constant.get_type_name() != "Constant" or constant.get_output_element_type(0) != ov.Type.i8:
             continue
-        if kind == "Convolution":
-            layout = "conv"
-        else:
-            layout = "nk" if op.get_attributes().get("transpose_b", False) else "kn"
+        layout = pairs.weight_layout(kind == "Convolution", bool(op.get_attributes().get("transpose_b", False)))
         q, scale = constant.get_data(), scale_node.get_data()
         try:
             new_q, new_scale = pairs.requantize(q.astype(np.float64) * scale, scale, layout)
@@ -143,22 +143,22 @@ def bound_weight_pairs(ov_model) -> dict[str, Any]:
     return pairs.summary(growth)
 
 
-def quantize_int8_accuracy_aware(ov_model, calib: CalibrationSet, calib_input: str, check_inputs: np.ndarray,
+def quantize_int8_accuracy_aware(ov_model, calib: CalibrationSet, calib_input: str, parity_inputs: np.ndarray,
                                  reference_top1: np.ndarray, min_agreement: float, int8_weights: str = "pair-safe"):
     """``--accuracy-aware`` for OpenVINO: NNCF's own accuracy control (``quantize_with_accuracy_control``)
     ranks the quantized layers by how much reverting each one to float restores the metric, and reverts
-    the fewest until it holds. The metric is top-1 agreement with the Keras FP32 model on the check
+    the fewest until it holds. The metric is top-1 agreement with the Keras FP32 model on the parity
     images (labels not needed), so ``max_drop = 1 - min_agreement``.
 
     NNCF measures its candidates on the exporting CPU as it goes. It searches with 7-bit weights (its
     overflow fix), which compute exactly on every CPU, so which layers it reverts cannot depend on the
     machine that exported; the artifact is then quantized with the target's weights (``int8_weights``)
-    and those layers in float (pair-safe: or the searched 7-bit model, whichever agrees more on the check
+    and those layers in float (pair-safe: or the searched 7-bit model, whichever agrees more on the parity
     images; ``int8_weights`` in the details says which), and the parity check measures that artifact."""
     import nncf
 
     dataset, kwargs, advanced, details = _quantization_arguments(calib, calib_input, None, "7-bit")
-    validation = nncf.Dataset(list(zip(check_inputs[:, None], reference_top1.tolist())), lambda item: item[0])
+    validation = nncf.Dataset(list(zip(parity_inputs[:, None], reference_top1.tolist())), lambda item: item[0])
 
     def agreement(compiled, items) -> tuple[float, list[float]]:
         output = compiled.output(0)
@@ -178,11 +178,11 @@ def quantize_int8_accuracy_aware(ov_model, calib: CalibrationSet, calib_input: s
         # The reverted set does not always carry over (NNCF may also have reverted activation quantizers).
         # Pair-safe weights are exact on every CPU too, so keeping the better of the two is still the same
         # choice everywhere; full weights are only exact with VNNI, so for them the target is kept unmeasured.
-        if int8_weights != "pair-safe" or (_agreement(target, check_inputs, reference_top1)
-                                           >= _agreement(searched, check_inputs, reference_top1)):
+        if int8_weights != "pair-safe" or (_agreement(target, parity_inputs, reference_top1)
+                                           >= _agreement(searched, parity_inputs, reference_top1)):
             quantized, details = target, target_details
     details = {**details, "tool": "nncf.quantize_with_accuracy_control",
-               "accuracy_control": {"metric": "top-1 agreement with Keras FP32", "images": int(len(check_inputs)),
+               "accuracy_control": {"metric": "top-1 agreement with Keras FP32", "images": int(len(parity_inputs)),
                                     "max_drop": round(max(0.0, 1.0 - min_agreement), 6),
                                     "searched_with": "7-bit", "reverted": len(reverted)}}
     return quantized, details
@@ -233,3 +233,83 @@ def compress_weights(ov_model):
 
 def layer_names(ov_model, types: tuple[str, ...] = ("Convolution", "GroupConvolution", "MatMul")) -> list[str]:
     return [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() in types]
+
+
+def io_names(path: Path) -> dict[str, dict[str, str]]:
+    """The tensor names of the model's ports: ``compiled(...)["logits"]`` or ``{"image": x}``."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    names = {}
+    for side, port in (("input", model.inputs[0]), ("output", model.outputs[0])):
+        name = port.get_any_name()
+        names[side] = {"name": name, "tensor_name": name}
+    return names
+
+
+class OpenvinoBackend(ExportBackend):
+    """One FP32 IR per input dtype (straight from Keras), then fp16 compression or NNCF on it."""
+
+    format = Format.OPENVINO
+    extension = ".xml"
+    methods = {Mode.FP16: "openvino compress_to_fp16", Mode.DYNAMIC: "nncf.compress_weights INT8",
+               Mode.INT8: "nncf.quantize"}
+    # OpenVINO has no exact-kernel switch like ORT's, so its weights are pair-safe for targets that may
+    # lack VNNI (NNCF's own overflow fix, "7-bit", costs a whole bit).
+    auto_int8_weights = "pair-safe"
+
+    def files(self, path: Path) -> list[Path]:
+        return [Path(path), Path(path).with_suffix(".bin")]
+
+    def fp32(self, job, input_dtype: str) -> tuple[Path, dict]:
+        """The FP32 IR (saved once per export call and input dtype) and how it was converted."""
+        def make():
+            fallback = job.work / f"onnx_fp32_{input_dtype}.onnx"  # the ONNX backend's, if it ran first
+            model, details = convert(job.keras_graph(input_dtype), input_dtype, job.source.output_kind, fallback)
+            path = job.work / f"openvino_fp32_{input_dtype}.xml"
+            save(model, path)
+            return path, details
+
+        return job.cached(("openvino", input_dtype), make)
+
+    def read_fp32(self, job, input_dtype: str):
+        """A fresh ov.Model of the FP32 IR (NNCF and fp16 compression change the model they get)."""
+        import openvino as ov
+
+        path, _ = self.fp32(job, input_dtype)
+        return ov.Core().read_model(str(path))
+
+    def convert(self, job, path: Path, mode: str, input_dtype: str) -> dict[str, Any]:
+        _, details = self.fp32(job, input_dtype)
+        fp16 = mode == Mode.FP16
+        save(self.read_fp32(job, input_dtype), path, compress_to_fp16=fp16)
+        return {**details, "weights": "float16 (compress_to_fp16)"} if fp16 else dict(details)
+
+    def quantize(self, job, path: Path, mode: str, input_dtype: str) -> dict[str, Any]:
+        _, details = self.fp32(job, input_dtype)
+        model = self.read_fp32(job, input_dtype)
+        if mode == Mode.DYNAMIC:
+            model, extra = compress_weights(model)
+        else:
+            model, extra = quantize_int8(model, job.calib, input_dtype, None, job.int8_weights(self))
+        save(model, path)
+        return {**details, **extra}
+
+    def make_accurate(self, job, path: Path, input_dtype: str, details: dict) -> tuple:
+        """NNCF's own accuracy control (``quantize_int8_accuracy_aware``)."""
+        _, details = self.fp32(job, input_dtype)
+        model, extra = quantize_int8_accuracy_aware(
+            self.read_fp32(job, input_dtype), job.calib, input_dtype, job.model_inputs(input_dtype),
+            job.reference.argmax(-1), job.config.min_agreement, job.int8_weights(self))
+        save(model, path)
+        parity, runtime = job.measure_parity(self, path, Mode.INT8, input_dtype)
+        return path, {**details, **extra}, parity, runtime, float_layer_names(model)
+
+    def io_names(self, path: Path) -> dict[str, dict[str, str | None]]:
+        return io_names(path)
+
+    def embed(self, path: Path, described: dict[str, Any]) -> dict[str, Any]:
+        from ..embedded_metadata import embed_openvino
+
+        embed_openvino(path, described)
+        return {}

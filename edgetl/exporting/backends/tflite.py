@@ -1,4 +1,5 @@
-"""TFLite (LiteRT) artifacts through ``tf.lite.TFLiteConverter.from_keras_model``.
+"""TFLite (LiteRT) artifacts through ``tf.lite.TFLiteConverter.from_keras_model``, and ``TfliteBackend``,
+the export backend that runs the converter for each mode.
 
 ``from_concrete_functions`` given the Keras model as trackable silently writes a model that outputs NaN
 with TF 2.21/Keras 3.15, so the Keras entry point is the only one used. The graph is wrapped so its
@@ -21,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import CalibrationSet
+from ...choices import Format, InputDtype, Mode
+from ..calibration import CalibrationSet
+from .base import ExportBackend
 
 
 def convert(model, path: Path, mode: str, calib: CalibrationSet | None = None,
@@ -46,18 +49,33 @@ def convert(model, path: Path, mode: str, calib: CalibrationSet | None = None,
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         details["weights"] = "int8 (dynamic range)"
     elif mode == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _representative(calib, calib_input)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if uint8_input:
-            converter.inference_input_type = tf.uint8
+        full_integer(converter, calib, calib_input, tf.uint8 if uint8_input else None)
         details.update(weights="int8 per-channel", activations="int8 per-tensor",
                        io={"input": "uint8" if uint8_input else "float32", "output": "float32"})
+    write_converted(converter, path)
+    return details
+
+
+def full_integer(converter, calib: CalibrationSet, calib_input: str, input_type=None, output_type=None):
+    """Calibrated full-integer conversion (builtin INT8 ops only); ``input_type`` / ``output_type``
+    (``tf.uint8``, ``tf.int8``) make the input / output tensors integer too (float by default)."""
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative(calib, calib_input)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if input_type is not None:
+        converter.inference_input_type = input_type
+    if output_type is not None:
+        converter.inference_output_type = output_type
+    return converter
+
+
+def write_converted(converter, path: Path) -> None:
     # The converter saves a temporary SavedModel and prints its signature to stdout: keep stdout clean.
     with contextlib.redirect_stdout(io.StringIO()):
         flatbuffer = converter.convert()
     path.write_bytes(flatbuffer)
-    return details
 
 
 def named_output(model, output_name: str):
@@ -154,3 +172,61 @@ def _convert_selective(model, path: Path, calib: CalibrationSet, calib_input: st
     return {"converter": "QuantizationDebugger(TFLiteConverter.from_keras_model)",
             "weights": "int8 per-channel", "activations": "int8 per-tensor, float in the float layers",
             "io": {"input": "float32", "output": "float32"}}
+
+
+class TfliteBackend(ExportBackend):
+    """The LiteRT converter from the Keras graph for every mode (there is no intermediate to share)."""
+
+    format = Format.TFLITE
+    extension = ".tflite"
+    methods = {Mode.FP16: "tflite float16 weights", Mode.DYNAMIC: "tflite dynamic range",
+               Mode.INT8: "tflite full integer"}
+
+    def _convert(self, job, path: Path, mode: str, input_dtype: str,
+                 float_nodes: list[str] | None = None) -> dict[str, Any]:
+        # Full-integer uint8 input: the converter makes the uint8 tensor itself from a float graph fed
+        # 0..255 pixels (see keras_graph.pixel_input_model); other modes take the uint8+cast graph.
+        int8_pixels = mode == Mode.INT8 and input_dtype == InputDtype.UINT8
+        if int8_pixels:
+            from ..keras_graph import pixel_input_model
+
+            graph = job.cached(("keras", "pixels as float"), lambda: pixel_input_model(job.source, "float32"))
+        else:
+            graph = job.keras_graph(input_dtype)
+        return convert(graph, path, mode, job.calib, "pixels_float" if int8_pixels else "float32",
+                       uint8_input=int8_pixels, float_nodes=float_nodes, output_name=job.source.output_kind)
+
+    def convert(self, job, path: Path, mode: str, input_dtype: str) -> dict[str, Any]:
+        return self._convert(job, path, mode, input_dtype)
+
+    def quantize(self, job, path: Path, mode: str, input_dtype: str) -> dict[str, Any]:
+        return self._convert(job, path, mode, input_dtype)
+
+    def make_accurate(self, job, path: Path, input_dtype: str, details: dict) -> tuple:
+        """QuantizationDebugger ranking, then selective quantization with the worst ops in float; the
+        debugger does not make uint8-input models, so those fall back to dynamic range."""
+        from ..sensitivity import RANK_IMAGES, float_until_passing
+
+        if input_dtype == InputDtype.UINT8:
+            details = self._convert(job, path, Mode.DYNAMIC, input_dtype)
+            parity, runtime = job.measure_parity(self, path, Mode.INT8, input_dtype)
+            return (path, details, parity, runtime,
+                    ["all activations (dynamic-range fallback: int8 weights, float activations)"])
+        ranked = rank_layers(job.keras_graph(input_dtype), job.calib, "float32", RANK_IMAGES,
+                             output_name=job.source.output_kind)
+        return float_until_passing(
+            job, self, input_dtype, path, details, ranked, "RMSE / scale of the op output (QuantizationDebugger)",
+            lambda candidate, names: self._convert(job, candidate, Mode.INT8, input_dtype, float_nodes=names))
+
+    def io_names(self, path: Path) -> dict[str, dict[str, str | None]]:
+        return io_names(path)
+
+    def input_quantization(self, path: Path, mode: str, input_dtype: str) -> dict[str, float] | None:
+        if mode == Mode.INT8 and input_dtype == InputDtype.UINT8:
+            return input_quantization(path)
+        return None
+
+    def embed(self, path: Path, described: dict[str, Any]) -> dict[str, Any]:
+        from ..embedded_metadata import embed_tflite
+
+        return embed_tflite(path, described)

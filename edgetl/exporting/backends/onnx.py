@@ -1,43 +1,10 @@
-"""ONNX artifacts: tf2onnx conversion (FP32), ONNX Runtime quantization (INT8 static, dynamic) and fp16.
+"""ONNX artifacts: tf2onnx conversion (FP32), ONNX Runtime quantization (INT8 static, dynamic) and fp16,
+and ``OnnxBackend``, the export backend that runs them for each mode.
 
 INT8 recipe (``quantize_int8``): ``quant_pre_process`` (shape inference + ORT graph optimisation, so BN
-is folded and Conv+Relu fused before ranges are collected), then static quantization with uint8
-activations and per-channel int8 weights (U8S8).
-
-* U8S8 rather than S8S8: ORT's x86 integer kernels take uint8 activations x int8 weights natively; int8
-  activations are converted back: S8S8 agreed 0.992 but ran at 1.27x of FP32 latency (U8S8 1.00x).
-* QDQ rather than QOperator: both are built from the same ranges and timed by tools/bench_export.py
-  (batch 1, interleaved rounds; table in tools/RESULTS-export.md). ORT fuses QDQ groups into the same
-  QLinearConv kernels QOperator emits: identical outputs (agreement 0.983 both on efficientnet_lite0),
-  latency equal in one run and QOperator 8% faster in another, while QDQ keeps the float graph readable (``nodes_to_exclude`` simply leaves a node's Q/DQ pair out, which accuracy-aware
-  export relies on) and is the form other EPs (TensorRT, QNN, OpenVINO) consume.
-* INT8 weights for x86 CPUs without VNNI. There the default U8S8 kernels (``vpmaddubsw``) add pairs of
-  uint8 x int8 products into a saturating int16. Measured on efficientnet_lite0 zero-shot (121 photos;
-  FP32 top-1 0.876), batch 1, 2 threads, latency vs ORT FP32 (tools/RESULTS-export.md):
-
-  ================================================  =========  ======  ========  =======
-  weights (``int8_weights``) / kernels              agreement  cosine  accuracy  latency
-  ================================================  =========  ======  ========  =======
-  ``full`` 8-bit, default U8S8 kernels (saturate)   0.926      0.921   0.835     0.69x
-  ``full`` 8-bit, ``x64quantprecision=1`` (U8U8)    0.983      0.995   0.876     0.84-1.0x
-  ``pair-safe``, default U8S8 kernels (exact)       0.967      0.990   0.876     0.63-0.74x
-  ``7-bit`` (``reduce_range``), U8S8 kernels        0.934      0.978   0.860     0.71-0.80x
-  8-bit as float fake-quant (no integer kernels)    0.992      0.995   0.876     -
-  ================================================  =========  ======  ========  =======
-
-  ``full`` (what ``--int8-weights auto`` means for ONNX): the artifact keeps 8-bit weights and the *runtime* picks ORT's exact kernels where
-  the CPU needs them (``edgetl.runtime.cpu``): most accurate everywhere, but no faster than FP32 on such
-  a CPU. ``pair-safe`` (``bound_weight_pairs``, ``export.pairs``) makes the weights unable to saturate: the
-  fast kernels are exact on every CPU, for about 0.4 bit of weight precision; on the fine-tuned
-  efficientnet_lite0 (49 val photos) it agrees 1.000 with FP32 like ``full``. ``7-bit`` gives up a
-  whole bit for the same guarantee and loses to pair-safe on every count. Uint8 weights (U8U8 in the
-  graph) are not an alternative: ORT does not fuse them into QLinearConv and ran them 8x slower than FP32.
-* MinMax ranges by default: on efficientnet_lite0, Percentile (99.999) gave the same agreement (0.983)
-  and Entropy was worse (0.868, cosine 0.848): ReLU6 bounds activations, so clipping buys nothing.
-  For the same reason, set size hardly matters: 16, 32, 64 and 120 calibration photos gave 0.983-0.992
-  (one image apart) and equal accuracy.
-* Ranges are collected once per artifact into an ORT calibration cache; Entropy/Percentile histograms
-  get explicit bin counts (ORT's Entropy default of 128 bins for 128 quantized bins degenerates to MinMax).
+is folded and Conv+Relu fused before ranges are collected), then static QDQ quantization with uint8
+activations and per-channel int8 weights (U8S8), MinMax ranges by default. Why each choice, with the
+measurements: tools/RESULTS-export.md ("ONNX INT8 recipe").
 """
 
 from __future__ import annotations
@@ -50,14 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
-from . import pairs
-from .calibration import CHUNK, CalibrationSet, ort_data_reader
+from ...choices import CalibrationMethod, Format, Mode
+from ...errors import UsageError
+from .. import pairs
+from ..calibration import CHUNK, CalibrationSet, ort_data_reader
+from .base import ExportBackend
 
 log = logging.getLogger("edgetl")
 
 DEFAULT_OPSET = 17  # tf2onnx 1.17 supports opsets <= 18; 17 is what ORT, OpenVINO and TensorRT all read
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Histogram settings, explicit: 2048 collected bins, 128 quantized bins for 8 bit (TensorRT's recipe).
 _HISTOGRAM_OPTIONS = {
     "entropy": {"num_bins": 2048, "num_quantized_bins": 128, "symmetric": False},
@@ -74,7 +42,7 @@ def convert(model, path: Path, input_dtype: str, opset: int = DEFAULT_OPSET,
     import tensorflow as tf
     import tf2onnx
 
-    from .keras_graph import INPUT_NAME
+    from ..keras_graph import INPUT_NAME
 
     if not 7 <= opset <= 18:
         raise UsageError(f"--opset {opset} is not supported by tf2onnx 1.17; use 13..18")
@@ -96,13 +64,14 @@ def convert(model, path: Path, input_dtype: str, opset: int = DEFAULT_OPSET,
                         "; ".join(attempts))
             model.export(str(path), format="onnx", verbose=False)
             converter = "keras.export"
-    _rename_output(path, output_name)
+    _name_output_and_batch(path, output_name)
     return {"converter": converter, "opset": opset}
 
 
-def _rename_output(path: Path, name_for_single: str | None = None) -> None:
-    """Make the batch dimension symbolic as 'batch' (tf2onnx writes 'unk__123'); with
-    ``name_for_single``, rename a single graph output to it (and every reference to the old name)."""
+def _name_output_and_batch(path: Path, name_for_single: str | None = None) -> None:
+    """Name the batch dimension 'batch' (tf2onnx writes a symbolic 'unk__123'; it is symbolic either
+    way, from the (None, H, W, 3) input signature) and, with ``name_for_single``, rename a single graph
+    output to it (and every reference to the old name)."""
     import onnx
 
     model = onnx.load(str(path))
@@ -138,31 +107,48 @@ def preprocess(fp32_path: Path, out_path: Path) -> None:
     quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
 
 
+class _DropOrtQuantizationInfo(logging.Filter):
+    """onnxruntime.quantization logs one INFO line per tensor with module-level ``logging.info``, i.e.
+    through the root logger itself, not a named one: this drops exactly those records (by source file)
+    and leaves the root logger's level, and everyone else's records, alone."""
+
+    def __init__(self):
+        super().__init__()
+        import onnxruntime.quantization
+
+        self.package = str(Path(onnxruntime.quantization.__file__).parent)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.pathname.startswith(self.package)
+
+
 @contextlib.contextmanager
-def quiet_root_logger():
-    """onnxruntime.quantization logs one INFO line per tensor to the root logger; keep it to warnings."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
+def quiet_ort_quantization():
+    """Keep onnxruntime.quantization's per-tensor INFO lines out of the log (its warnings stay)."""
+    root, dropper = logging.getLogger(), _DropOrtQuantizationInfo()
+    root.addFilter(dropper)
     try:
         yield
     finally:
-        root.setLevel(level)
+        root.removeFilter(dropper)
+
+
+def _ort_method(method: str):
+    from onnxruntime.quantization import CalibrationMethod as OrtMethod
+
+    return {CalibrationMethod.MINMAX: OrtMethod.MinMax, CalibrationMethod.ENTROPY: OrtMethod.Entropy,
+            CalibrationMethod.PERCENTILE: OrtMethod.Percentile}[method]
 
 
 def calibrate(pre_path: Path, calib: CalibrationSet, input_dtype: str, method: str, cache: Path) -> None:
     """Collect activation ranges once (chunked) into an ORT calibration cache file."""
-    from onnxruntime.quantization import CalibrationMethod
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
     import onnx
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     input_name = onnx.load(str(pre_path)).graph.input[0].name
     with tempfile.TemporaryDirectory(prefix="edgetl-calib-") as tmp:
         calibrator = create_calibrator(pre_path, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=methods[method],
+                                       calibrate_method=_ort_method(method),
                                        extra_options=_HISTOGRAM_OPTIONS[method])
         # ORT's histogram collector stacks each tensor's batches with np.asarray, which fails on a short
         # last chunk: histogram methods get one image per step, MinMax the memory-friendly chunks.
@@ -176,16 +162,14 @@ def calibrate(pre_path: Path, calib: CalibrationSet, input_dtype: str, method: s
 def quantize_int8(pre_path: Path, out_path: Path, cache: Path, method: str,
                   nodes_to_exclude: list[str] | None = None, quant_format: str = "QDQ",
                   int8_weights: str = "full") -> dict[str, Any]:
-    """``int8_weights`` (see the module docstring): ``full`` 8-bit, ``pair-safe`` (``bound_weight_pairs``)
+    """``int8_weights`` (tools/RESULTS-export.md, "ONNX INT8 recipe"): ``full`` 8-bit, ``pair-safe`` (``bound_weight_pairs``)
     or ``7-bit`` (ORT's ``reduce_range``; pair-safe beats it on accuracy at the same speed)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     if int8_weights not in pairs.INT8_WEIGHTS[1:]:
         raise UsageError(f"unknown ONNX int8 weights {int8_weights!r}; choose from {', '.join(pairs.INT8_WEIGHTS[1:])}")
     reduce_range = int8_weights == "7-bit"
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
     extra_options = {
         # Keep weights' per-channel ranges symmetric (int8 -127..127, zero point 0): what the integer
         # kernels assume; activations stay asymmetric uint8 since post-ReLU6 ranges are one-sided
@@ -200,11 +184,11 @@ def quantize_int8(pre_path: Path, out_path: Path, cache: Path, method: str,
     #   fewer op per block; keeping them bought no agreement on these CNNs.
     # * SmoothQuant: migrates activation outliers of transformer MatMuls into weights and needs
     #   neural_compressor (not a dependency); these CNNs have no such MatMuls (one Gemm head).
-    with quiet_root_logger():
+    with quiet_ort_quantization():
         quantize_static(str(pre_path), str(out_path), calibration_data_reader=None,
                         quant_format=QuantFormat.QDQ if quant_format == "QDQ" else QuantFormat.QOperator,
                         per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                        weight_type=QuantType.QInt8, calibrate_method=_ort_method(method),
                         nodes_to_exclude=nodes_to_exclude or [], extra_options=extra_options,
                         calibration_cache_path=str(cache))
     details = {"quant_format": quant_format, "activation_type": "uint8", "weight_type": "int8",
@@ -246,12 +230,10 @@ def bound_weight_pairs(path: Path) -> dict[str, Any]:
             continue
         if zero_point is not None and np.any(zero_point != 0):
             continue  # asymmetric weights: not what quantize_int8 writes
-        if node.op_type == "Conv":
-            if q.shape[1] == 1:
-                continue  # depthwise
-            layout = "conv"
-        else:
-            layout = "nk" if any(a.name == "transB" and a.i for a in node.attribute) else "kn"
+        if node.op_type == "Conv" and q.shape[1] == 1:
+            continue  # depthwise
+        layout = pairs.weight_layout(node.op_type == "Conv",
+                                     any(a.name == "transB" and a.i for a in node.attribute))
         axis = next((a.i for a in w_dq.attribute if a.name == "axis"), 1)
         if scale.size > 1 and axis != pairs.channel_axis(layout):
             continue  # per-channel along another axis than the output channels: not ours
@@ -280,9 +262,8 @@ def quantize_dynamic(fp32_path: Path, out_path: Path) -> dict[str, Any]:
     only (int8 weights fail to load), so weights are QUInt8 here, one scale per tensor.
 
     Depthwise convolutions stay float: a per-tensor scale over 9-tap filters of very different
-    magnitudes is what loses accuracy, and ConvInteger has no depthwise kernel. On the fine-tuned
-    efficientnet_lite0 (49 val photos): agreement 0.980 -> 1.000, cosine 0.948 -> 0.976, latency 3.1x
-    -> 1.16x of FP32, size 0.26x -> 0.30x (depthwise weights are 5% of the model)."""
+    magnitudes is what loses accuracy, and ConvInteger has no depthwise kernel (measured:
+    tools/RESULTS-export.md, "ONNX dynamic: depthwise convolutions in float")."""
     import onnx
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
@@ -292,7 +273,7 @@ def quantize_dynamic(fp32_path: Path, out_path: Path) -> dict[str, Any]:
         preprocess(fp32_path, pre)
         depthwise = [node.name for node in onnx.load(str(pre)).graph.node
                      if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)]
-        with quiet_root_logger():
+        with quiet_ort_quantization():
             ort_quantize_dynamic(str(pre), str(out_path), weight_type=QuantType.QUInt8, per_channel=False,
                                  nodes_to_exclude=depthwise)
     return {"weight_type": "uint8", "per_channel": False, "activations": "quantized per call (dynamic)",
@@ -311,3 +292,102 @@ def to_fp16(fp32_path: Path, out_path: Path) -> dict[str, Any]:
     model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
     onnx.save(model, str(out_path))
     return {"converter": "onnxruntime.transformers.float16", "keep_io_types": True}
+
+
+def io_names(path: Path) -> dict[str, dict[str, str]]:
+    """``InferenceSession.get_inputs()[0].name`` / ``get_outputs()[0].name``: the graph's value names
+    (``session.run(["logits"], {"image": x})``)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [v.name for v in graph.input if v.name not in initializers]
+    return {"input": {"name": inputs[0], "tensor_name": inputs[0]},
+            "output": {"name": graph.output[0].name, "tensor_name": graph.output[0].name}}
+
+
+class OnnxBackend(ExportBackend):
+    """tf2onnx once per input dtype, then ORT's float16 converter / quantizers on that FP32 graph."""
+
+    format = Format.ONNX
+    extension = ".onnx"
+    methods = {Mode.FP16: "onnxruntime.transformers.float16", Mode.DYNAMIC: "onnxruntime quantize_dynamic",
+               Mode.INT8: "onnxruntime quantize_static (QDQ, U8S8)"}
+    # Full 8-bit everywhere: ONNX Runtime has exact kernels that the runtime turns on where the CPU needs them.
+    auto_int8_weights = "full"
+
+    @property
+    def modes(self) -> tuple[Mode, ...]:
+        import importlib.util
+
+        try:
+            fp16 = importlib.util.find_spec("onnxruntime.transformers.float16") is not None
+        except ImportError:
+            fp16 = False
+        return tuple(m for m in Mode if fp16 or m != Mode.FP16)
+
+    def fp32(self, job, input_dtype: str) -> tuple[Path, dict]:
+        """The FP32 ONNX graph (made once per export call and input dtype) and how it was converted."""
+        def make():
+            path = job.work / f"onnx_fp32_{input_dtype}.onnx"
+            return path, convert(job.keras_graph(input_dtype), path, input_dtype, job.config.opset,
+                                 output_name=job.source.output_kind)
+
+        return job.cached(("onnx", input_dtype), make)
+
+    def ranges(self, job, input_dtype: str) -> tuple[Path, Path]:
+        """(pre-processed FP32 graph, ORT calibration cache of its activation ranges), made once."""
+        def make():
+            fp32, _ = self.fp32(job, input_dtype)
+            pre = job.work / f"onnx_pre_{input_dtype}.onnx"
+            preprocess(fp32, pre)
+            cache = job.work / f"onnx_ranges_{input_dtype}.json"
+            calibrate(pre, job.calib, input_dtype, job.config.calib_method, cache)
+            return pre, cache
+
+        return job.cached(("onnx ranges", input_dtype), make)
+
+    def convert(self, job, path: Path, mode: str, input_dtype: str) -> dict[str, Any]:
+        import shutil
+
+        fp32, details = self.fp32(job, input_dtype)
+        if mode == Mode.FP16:
+            return {**details, **to_fp16(fp32, path)}
+        shutil.copyfile(fp32, path)
+        return dict(details)
+
+    def quantize(self, job, path: Path, mode: str, input_dtype: str,
+                 nodes_to_exclude: list[str] | None = None) -> dict[str, Any]:
+        fp32, details = self.fp32(job, input_dtype)
+        if mode == Mode.DYNAMIC:
+            return {**details, **quantize_dynamic(fp32, path)}
+        pre, cache = self.ranges(job, input_dtype)
+        return {**details, **quantize_int8(pre, path, cache, job.config.calib_method, nodes_to_exclude,
+                                           int8_weights=job.int8_weights(self))}
+
+    def make_accurate(self, job, path: Path, input_dtype: str, details: dict) -> tuple:
+        """Rank Conv/Gemm nodes by their own INT8 error, then leave the worst out of quantization (their
+        Q/DQ pairs), 1, 2, 4, ... of them; ranges come from the cached calibration."""
+        from ..sensitivity import RANK_IMAGES, float_until_passing, rank_onnx_nodes
+
+        pre, _ = self.ranges(job, input_dtype)
+        ranked = rank_onnx_nodes(pre, path, job.model_inputs(input_dtype)[:RANK_IMAGES])
+        return float_until_passing(
+            job, self, input_dtype, path, details, ranked, "relative L2 error of the output minus that of the input",
+            lambda candidate, excluded: self.quantize(job, candidate, Mode.INT8, input_dtype, excluded))
+
+    def runtime_options(self, job, mode: str) -> dict[str, Any]:
+        # Pair-safe INT8 weights run on ONNX Runtime's fast kernels, which are exact for them
+        # (``runtime.backends.open_backend`` reads that from the sidecar).
+        if mode == Mode.INT8 and job.int8_weights(self) == "pair-safe":
+            return {"exact_int8": False}
+        return {}
+
+    def io_names(self, path: Path) -> dict[str, dict[str, str | None]]:
+        return io_names(path)
+
+    def embed(self, path: Path, described: dict[str, Any]) -> dict[str, Any]:
+        from ..embedded_metadata import embed_onnx
+
+        embed_onnx(path, described)
+        return {}
