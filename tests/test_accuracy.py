@@ -19,11 +19,9 @@ def _sidecar(path: Path) -> dict:
 
 def _patch_cpu_flags(monkeypatch, saturates: bool) -> None:
     """Pretend the exporting CPU has (or lacks) VNNI: only the flag reader is replaced."""
-    import edgetl.runtime.backends as backends
     import edgetl.runtime.cpu as cpu
 
     monkeypatch.setattr(cpu, "int8_dot_saturates", lambda: saturates)
-    monkeypatch.setattr(backends, "int8_dot_saturates", lambda: saturates)
 
 
 def test_auto_int8_weights_follow_the_target_cpu(monkeypatch):

@@ -35,15 +35,9 @@ SAFE_TARGETS = ("vnni", "arm")  # int8 dot products accumulate without int16 sat
 
 def target_cpu(target: str) -> str:
     """The target as recorded in the sidecar: "this" becomes what the exporting CPU is."""
-    if target != "this":
-        return target
-    import platform
+    from ..runtime.cpu import int8_cpu_kind
 
-    from ..runtime.cpu import int8_dot_saturates
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return "arm"
-    return "no-vnni" if int8_dot_saturates() else "vnni"
+    return int8_cpu_kind() if target == "this" else target
 
 
 def resolve(int8_weights: str, fmt: str, target: str = "any") -> str | None:

@@ -10,7 +10,7 @@ Two JSON documents carry everything a later stage needs (``models/README.md``), 
 ``artifacts.py``: an artifact's files, their hashes, its sidecar.
 """
 
-from .artifacts import (ARTIFACT_COMPANIONS, artifact_files, hash_artifact, read_sidecar, sidecar_path,
+from .artifacts import (artifact_files, hash_artifact, read_sidecar, sidecar_path,
                         verify_artifact)
 from .cards import (ARTIFACT_SCHEMA, MODEL_FILE, MODEL_METADATA, MODEL_SCHEMA, ArtifactSidecar, ModelCard,
                     check_model_metadata, read_artifact_sidecar, read_model_card, read_model_metadata)
@@ -18,7 +18,7 @@ from .files import fingerprint_files, read_json, sha256_file, software_versions,
 from .outputs import (OUTPUT_MARKER, OUTPUT_SCHEMA, atomic_directory, check_output_dir, is_edgetl_output,
                       output_marker, read_output_marker, remove_stale_temporaries)
 
-__all__ = ["ARTIFACT_COMPANIONS", "ARTIFACT_SCHEMA", "MODEL_FILE", "MODEL_METADATA", "MODEL_SCHEMA", "OUTPUT_MARKER",
+__all__ = ["ARTIFACT_SCHEMA", "MODEL_FILE", "MODEL_METADATA", "MODEL_SCHEMA", "OUTPUT_MARKER",
            "OUTPUT_SCHEMA", "ArtifactSidecar", "ModelCard", "artifact_files", "atomic_directory",
            "check_model_metadata", "check_output_dir", "fingerprint_files", "hash_artifact", "is_edgetl_output",
            "output_marker", "read_artifact_sidecar", "read_json", "read_model_card", "read_model_metadata",

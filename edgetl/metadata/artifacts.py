@@ -10,15 +10,15 @@ from .cards import ARTIFACT_SCHEMA
 from .files import read_json, sha256_file
 
 # -- artifact files ---------------------------------------------------------------------------------
-# Files an artifact consists of besides its main file, by suffix of the main file. Formats that add
-# companions (e.g. a compiled EPContext blob next to an .onnx) add them here so the sidecar hashes them.
-ARTIFACT_COMPANIONS: dict[str, tuple[str, ...]] = {".xml": (".bin",)}
 
 
 def artifact_files(artifact: str | Path) -> list[Path]:
     """Every file of an artifact, main file first (OpenVINO: the .xml and its .bin weights)."""
+    from ..runtime.backends import BACKENDS, FORMAT_BY_SUFFIX  # its runtime backend knows (numpy only, no runtime)
+
     artifact = Path(artifact)
-    return [artifact, *(artifact.with_suffix(s) for s in ARTIFACT_COMPANIONS.get(artifact.suffix.lower(), ()))]
+    fmt = FORMAT_BY_SUFFIX.get(artifact.suffix.lower())
+    return [artifact, *(BACKENDS[fmt].companion_files(artifact) if fmt else [])]
 
 
 def hash_artifact(artifact: str | Path) -> dict[str, str]:

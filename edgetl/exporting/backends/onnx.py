@@ -377,11 +377,12 @@ class OnnxBackend(ExportBackend):
             lambda candidate, excluded: self.quantize(job, candidate, Mode.INT8, input_dtype, excluded))
 
     def runtime_options(self, job, mode: str) -> dict[str, Any]:
-        # Pair-safe INT8 weights run on ONNX Runtime's fast kernels, which are exact for them
-        # (``runtime.backends.open_backend`` reads that from the sidecar).
-        if mode == Mode.INT8 and job.int8_weights(self) == "pair-safe":
-            return {"exact_int8": False}
-        return {}
+        # Parity runs before the sidecar exists, so the weight choice is passed, not read from it.
+        if mode != Mode.INT8:
+            return {}
+        from ...runtime.backends import exact_int8_for
+
+        return {"exact_int8": exact_int8_for(int8_weights=job.int8_weights(self))}
 
     def io_names(self, path: Path) -> dict[str, dict[str, str | None]]:
         return io_names(path)

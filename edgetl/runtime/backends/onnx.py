@@ -12,7 +12,7 @@ import numpy as np
 
 from ...errors import CheckFailed, DeviceUnavailable
 from ...metadata import read_json, sidecar_path
-from ..cpu import int8_dot_saturates
+from .. import cpu
 from .base import Backend, Placement, first_line
 
 ORT_PROVIDERS = {
@@ -38,9 +38,8 @@ def exact_int8_for(artifact: str | Path | None = None, requested: bool = True,
     kernels), this CPU's kernels can saturate (``runtime.cpu.int8_dot_saturates``: x86 without VNNI),
     and the weights are not pair-safe: ``int8_weights`` when given (export, before the sidecar exists),
     else what the artifact's sidecar records (no sidecar, no claim). On pair-safe weights the fast
-    kernels cannot saturate, so they are exact as they are. Measured on efficientnet_lite0 INT8 without
-    VNNI: top-1 agreement with FP32 0.926 -> 0.983, latency 0.69x -> 1.00x of FP32."""
-    if not requested or not int8_dot_saturates():
+    kernels cannot saturate, so they are exact as they are (measured: tools/RESULTS-runtime.md)."""
+    if not requested or not cpu.int8_dot_saturates():
         return False
     if int8_weights is None and artifact is not None:
         int8_weights = _sidecar_int8_weights(Path(artifact))
