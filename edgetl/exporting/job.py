@@ -21,13 +21,14 @@ import numpy as np
 
 from ..choices import InputDtype, Mode
 from ..console import progress, say
-from ..metadata import MODEL_METADATA, atomic_directory, read_model_metadata, sidecar_path, write_json
+from ..metadata import MODEL_METADATA, atomic_directory, read_model_metadata, write_json
 from ..preprocess import Preprocessing
 from .backends import ExportBackend, get_backend
 from .config import ExportConfig
 from .formats import CALIBRATION_FILE, SUMMARY_FILE, artifact_name
 from .parity import describe
 from .results import ArtifactResult, ExportResult
+from .sidecar import write_artifact_sidecar
 
 
 def export(config: ExportConfig) -> ExportResult:
@@ -163,7 +164,7 @@ class ExportJob:
             interface = self.embed(backend, path, mode, input_dtype, details, float_layers)
         sidecar = self.sidecar(backend, path, mode, input_dtype, details, parity, runtime, float_layers)
         sidecar["output"].update(interface)
-        write_json(sidecar_path(path), sidecar)
+        write_artifact_sidecar(path, sidecar)
         return ArtifactResult(fmt, mode, input_dtype, path, sidecar, time.perf_counter() - started)
 
     def with_target_cpu(self, details: dict, backend: ExportBackend, mode: str) -> dict:

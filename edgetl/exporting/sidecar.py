@@ -50,3 +50,11 @@ def artifact_sidecar(path: Path, fmt: str, files: list[Path], source, source_inf
         "parity": parity,
         **blocks,
     }
+
+
+def write_artifact_sidecar(path: Path, sidecar: dict[str, Any]) -> None:
+    """The one writer of ``<artifact>.json``: through the typed ``ArtifactSidecar``, so what is written
+    is what every reader (runtime, bench, the next export) accepts."""
+    from ..metadata import ArtifactSidecar, sidecar_path
+
+    ArtifactSidecar.from_dict(sidecar, sidecar_path(path)).write(path)

@@ -28,11 +28,11 @@ import numpy as np
 from ..choices import InputDtype, Mode
 from ..console import say
 from ..errors import UsageError
-from ..metadata import atomic_directory, sha256_file, sidecar_path, write_json
+from ..metadata import atomic_directory, sha256_file, write_json
 from .formats import CALIBRATION_FILE, FORMATS, SUMMARY_FILE
 from .job import ExportJob
 from .results import ArtifactResult, ExportResult
-from .sidecar import artifact_sidecar, quantization_block
+from .sidecar import artifact_sidecar, quantization_block, write_artifact_sidecar
 
 QNN_VERSIONS = ["tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxruntime-qnn"]
 VELA_VERSIONS = ["tensorflow", "keras", "ai-edge-litert", "ethos-u-vela"]
@@ -75,7 +75,7 @@ def _export_gpu(config, target):
     for artifact in result.artifacts:
         artifact.sidecar["target"] = {"name": target.name, "compiled_by": target.compiled_by,
                                       "runs_on": target.runs_on}
-        write_json(sidecar_path(artifact.path), artifact.sidecar)
+        write_artifact_sidecar(artifact.path, artifact.sidecar)
     return result
 
 
@@ -138,7 +138,7 @@ class _TargetJob(ExportJob):
 
 
 def _artifact(path: Path, fmt: str, sidecar: dict, seconds: float):
-    write_json(sidecar_path(path), sidecar)
+    write_artifact_sidecar(path, sidecar)
     return ArtifactResult(fmt, "int8", sidecar["input"]["dtype"], path, sidecar, seconds)
 
 
