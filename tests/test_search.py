@@ -119,6 +119,64 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(searched, tmp_path, 
     assert sum(t["status"] == "done" for t in trials.values()) >= 2
 
 
+def _unavailable_target() -> str | None:
+    from edgetl import targets
+
+    return next((n for n in ("gpu:cuda", "npu:intel", "gpu:openvino") if not targets.get(n).availability().available),
+                None)
+
+
+def test_named_npu_target_estimated_by_vela(searched, tmp_path, sample_dir):
+    """--target npu:ethos-u55-128: exported as `export --target` does (Vela), benched as `bench --target
+    --simulate` does; the estimated latency keeps its label through the trial rows, the front and the
+    winner. A target with no device here fails its trials with the one-line reason; the search goes on."""
+    pytest.importorskip("ethosu.vela")
+    from edgetl.metadata import verify_artifact
+
+    target = "npu:ethos-u55-128"
+    source, _ = searched
+    out = tmp_path / "out"
+    shutil.copytree(source, out)  # the fine-tune and the pruned model are reused
+    missing = _unavailable_target()
+    extra = ["--target", missing] if missing else []
+    code = main(["search", str(sample_dir), "--out", str(out), *AXES, "--eta", "1", "--target", target, *extra])
+    assert code == (1 if missing else 0)  # exit 1: a target without a winner, after everything is written
+    report = _trials(out)
+    trials = {t["trial"]: t for t in report["trials"]}
+    mine = [t for t in trials.values() if t["target"] == target]
+    # fp32 and dynamic collapse into the one full-integer int8 model Vela compiles
+    assert {t["trial"] for t in mine} == {f"efficientnet_lite0/features/sp{s}/tflite/int8@{target}"
+                                          for s in ("0", "0.5")}
+    assert {t["status"] for t in mine} == {"done"}
+    assert report["stages_built"] == 4  # an export and a bench per sparsity; fine-tune and prune reused
+    for t in mine:
+        estimate = t["npu_estimate"]
+        assert t["latency_evidence"] == "estimated" and estimate["evidence"] == "estimated"
+        assert t["accuracy_evidence"] == "simulated" and t["target_level"] == "estimator"
+        assert t["latency_p50_ms"] == pytest.approx(estimate["inference_ms"]) and 0 < t["latency_p50_ms"] < 1000
+        assert estimate["sram_kib"] > 0 and estimate["cycles_total"] > 0
+        assert 0.0 <= t["top1"] <= 1.0 and t["agreement"] >= 0.5 and t["size_bytes"] > 100_000
+        assert t["stages"]["export"]["target"] == target and t["stages"]["export"]["artifact"].endswith("_vela.tflite")
+    if missing:
+        failed = [t for t in trials.values() if t["target"] == missing]
+        assert failed and {t["status"] for t in failed} == {"failed"}
+        assert all(t["reason"].startswith("target: DeviceUnavailable: ") and "\n" not in t["reason"] for t in failed)
+
+    pareto = json.loads((out / "pareto.json").read_text())["targets"]
+    entry = pareto[target]
+    assert entry["evidence"] == {"latency": ["estimated"], "accuracy": ["simulated"]}
+    assert all(r["latency_evidence"] == "estimated" for r in entry["front"])
+    fastest = min(mine, key=lambda t: (t["latency_p50_ms"], t["size_bytes"]))
+    assert entry["winner"]["trial"] == fastest["trial"] and "(latency estimated)" in entry["winner_rule"]
+    shipped = Path(entry["winner_dir"])
+    compiled = next(shipped.glob("*_vela.tflite"))
+    verify_artifact(compiled)  # its summary CSV came along
+    verify_artifact(shipped / "model_tflite_int8_io8.tflite")  # and the uncompiled model the simulation runs
+    if missing:
+        assert pareto[missing]["winner"] is None and pareto[missing]["front"] == []
+    assert "estimated" in (out / "pareto.html").read_text()
+
+
 @pytest.fixture
 def two_node_cluster():
     """A head (1 CPU, no target) and a node offering target:cpu, on a loopback address; both stopped

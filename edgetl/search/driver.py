@@ -23,8 +23,9 @@ from ..metadata import OUTPUT_MARKER, atomic_directory, output_marker, write_jso
 from ..pipeline import _key, _materialise, _stage, RunConfig, RunResult
 from .pareto import halving
 from .progress import Progress
-from .space import Point, SearchConfig
-from .stages import StageJob, bench_job, describe, export_job, finetune_job, prune_job, run_stage, target_resource
+from .space import Point, SearchConfig, registered
+from .stages import (EVIDENCE_KEYS, NPU_KEYS, StageJob, bench_job, describe, export_job, finetune_job, prune_job, run_stage, target_resource,
+                     unavailable_targets)
 
 OBJECT_STORE_BYTES = 256 * 1024 * 1024  # only small dicts travel through it; spare the shared /dev/shm
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
@@ -47,7 +48,8 @@ class Trial:
         return {"trial": self.id, "target": self.target, **vars(self.point), "status": self.status,
                 "reason": self.reason,
                 **{k: bench.get(k) for k in ("top1", "latency_p50_ms", "latency_p90_ms", "size_bytes", "agreement",
-                                             "reference_top1", "node", "device")},
+                                             "reference_top1", "node", "device", *EVIDENCE_KEYS)},
+                **{k: bench[k] for k in NPU_KEYS if k in bench},
                 "stages": self.stages}
 
 
@@ -72,11 +74,16 @@ def search(config: SearchConfig) -> SearchResult:
 
     config.validate()
     started = time.perf_counter()
-    trials = [Trial(p, t) for p in config.points() for t in config.targets]
+    trials = [Trial(p, t) for p, t in config.trials()]
     for trial in trials:
         problem = trial.point.problem()
         if problem:
             trial.status, trial.reason = "failed", f"bad config: {problem}"
+    if not config.address:  # in-process Ray: this machine is the node every bench lands on
+        for target, reason in unavailable_targets(config.targets).items():
+            for trial in trials:
+                if trial.target == target and trial.status == "pending":
+                    trial.status, trial.reason = "failed", reason
     with ray_session(config) as placement:  # a cluster that is not there fails before --out is written
         out = config.out
         out.mkdir(parents=True, exist_ok=True)
@@ -148,7 +155,8 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
 
     # Rung 3: export each artifact; as one lands, bench it on its target.
     exports = {t.id: export_job(config.out, models[t.id], splits, t.point.format, t.point.quantize,
-                                f"export {t.point.name}") for t in live}
+                                f"export {t.point.name}" + (f" for {t.target}" if registered(t.target) else ""),
+                                t.target) for t in live}
 
     def then_bench(trial: Trial) -> StageJob:
         return bench_job(config.out, models[trial.id], exports[trial.id], splits, trial.target, config.runs,
