@@ -177,6 +177,38 @@ def test_named_npu_target_estimated_by_vela(searched, tmp_path, sample_dir):
     assert "estimated" in (out / "pareto.html").read_text()
 
 
+def test_named_npu_target_on_the_qnn_simulator(searched, tmp_path, sample_dir):
+    """--target npu:qnn-htp: the EPContext model runs on Qualcomm's HTP simulator; its accuracy is
+    labelled simulated, no device latency is claimed, and the winner is ranked without one."""
+    pytest.importorskip("onnxruntime_qnn")
+    from edgetl import targets
+    from edgetl.metadata import verify_artifact
+
+    target = "npu:qnn-htp"
+    if targets.get(target).availability().level != "simulator":
+        pytest.skip("no QNN HTP simulator here (or a real Hexagon NPU)")
+    source, _ = searched
+    out = tmp_path / "out"
+    shutil.copytree(source, out)
+    assert main(["search", str(sample_dir), "--out", str(out), *AXES, "--sparsity", "0", "--target", target]) == 0
+    [trial] = _trials(out)["trials"]
+    assert trial["trial"] == f"efficientnet_lite0/features/sp0/onnx/int8@{target}" and trial["status"] == "done"
+    assert trial["accuracy_evidence"] == "simulated" and trial["target_level"] == "simulator"
+    assert trial["latency_p50_ms"] is None and trial["latency_evidence"] == "not measured"
+    wall = trial["simulator_wall_ms_per_image"]
+    assert wall["evidence"] == "simulated" and wall["value"] > 0
+    assert 0.0 <= trial["top1"] <= 1.0 and trial["agreement"] >= 0.5
+    assert trial["stages"]["export"]["artifact"].endswith("_ctx.onnx")
+    entry = json.loads((out / "pareto.json").read_text())["targets"][target]
+    assert entry["evidence"] == {"latency": ["not measured"], "accuracy": ["simulated"]}
+    assert entry["winner"]["trial"] == trial["trial"] and "no latency measured" in entry["winner_rule"]
+    shipped = Path(entry["winner_dir"])
+    verify_artifact(next(shipped.glob("*_ctx.onnx")))
+    verify_artifact(shipped / "model_qnn_int8.onnx")  # the QDQ source, for any ONNX Runtime
+    page = (out / "pareto.html").read_text()
+    assert "<td>not measured</td>" in page and "<td>simulated</td>" in page
+
+
 @pytest.fixture
 def two_node_cluster():
     """A head (1 CPU, no target) and a node offering target:cpu, on a loopback address; both stopped
