@@ -6,6 +6,8 @@ custom resource ``target:<name>`` so it runs only on a node that offers it; fine
 for a GPU when the cluster has one. A stage that raises, runs out of memory or loses its worker fails
 the trials below it and the search goes on. Stages finished in an earlier run (same keys, intact
 files) are read back without a Ray task, which is what makes a rerun after a killed driver resume.
+With Ray in-process, a registered target this machine has no device, simulator or compiler for fails
+its trials before any work (on a cluster the node offering it decides, in its stages).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from ..pipeline import _key, _materialise, _stage, RunConfig, RunResult
 from .pareto import halving
 from .progress import Progress
 from .space import Point, SearchConfig, registered
-from .stages import (EVIDENCE_KEYS, NPU_KEYS, StageJob, bench_job, describe, export_job, finetune_job, prune_job, run_stage, target_resource,
-                     unavailable_targets)
+from .stages import (EVIDENCE_KEYS, NPU_KEYS, StageJob, bench_job, describe, export_job, finetune_job, prune_job,
+                     run_stage, target_resource, unavailable_targets)
 
 OBJECT_STORE_BYTES = 256 * 1024 * 1024  # only small dicts travel through it; spare the shared /dev/shm
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
@@ -141,6 +143,9 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
         if t.point.sparsity > 0:
             prune_options = dict(method=config.prune_method, sparsity=t.point.sparsity,
                                  epochs=config.epochs if config.prune_epochs is None else config.prune_epochs)
+            # Only options set are keyed, so the stages of searches without them are reused as they are.
+            prune_options.update({k: v for k, v in (("lr", config.prune_lr), ("importance", config.prune_importance))
+                                  if v is not None})
             prunes[t.id] = prune_job(config.out, model, prune_options,
                                      f"prune {t.point.backbone}/{t.point.strategy} to {t.point.sparsity:g}", gpus)
         models[t.id] = model

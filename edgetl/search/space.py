@@ -78,6 +78,8 @@ class SearchConfig:
     epochs: int = 5
     prune_epochs: int | None = None  # recovery epochs after pruning; default: epochs
     prune_method: str = "structured"  # structured removes channels (faster); magnitude only zeros weights
+    prune_lr: float | None = None  # recovery learning rate; default: PruneConfig's
+    prune_importance: str | None = None  # structured channel ranking (l1 | bn); default: PruneConfig's
     weights: str = "imagenet"
     input_size: int | None = None
     batch_size: int = 16
@@ -116,6 +118,8 @@ class SearchConfig:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
         if self.prune_epochs is not None and self.prune_epochs < 0:
             raise UsageError(f"--prune-epochs must be >= 0, got {self.prune_epochs}")
+        if self.prune_lr is not None and self.prune_lr <= 0:
+            raise UsageError(f"the recovery learning rate must be > 0, got {self.prune_lr}")
         if self.prune_method not in PRUNE_METHODS:
             raise UsageError(f"unknown --prune-method {self.prune_method!r}; choose from {', '.join(PRUNE_METHODS)}")
         if self.eta < 1:
