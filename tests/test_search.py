@@ -157,6 +157,15 @@ def test_named_npu_target_estimated_by_vela(searched, tmp_path, sample_dir):
         assert estimate["sram_kib"] > 0 and estimate["cycles_total"] > 0
         assert 0.0 <= t["top1"] <= 1.0 and t["agreement"] >= 0.5 and t["size_bytes"] > 100_000
         assert t["stages"]["export"]["target"] == target and t["stages"]["export"]["artifact"].endswith("_vela.tflite")
+    # The device-farm rule: the target's export (it needs Vela) and its bench ask for target:<name>.
+    from edgetl.search.stages import bench_job, export_job
+
+    [splits] = (out / "stages" / "data").iterdir()
+    model = Path(mine[0]["stages"]["prune"]["directory"])
+    export = export_job(out, model, splits, "tflite", "int8", "export", target)
+    assert export.finished() and export.resources == {f"target:{target}": 1}  # the stage this search built
+    assert bench_job(out, model, export, splits, target, 3, "bench").resources == {f"target:{target}": 1}
+    assert export_job(out, model, splits, "onnx", "fp32", "export").resources == {}  # cpu exports go anywhere
     if missing:
         failed = [t for t in trials.values() if t["target"] == missing]
         assert failed and {t["status"] for t in failed} == {"failed"}
