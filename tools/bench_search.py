@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--target-search", type=Path, default=None, metavar="DATA",
                         help="run the issue's target search on DATA instead (see the module docstring)")
     parser.add_argument("--sparsity", default="0,0.5")
+    parser.add_argument("--formats", default="onnx")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--prune-epochs", type=int, default=10)
     parser.add_argument("--prune-lr", type=float, default=None)
@@ -112,7 +113,8 @@ def target_search(args) -> None:
     started = time.perf_counter()
     load = os.getloadavg()[0]
     config = SearchConfig(data=args.target_search, out=args.out, targets=("cpu",), backbones=("efficientnet_lite0",),
-                          strategies=("features",), sparsity=sparsity, quantize=("int8",), formats=("onnx",),
+                          strategies=("features",), sparsity=sparsity, quantize=("int8",),
+                          formats=tuple(args.formats.split(",")),
                           epochs=args.epochs, prune_epochs=args.prune_epochs, prune_lr=args.prune_lr,
                           prune_importance=args.prune_importance, max_drop=0.5, eta=1, runs=50, threads=1,
                           verbose=False)
@@ -151,7 +153,7 @@ def target_search(args) -> None:
                      "meets_target": bool(row["sparsity"] > 0 and drop is not None and drop <= 0.5
                                           and paired is not None and paired >= 1.5)})
     pareto = json.loads((args.out / "pareto.json").read_text())["targets"]["cpu"]
-    run = {"settings": {"sparsity": list(sparsity), "epochs": args.epochs, "prune_epochs": args.prune_epochs,
+    run = {"settings": {"sparsity": list(sparsity), "formats": args.formats.split(","), "epochs": args.epochs, "prune_epochs": args.prune_epochs,
                         "prune_lr": args.prune_lr, "prune_importance": args.prune_importance,
                         "rounds": args.rounds, "threads": 1},
            "data": str(args.target_search), "n_val": done[0]["stages"]["bench"]["n_images"] if done else None,
@@ -169,13 +171,13 @@ def target_search(args) -> None:
 
 def write_target_markdown(runs) -> None:
     lines = ["### Target search runs (tools/bench_search.py --target-search)", "",
-             "efficientnet_lite0, `features`, 5 epochs, INT8 ONNX (static QDQ), cpu, `--max-drop 0.5 --eta 1 "
+             "efficientnet_lite0, `features`, 5 epochs, INT8 (static; ONNX QDQ unless the format says otherwise), cpu, `--max-drop 0.5 --eta 1 "
              "--threads 1 --runs 50`; structured pruning with the recovery settings shown (1e-4 / l1 are "
              "PruneConfig's defaults). *interleaved p50*: every finished artifact timed "
              "again in alternating rounds (edgetl.timing.interleaved, 10 runs per round, 1 thread) right "
              "after the search; *paired rounds*: the median over rounds of the unpruned/pruned ratio of the "
              "two round medians (a neighbour's burst lands on both). The target counts the paired figure.", "",
-             "| run | sparsity | recovery epochs / lr / importance | top-1 | drop (points) | search p50 ms | "
+             "| run | sparsity, format | recovery epochs / lr / importance | top-1 | drop (points) | search p50 ms | "
              "interleaved p50 ms | speed-up vs unpruned INT8 (p50s / paired rounds) | size | target met |",
              "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for index, run in enumerate(runs, 1):
@@ -186,7 +188,8 @@ def write_target_markdown(runs) -> None:
             speedup = "–" if row["speedup_vs_unpruned_int8"] is None else f"{row['speedup_vs_unpruned_int8']:.2f}x"
             if row.get("paired_speedup") is not None:
                 speedup += f" / {row['paired_speedup']:.2f}x"
-            lines.append(f"| {index} | {row['sparsity']:g} | {recovery if row['sparsity'] else '–'} | "
+            fmt = row["trial"].split("/")[3]
+            lines.append(f"| {index} | {row['sparsity']:g} {fmt} | {recovery if row['sparsity'] else '–'} | "
                          f"{row['top1']:.1%} | {drop} | {row['search_p50_ms']:.2f} | {row['interleaved_p50_ms']:.2f} | "
                          f"{speedup} | {row['size_bytes'] / 1e6:.2f} MB | {'yes' if row['meets_target'] else 'no'} |")
     lines.append("")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..choices import TargetKind
 from ..errors import CheckFailed, DeviceUnavailable, UsageError
 from ..metadata import MODEL_METADATA, read_json, write_json
 from ..pipeline import STAGE_FILE, RunConfig, RunResult, _key, _outputs_key, _stage, stage_finished
@@ -97,7 +98,8 @@ def bench_job(out: Path, model_dir: Path, export: StageJob, splits: Path, target
 
 
 def target_resource(target: str) -> str:
-    """The Ray custom resource a node offers for a bench target (``ray start --resources``)."""
+    """The Ray custom resource a node offers for a target (``ray start --resources``): every bench asks
+    for its target's, and so does the export for a registered target."""
     return f"target:{target}"
 
 
@@ -171,7 +173,7 @@ def _export(directory: Path, spec: dict[str, Any]) -> None:
     target = targets.get(name) if name else None
     if target is not None:  # this node must have the device, its simulator or its compiler
         targets.check_available(target, TARGET_LEVELS)
-    via_target = target is not None and (target.compiled_ahead or target.kind == "gpu")
+    via_target = target is not None and (target.compiled_ahead or target.kind == TargetKind.GPU)
     # npu:intel has no export --target: its NPU plugin compiles the ordinary OpenVINO export at load.
     config = ExportConfig(model=Path(spec["model"]), out=directory, formats=(spec["format"],),
                           modes=(spec["mode"],), calib=splits / "train", check=splits / "val", verbose=False,
