@@ -119,6 +119,105 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(searched, tmp_path, 
     assert sum(t["status"] == "done" for t in trials.values()) >= 2
 
 
+def _unavailable_target() -> str | None:
+    from edgetl import targets
+
+    return next((n for n in ("gpu:cuda", "npu:intel", "gpu:openvino") if not targets.get(n).availability().available),
+                None)
+
+
+def test_named_npu_target_estimated_by_vela(searched, tmp_path, sample_dir):
+    """--target npu:ethos-u55-128: exported as `export --target` does (Vela), benched as `bench --target
+    --simulate` does; the estimated latency keeps its label through the trial rows, the front and the
+    winner. A target with no device here fails its trials with the one-line reason; the search goes on."""
+    pytest.importorskip("ethosu.vela")
+    from edgetl.metadata import verify_artifact
+
+    target = "npu:ethos-u55-128"
+    source, _ = searched
+    out = tmp_path / "out"
+    shutil.copytree(source, out)  # the fine-tune and the pruned model are reused
+    missing = _unavailable_target()
+    extra = ["--target", missing] if missing else []
+    code = main(["search", str(sample_dir), "--out", str(out), *AXES, "--eta", "1", "--target", target, *extra])
+    assert code == (1 if missing else 0)  # exit 1: a target without a winner, after everything is written
+    report = _trials(out)
+    trials = {t["trial"]: t for t in report["trials"]}
+    mine = [t for t in trials.values() if t["target"] == target]
+    # fp32 and dynamic collapse into the one full-integer int8 model Vela compiles
+    assert {t["trial"] for t in mine} == {f"efficientnet_lite0/features/sp{s}/tflite/int8@{target}"
+                                          for s in ("0", "0.5")}
+    assert {t["status"] for t in mine} == {"done"}
+    assert report["stages_built"] == 4  # an export and a bench per sparsity; fine-tune and prune reused
+    for t in mine:
+        estimate = t["npu_estimate"]
+        assert t["latency_evidence"] == "estimated" and estimate["evidence"] == "estimated"
+        assert t["accuracy_evidence"] == "simulated" and t["target_level"] == "estimator"
+        assert t["latency_p50_ms"] == pytest.approx(estimate["inference_ms"]) and 0 < t["latency_p50_ms"] < 1000
+        assert estimate["sram_kib"] > 0 and estimate["cycles_total"] > 0
+        assert 0.0 <= t["top1"] <= 1.0 and t["agreement"] >= 0.5 and t["size_bytes"] > 100_000
+        assert t["stages"]["export"]["target"] == target and t["stages"]["export"]["artifact"].endswith("_vela.tflite")
+    # The device-farm rule: the target's export (it needs Vela) and its bench ask for target:<name>.
+    from edgetl.search.stages import bench_job, export_job
+
+    [splits] = (out / "stages" / "data").iterdir()
+    model = Path(mine[0]["stages"]["prune"]["directory"])
+    export = export_job(out, model, splits, "tflite", "int8", "export", target)
+    assert export.finished() and export.resources == {f"target:{target}": 1}  # the stage this search built
+    assert bench_job(out, model, export, splits, target, 3, "bench").resources == {f"target:{target}": 1}
+    assert export_job(out, model, splits, "onnx", "fp32", "export").resources == {}  # cpu exports go anywhere
+    if missing:
+        failed = [t for t in trials.values() if t["target"] == missing]
+        assert failed and {t["status"] for t in failed} == {"failed"}
+        assert all(t["reason"].startswith("target: DeviceUnavailable: ") and "\n" not in t["reason"] for t in failed)
+
+    pareto = json.loads((out / "pareto.json").read_text())["targets"]
+    entry = pareto[target]
+    assert entry["evidence"] == {"latency": ["estimated"], "accuracy": ["simulated"]}
+    assert all(r["latency_evidence"] == "estimated" for r in entry["front"])
+    fastest = min(mine, key=lambda t: (t["latency_p50_ms"], t["size_bytes"]))
+    assert entry["winner"]["trial"] == fastest["trial"] and "(latency estimated)" in entry["winner_rule"]
+    shipped = Path(entry["winner_dir"])
+    compiled = next(shipped.glob("*_vela.tflite"))
+    verify_artifact(compiled)  # its summary CSV came along
+    verify_artifact(shipped / "model_tflite_int8_io8.tflite")  # and the uncompiled model the simulation runs
+    if missing:
+        assert pareto[missing]["winner"] is None and pareto[missing]["front"] == []
+    assert "estimated" in (out / "pareto.html").read_text()
+
+
+def test_named_npu_target_on_the_qnn_simulator(searched, tmp_path, sample_dir):
+    """--target npu:qnn-htp: the EPContext model runs on Qualcomm's HTP simulator; its accuracy is
+    labelled simulated, no device latency is claimed, and the winner is ranked without one."""
+    pytest.importorskip("onnxruntime_qnn")
+    from edgetl import targets
+    from edgetl.metadata import verify_artifact
+
+    target = "npu:qnn-htp"
+    if targets.get(target).availability().level != "simulator":
+        pytest.skip("no QNN HTP simulator here (or a real Hexagon NPU)")
+    source, _ = searched
+    out = tmp_path / "out"
+    shutil.copytree(source, out)
+    assert main(["search", str(sample_dir), "--out", str(out), *AXES, "--sparsity", "0", "--target", target]) == 0
+    [trial] = _trials(out)["trials"]
+    assert trial["trial"] == f"efficientnet_lite0/features/sp0/onnx/int8@{target}" and trial["status"] == "done"
+    assert trial["accuracy_evidence"] == "simulated" and trial["target_level"] == "simulator"
+    assert trial["latency_p50_ms"] is None and trial["latency_evidence"] == "not measured"
+    wall = trial["simulator_wall_ms_per_image"]
+    assert wall["evidence"] == "simulated" and wall["value"] > 0
+    assert 0.0 <= trial["top1"] <= 1.0 and trial["agreement"] >= 0.5
+    assert trial["stages"]["export"]["artifact"].endswith("_ctx.onnx")
+    entry = json.loads((out / "pareto.json").read_text())["targets"][target]
+    assert entry["evidence"] == {"latency": ["not measured"], "accuracy": ["simulated"]}
+    assert entry["winner"]["trial"] == trial["trial"] and "no latency measured" in entry["winner_rule"]
+    shipped = Path(entry["winner_dir"])
+    verify_artifact(next(shipped.glob("*_ctx.onnx")))
+    verify_artifact(shipped / "model_qnn_int8.onnx")  # the QDQ source, for any ONNX Runtime
+    page = (out / "pareto.html").read_text()
+    assert "<td>not measured</td>" in page and "<td>simulated</td>" in page
+
+
 @pytest.fixture
 def two_node_cluster():
     """A head (1 CPU, no target) and a node offering target:cpu, on a loopback address; both stopped
@@ -150,7 +249,9 @@ def test_bad_arguments_fail_in_one_line_before_ray(sample_dir, tmp_path, capsys)
     space = tmp_path / "space.json"
     space.write_text('{"backbone": ["x"]}')
     for extra, message in ((["--formats", "onx"], "unknown format 'onx'"), (["--sparsity", "half"], "--sparsity"),
-                           (["--space", str(space)], "unknown key 'backbone'"), (["--eta", "0"], "--eta")):
+                           (["--space", str(space)], "unknown key 'backbone'"), (["--eta", "0"], "--eta"),
+                           (["--target", "npu:nope"], "unknown target 'npu:nope'"),
+                           (["--target", "gpu:keras"], "runs the keras model itself")):
         assert main(["search", str(sample_dir), "--out", str(out), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err

@@ -6,6 +6,8 @@ custom resource ``target:<name>`` so it runs only on a node that offers it; fine
 for a GPU when the cluster has one. A stage that raises, runs out of memory or loses its worker fails
 the trials below it and the search goes on. Stages finished in an earlier run (same keys, intact
 files) are read back without a Ray task, which is what makes a rerun after a killed driver resume.
+With Ray in-process, a registered target this machine has no device, simulator or compiler for fails
+its trials before any work (on a cluster the node offering it decides, in its stages).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from ..metadata import OUTPUT_MARKER, atomic_directory, output_marker, write_jso
 from ..pipeline import _key, _materialise, _stage, RunConfig, RunResult
 from .pareto import halving
 from .progress import Progress
-from .space import Point, SearchConfig
-from .stages import StageJob, bench_job, describe, export_job, finetune_job, prune_job, run_stage, target_resource
+from .space import Point, SearchConfig, registered
+from .stages import (EVIDENCE_KEYS, NPU_KEYS, StageJob, bench_job, describe, export_job, finetune_job, prune_job,
+                     run_stage, target_resource, unavailable_targets)
 
 OBJECT_STORE_BYTES = 256 * 1024 * 1024  # only small dicts travel through it; spare the shared /dev/shm
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
@@ -47,7 +50,8 @@ class Trial:
         return {"trial": self.id, "target": self.target, **vars(self.point), "status": self.status,
                 "reason": self.reason,
                 **{k: bench.get(k) for k in ("top1", "latency_p50_ms", "latency_p90_ms", "size_bytes", "agreement",
-                                             "reference_top1", "node", "device")},
+                                             "reference_top1", "node", "device", *EVIDENCE_KEYS)},
+                **{k: bench[k] for k in NPU_KEYS if k in bench},
                 "stages": self.stages}
 
 
@@ -72,11 +76,16 @@ def search(config: SearchConfig) -> SearchResult:
 
     config.validate()
     started = time.perf_counter()
-    trials = [Trial(p, t) for p in config.points() for t in config.targets]
+    trials = [Trial(p, t) for p, t in config.trials()]
     for trial in trials:
         problem = trial.point.problem()
         if problem:
             trial.status, trial.reason = "failed", f"bad config: {problem}"
+    if not config.address:  # in-process Ray: this machine is the node every bench lands on
+        for target, reason in unavailable_targets(config.targets).items():
+            for trial in trials:
+                if trial.target == target and trial.status == "pending":
+                    trial.status, trial.reason = "failed", reason
     with ray_session(config) as placement:  # a cluster that is not there fails before --out is written
         out = config.out
         out.mkdir(parents=True, exist_ok=True)
@@ -134,6 +143,9 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
         if t.point.sparsity > 0:
             prune_options = dict(method=config.prune_method, sparsity=t.point.sparsity,
                                  epochs=config.epochs if config.prune_epochs is None else config.prune_epochs)
+            # Only options set are keyed, so the stages of searches without them are reused as they are.
+            prune_options.update({k: v for k, v in (("lr", config.prune_lr), ("importance", config.prune_importance))
+                                  if v is not None})
             prunes[t.id] = prune_job(config.out, model, prune_options,
                                      f"prune {t.point.backbone}/{t.point.strategy} to {t.point.sparsity:g}", gpus)
         models[t.id] = model
@@ -148,7 +160,8 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
 
     # Rung 3: export each artifact; as one lands, bench it on its target.
     exports = {t.id: export_job(config.out, models[t.id], splits, t.point.format, t.point.quantize,
-                                f"export {t.point.name}") for t in live}
+                                f"export {t.point.name}" + (f" for {t.target}" if registered(t.target) else ""),
+                                t.target) for t in live}
 
     def then_bench(trial: Trial) -> StageJob:
         return bench_job(config.out, models[trial.id], exports[trial.id], splits, trial.target, config.runs,

@@ -88,8 +88,8 @@ def winner(rows: Sequence[dict[str, Any]], baseline_top1: float | None, max_late
         floor = baseline_top1 - max_drop / 100 - 1e-9
         eligible = [r for r in eligible if r["top1"] is not None and r["top1"] >= floor]
         limits.append(f"top-1 >= {baseline_top1:.1%} - {max_drop:g} points")
-    if max_latency_ms is not None:
-        eligible = [r for r in eligible if r["latency_p50_ms"] <= max_latency_ms]
+    if max_latency_ms is not None:  # a latency not measured (a simulator's run) cannot be shown to meet it
+        eligible = [r for r in eligible if r["latency_p50_ms"] is not None and r["latency_p50_ms"] <= max_latency_ms]
         limits.append(f"p50 <= {max_latency_ms:g} ms")
     if max_size_mb is not None:
         eligible = [r for r in eligible if r["size_bytes"] <= max_size_mb * 1e6]
@@ -97,5 +97,11 @@ def winner(rows: Sequence[dict[str, Any]], baseline_top1: float | None, max_late
     rule = ", ".join(limits) or "no constraints"
     if not eligible:
         return None, f"no finished trial meets {rule}"
-    best = min(eligible, key=lambda r: (r["latency_p50_ms"], r["size_bytes"], -(r["top1"] or 0.0), r["trial"]))
-    return best, f"fastest finished trial with {rule}"
+    best = min(eligible, key=lambda r: (_value(r, "latency_p50_ms", -1), r["size_bytes"], -(r["top1"] or 0.0),
+                                        r["trial"]))
+    timed = [r.get("latency_evidence") or "measured" for r in eligible if r["latency_p50_ms"] is not None]
+    if not timed:
+        return best, f"smallest finished trial with {rule} (no latency measured on this target)"
+    labels = sorted(set(timed))
+    return best, f"fastest finished trial with {rule}" + ("" if labels == ["measured"] else
+                                                             f" (latency {'/'.join(labels)})")

@@ -1,6 +1,7 @@
 """What a search leaves in ``--out``: ``trials.json`` (every trial), ``pareto.json`` (the front and
 the winner per target), ``pareto.html`` (accuracy vs latency, marker area by size) and
-``winner/<target>/`` (the winning artifact with its sidecar, ready to ship)."""
+``winner/<target>/`` (the winning artifact with its sidecar, ready to ship). Figures a simulator or a
+vendor compiler produced keep their labels (``latency_evidence``, ``accuracy_evidence``) in every row."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckFailed
-from ..metadata import artifact_files, atomic_directory, is_edgetl_output, sidecar_path, verify_artifact, write_json
+from ..metadata import (artifact_files, atomic_directory, is_edgetl_output, read_sidecar, sidecar_path, verify_artifact,
+                        write_json)
 from .pareto import TRIAL_OBJECTIVES, front, winner
 
 TRIALS_FILE = "trials.json"
 PARETO_FILE = "pareto.json"
 PARETO_HTML = "pareto.html"
-COLUMNS = ["trial", "top1", "latency_p50_ms", "size_bytes", "agreement", "node"]
+COLUMNS = ["trial", "top1", "latency_p50_ms", "size_bytes", "agreement", "latency_evidence", "accuracy_evidence",
+           "node"]
 
 
 def write_results(config, trials, seconds: float, built: int, reused: int):
@@ -49,7 +52,8 @@ def write_results(config, trials, seconds: float, built: int, reused: int):
         shipped = _ship_winner(config.out, target, winners[target])
         pareto["targets"][target] = {"front": [_flat(r) for r in fronts[target]],
                                      "winner": _flat(winners[target]) if winners[target] else None,
-                                     "winner_rule": rules[target], "winner_dir": shipped}
+                                     "winner_rule": rules[target], "winner_dir": shipped,
+                                     "evidence": _evidence(fronts[target])}
     write_json(config.out / PARETO_FILE, pareto)
     (config.out / PARETO_HTML).write_text(_html(records, pareto))
     result.markdown = markdown(result, pareto)
@@ -61,6 +65,11 @@ def _baseline(trials) -> float | None:
     values = [t.stages["finetune"].get("val_accuracy") for t in trials if "finetune" in t.stages]
     values = [v for v in values if v is not None]
     return max(values) if values else None
+
+
+def _evidence(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """How the front's figures were obtained (measured | simulated | estimated | not measured)."""
+    return {kind: sorted({r.get(f"{kind}_evidence") or "measured" for r in rows}) for kind in ("latency", "accuracy")}
 
 
 def _flat(record: dict[str, Any]) -> dict[str, Any]:
@@ -84,12 +93,24 @@ def _ship_winner(out: Path, target: str, best: dict[str, Any] | None) -> str | N
     artifact = Path(best["stages"]["export"]["artifact"])
     verify_artifact(artifact)
     with atomic_directory(directory, verb="search") as tmp:
-        for path in (*artifact_files(artifact), sidecar_path(artifact)):
+        for path in _shipped_files(artifact):
             if path.exists():
                 shutil.copy2(path, tmp / path.name)
         write_json(tmp / "winner.json", _flat(best))
     verify_artifact(directory / artifact.name)
     return str(directory)
+
+
+def _shipped_files(artifact: Path) -> list[Path]:
+    """Every file the sidecar hashes (a Vela model's summary CSV too), the sidecar, and for a compiled
+    NPU model the uncompiled model it came from (what `edgetl bench --target ... --simulate` runs)."""
+    sidecar = read_sidecar(artifact)
+    hashed = sidecar.get("files") if isinstance(sidecar.get("files"), dict) else {}
+    paths = [*artifact_files(artifact), *(artifact.parent / name for name in hashed), sidecar_path(artifact)]
+    uncompiled = (sidecar.get("target") or {}).get("uncompiled")
+    if uncompiled:
+        paths += _shipped_files(artifact.with_name(uncompiled))
+    return list(dict.fromkeys(paths))
 
 
 def markdown(result, pareto: dict[str, Any]) -> str:
@@ -104,13 +125,25 @@ def markdown(result, pareto: dict[str, Any]) -> str:
                   markdown_table([{**r, "node": (r.get("node") or "")[:12]} for r in entry["front"]], COLUMNS)
                   if entry["front"] else "(no finished trial)", ""]
         best = entry["winner"]
-        lines.append(f"**winner on {target}: {best['trial']}** ({entry['winner_rule']}): top-1 {best['top1']:.1%}, "
-                     f"{best['latency_p50_ms']:.2f} ms p50, {best['size_bytes'] / 1e6:.2f} MB -> {entry['winner_dir']}"
-                     if best else f"**no winner on {target}**: {entry['winner_rule']}")
+        lines.append(f"**winner on {target}: {best['trial']}** ({entry['winner_rule']}): top-1 {best['top1']:.1%}"
+                     f"{_label(best, 'accuracy')}, {_latency(best)}, {best['size_bytes'] / 1e6:.2f} MB -> "
+                     f"{entry['winner_dir']}" if best else f"**no winner on {target}**: {entry['winner_rule']}")
     failed = [t for t in result.trials if t.status == "failed"]
     if failed:
         lines += ["", "failed trials:"] + [f"- {t.id}: {t.reason}" for t in failed]
     return "\n".join(lines)
+
+
+def _label(row: dict[str, Any], kind: str) -> str:
+    evidence = row.get(f"{kind}_evidence")
+    return f" ({evidence})" if evidence and evidence != "measured" else ""
+
+
+def _latency(row: dict[str, Any]) -> str:
+    if row.get("latency_p50_ms") is None:
+        wall = (row.get("simulator_wall_ms_per_image") or {}).get("value")
+        return "latency not measured" + (f" (simulator wall {wall:.0f} ms/image is not device latency)" if wall else "")
+    return f"{row['latency_p50_ms']:.2f} ms p50{_label(row, 'latency')}"
 
 
 def require_winners(result) -> None:
@@ -148,21 +181,26 @@ def _plot(done: list[dict[str, Any]], entry: dict[str, Any], target: str) -> str
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     on_front = {r["trial"] for r in entry["front"]}
     biggest = max(r["size_bytes"] for r in done) or 1
+    # Latency on x where every trial has one (measured or estimated), else size (a simulator's run).
+    timed = all(r["latency_p50_ms"] is not None for r in done)
+    x = (lambda r: r["latency_p50_ms"]) if timed else (lambda r: r["size_bytes"] / 1e6)
     for row in done:
         size = 30 + 300 * row["size_bytes"] / biggest
-        ax.scatter(row["latency_p50_ms"], row["top1"], s=size, alpha=0.8,
+        ax.scatter(x(row), row["top1"], s=size, alpha=0.8,
                    color="tab:blue" if row["trial"] in on_front else "lightgrey", edgecolor="black")
-        ax.annotate(row["trial"].rsplit("@", 1)[0], (row["latency_p50_ms"], row["top1"]),
+        ax.annotate(row["trial"].rsplit("@", 1)[0], (x(row), row["top1"]),
                     textcoords="offset points", xytext=(5, 4), fontsize=7)
-    points = sorted((r["latency_p50_ms"], r["top1"]) for r in entry["front"])
+    points = sorted((x(r), r["top1"]) for r in entry["front"])
     if points:
         ax.step(*zip(*points), where="post", color="tab:blue", alpha=0.5)
     if entry["winner"]:
-        ax.scatter(entry["winner"]["latency_p50_ms"], entry["winner"]["top1"], marker="*", s=250, color="gold",
+        ax.scatter(x(entry["winner"]), entry["winner"]["top1"], marker="*", s=250, color="gold",
                    edgecolor="black", zorder=5, label="winner")
         ax.legend(loc="lower right")
-    ax.set_xlabel("p50 latency, batch 1 (ms)")
-    ax.set_ylabel("top-1 (val)")
+    evidence = entry["evidence"]
+    latency_label = "/".join(evidence["latency"])
+    ax.set_xlabel(f"p50 latency, batch 1 (ms, {latency_label})" if timed else "size (MB; latency not measured)")
+    ax.set_ylabel(f"top-1 (val, {'/'.join(evidence['accuracy'])})")
     ax.set_title(f"{target}: accuracy vs latency (marker area: size; blue: Pareto front)")
     ax.grid(alpha=0.3)
     return _png(fig)

@@ -11,22 +11,30 @@ JSON file, which may also list extra ``points``:
 A point that cannot run (unknown name, sparsity outside [0, 1)) becomes a failed trial with its reason,
 so one bad entry of a long space does not stop the others; the command refuses only when no point can
 run at all.
+
+A registered target (``npu:qnn-htp``, ``npu:ethos-u55-128``, ``gpu:cuda``, ...: ``edgetl targets``) fixes
+the artifact format, and one compiled ahead for an NPU also its full-integer int8 quantization, so its
+trials are the points as that target builds them (``for_target``), duplicates dropped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import targets as registry
 from .. import zoo
+from ..choices import Mode, PruneMethod, Strategy, values
 from ..errors import UsageError
 
 AXES = ("backbones", "strategies", "sparsity", "quantize", "formats")
-STRATEGIES = ("features", "freeze", "full")  # a search point has one backbone: no "stack"
-PRUNE_METHODS = ("structured", "magnitude")
+# A search point has one backbone: no stack; distill needs a teacher the search does not train.
+STRATEGIES = (Strategy.FEATURES, Strategy.FREEZE, Strategy.FULL)
+PRUNE_METHODS = values(PruneMethod)
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,8 @@ class SearchConfig:
     epochs: int = 5
     prune_epochs: int | None = None  # recovery epochs after pruning; default: epochs
     prune_method: str = "structured"  # structured removes channels (faster); magnitude only zeros weights
+    prune_lr: float | None = None  # recovery learning rate; default: PruneConfig's
+    prune_importance: str | None = None  # structured channel ranking (l1 | bn); default: PruneConfig's
     weights: str = "imagenet"
     input_size: int | None = None
     batch_size: int = 16
@@ -108,6 +118,8 @@ class SearchConfig:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
         if self.prune_epochs is not None and self.prune_epochs < 0:
             raise UsageError(f"--prune-epochs must be >= 0, got {self.prune_epochs}")
+        if self.prune_lr is not None and self.prune_lr <= 0:
+            raise UsageError(f"the recovery learning rate must be > 0, got {self.prune_lr}")
         if self.prune_method not in PRUNE_METHODS:
             raise UsageError(f"unknown --prune-method {self.prune_method!r}; choose from {', '.join(PRUNE_METHODS)}")
         if self.eta < 1:
@@ -118,6 +130,8 @@ class SearchConfig:
                 raise UsageError(f"{name} must be >= 0, got {value}")
         if self.num_cpus is not None and self.num_cpus < 1:
             raise UsageError(f"num_cpus must be >= 1, got {self.num_cpus}")
+        for name in self.targets:
+            _check_target(name)
         check_output_dir(self.out, inputs=(self.data, self.space))
         points = self.points()
         if not any(p.problem() is None for p in points):
@@ -133,6 +147,11 @@ class SearchConfig:
             self._points = list(dict.fromkeys([*points, *extra]))
         return self._points
 
+    def trials(self) -> list[tuple[Point, str]]:
+        """(point, target) of every trial: each runnable point as its target builds it."""
+        pairs = [(p if p.problem() else for_target(p, t), t) for p in self.points() for t in self.targets]
+        return list(dict.fromkeys(pairs))
+
     def cores(self) -> int:
         if self.num_cpus:
             return self.num_cpus
@@ -140,6 +159,33 @@ class SearchConfig:
             return len(os.sched_getaffinity(0))
         except AttributeError:  # not Linux
             return os.cpu_count() or 1
+
+
+def registered(target: str) -> bool:
+    """A target named in edgetl.targets (``npu:qnn-htp``) rather than a device kind (``cpu``/``gpu``/``npu``):
+    exported with ``export --target`` and benched with ``bench --target``, as the CLI does."""
+    return target not in registry.KINDS
+
+
+def for_target(point: Point, target: str) -> Point:
+    """The point as ``target`` builds it: a registered target fixes the format, one compiled ahead
+    (QNN context binary, Vela) also the int8 quantization; cpu/gpu/npu take the point as it is."""
+    if not registered(target):
+        return point
+    spec = registry.get(target)
+    quantize = Mode.INT8.value if spec.compiled_ahead else point.quantize
+    return dataclasses.replace(point, format=spec.artifact.format, quantize=quantize)
+
+
+def _check_target(name: str) -> None:
+    if not registered(name):
+        return
+    spec = registry.get(name)  # an unknown name: one UsageError line naming `edgetl targets`
+    from ..exporting import FORMATS
+
+    if spec.artifact.format not in FORMATS:
+        raise UsageError(f"--target {name} runs the {spec.artifact.format} model itself; a search benches "
+                         f"exported artifacts (formats: {', '.join(FORMATS)})")
 
 
 def _read_space(path: Path) -> tuple[dict[str, list], list[Point]]:

@@ -6,6 +6,13 @@ fine-tune (per backbone x strategy) -> prune (per sparsity > 0) -> export (per f
 hash, options), so one fine-tuned model feeds all of its prune / quantize children, two trials never
 build the same stage twice, and a rerun reuses every finished, intact stage. ``--out`` must be on a
 file system every node of the cluster sees at the same path (one machine, or NFS).
+
+A registered target (``npu:qnn-htp``, ``npu:ethos-u55-128``, ``gpu:cuda``) is exported the way
+``edgetl export --target NAME`` does it and benched the way ``edgetl bench --target NAME --simulate``
+does: on its device where the node has one, else on the vendor's simulator (``simulated``) or with
+its compiler's estimate (``estimated``), every figure keeping its evidence label. Both its export
+(which needs the vendor compiler) and its bench request ``target:<name>``; a node without the device,
+simulator or compiler fails the stage with ``DeviceUnavailable``'s one line.
 """
 
 from __future__ import annotations
@@ -16,12 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckFailed, UsageError
+from ..choices import TargetKind
+from ..errors import CheckFailed, DeviceUnavailable, UsageError
 from ..metadata import MODEL_METADATA, read_json, write_json
 from ..pipeline import STAGE_FILE, RunConfig, RunResult, _key, _outputs_key, _stage, stage_finished
+from .space import registered
 
 NODE_FILE = "node.json"  # which Ray node built the stage, and its size in parameters for models
 KINDS = ("finetune", "prune", "export", "bench")
+# What a search accepts for a registered target: its device, else its simulator or its compiler's estimate.
+TARGET_LEVELS = ("hardware", "simulator", "estimator")
+# A bench row's labels (bench.json: measured | simulated | estimated | not measured) and the target's level.
+EVIDENCE_KEYS = ("latency_evidence", "accuracy_evidence", "target_level")
+NPU_KEYS = ("npu_estimate", "simulator_wall_ms_per_image")  # labelled NPU extras, when the bench has them
 
 
 @dataclass
@@ -59,11 +73,17 @@ def prune_job(out: Path, model_dir: Path, options: dict[str, Any], label: str, n
                     label, num_gpus=num_gpus)
 
 
-def export_job(out: Path, model_dir: Path, splits: Path, fmt: str, mode: str, label: str) -> StageJob:
+def export_job(out: Path, model_dir: Path, splits: Path, fmt: str, mode: str, label: str,
+               target: str = "cpu") -> StageJob:
     options = dict(formats=(fmt,), modes=(mode,))
+    named = registered(target)
+    if named:  # keyed on the target too; cpu/gpu/npu exports keep `edgetl run`'s key
+        options["target"] = target
     key = _key({"model": read_json(Path(model_dir) / MODEL_METADATA)["model_sha256"], **options})
     return StageJob("export", key, stage_dir(out, "export", key),
-                    {"model": str(model_dir), "splits": str(splits), "format": fmt, "mode": mode}, label)
+                    {"model": str(model_dir), "splits": str(splits), "format": fmt, "mode": mode,
+                     "target": target if named else None}, label,
+                    resources={target_resource(target): 1} if named else {})
 
 
 def bench_job(out: Path, model_dir: Path, export: StageJob, splits: Path, target: str, runs: int,
@@ -78,8 +98,24 @@ def bench_job(out: Path, model_dir: Path, export: StageJob, splits: Path, target
 
 
 def target_resource(target: str) -> str:
-    """The Ray custom resource a node offers for a bench target (``ray start --resources``)."""
+    """The Ray custom resource a node offers for a target (``ray start --resources``): every bench asks
+    for its target's, and so does the export for a registered target."""
     return f"target:{target}"
+
+
+def unavailable_targets(names) -> dict[str, str]:
+    """``{target: one-line reason}`` for the registered targets this machine has no device, simulator
+    or compiler for (the driver fails their trials at once when Ray runs in-process here)."""
+    from .. import targets
+
+    missing = {}
+    for name in names:
+        if registered(name):
+            try:
+                targets.check_available(targets.get(name), TARGET_LEVELS)
+            except DeviceUnavailable as exc:
+                missing[name] = f"target: {type(exc).__name__}: {exc}"
+    return missing
 
 
 # -- what runs on a worker --------------------------------------------------------------------------
@@ -129,12 +165,22 @@ def _prune(directory: Path, spec: dict[str, Any]) -> int:
 
 
 def _export(directory: Path, spec: dict[str, Any]) -> None:
+    from .. import targets
     from ..exporting import ExportConfig, export
 
     splits = Path(spec["splits"])
+    name = spec.get("target")
+    target = targets.get(name) if name else None
+    if target is not None:  # this node must have the device, its simulator or its compiler
+        targets.check_available(target, TARGET_LEVELS)
+    via_target = target is not None and (target.compiled_ahead or target.kind == TargetKind.GPU)
+    # npu:intel has no export --target: its NPU plugin compiles the ordinary OpenVINO export at load.
     config = ExportConfig(model=Path(spec["model"]), out=directory, formats=(spec["format"],),
-                          modes=(spec["mode"],), calib=splits / "train", check=splits / "val", verbose=False)
+                          modes=(spec["mode"],), calib=splits / "train", check=splits / "val", verbose=False,
+                          target=name if via_target else None)
     config.validate()
+    if via_target:
+        targets.preflight_export(config)  # what `edgetl export --target` checks before TensorFlow
     _tensorflow()
     try:
         export(config)
@@ -145,6 +191,8 @@ def _export(directory: Path, spec: dict[str, Any]) -> None:
 def _bench(directory: Path, spec: dict[str, Any]) -> None:
     from ..benchmark import TARGETS, BenchConfig, bench
 
+    if registered(spec["target"]):
+        return _bench_target(directory, spec)
     if spec["target"] not in TARGETS:
         raise UsageError(f"target {spec['target']!r} cannot be benched by this edgetl (bench targets: "
                          f"{', '.join(TARGETS)})")
@@ -152,6 +200,18 @@ def _bench(directory: Path, spec: dict[str, Any]) -> None:
     bench(BenchConfig(artifacts=[Path(spec["export"])], data=Path(spec["splits"]) / "val", out=directory,
                       target=spec["target"], reference=Path(spec["model"]), runs=spec["runs"], threads=spec.get("threads"),
                       batch_sizes=(1,), overwrite=True, measure_overhead=False))
+
+
+def _bench_target(directory: Path, spec: dict[str, Any]) -> None:
+    """`edgetl bench --target NAME --simulate`: on the device if this node has it, else simulated/estimated."""
+    from ..targets.bench import TargetBenchConfig, bench_target, preflight_target
+
+    config = TargetBenchConfig(artifacts=[Path(spec["export"])], data=Path(spec["splits"]) / "val", out=directory,
+                               target=spec["target"], reference=Path(spec["model"]), simulate=True,
+                               runs=spec["runs"], threads=spec.get("threads"), overwrite=True)
+    if preflight_target(config):  # DeviceUnavailable (exit 3) before TensorFlow's start-up
+        _tensorflow()
+    bench_target(config)
 
 
 _BUILDERS = {"finetune": _finetune, "prune": _prune, "export": _export, "bench": _bench}
@@ -174,14 +234,32 @@ def describe(job: StageJob) -> dict[str, Any]:
         from ..exporting import EXTENSIONS
         from ..metadata import read_sidecar
 
-        artifact = next(p for p in sorted(directory.iterdir()) if p.suffix in EXTENSIONS.values())
-        sidecar = read_sidecar(artifact)
+        # The artifact the target runs: for a compiled NPU target the compiled one, not its source.
+        found = [(p, read_sidecar(p)) for p in sorted(directory.iterdir()) if p.suffix in EXTENSIONS.values()]
+        artifact, sidecar = next((p, s) for p, s in found if "compiled" not in (s.get("target") or {}))
         return {**info, "artifact": str(artifact), "parity": sidecar.get("parity"),
-                "size_bytes": sidecar.get("size_bytes")}
+                "size_bytes": sidecar.get("size_bytes"), "target": (sidecar.get("target") or {}).get("name")}
     report = read_json(directory / "bench.json")
     row = next(r for r in report["rows"] if r["kind"] == "artifact")
     reference = next((r for r in report["rows"] if r["kind"] == "reference"), {})
+    level = (report.get("target_info") or {}).get("level", "hardware")
+    entry = next((a for a in report.get("artifacts") or [] if a.get("name") == row["artifact"]), {})
     return {**info, "top1": row["top1"], "latency_p50_ms": row["latency_p50_ms"],
             "latency_p90_ms": row["latency_p90_ms"], "size_bytes": row["size_bytes"],
             "agreement": row["agreement"], "device": row["device"], "reference_top1": reference.get("top1"),
-            "n_images": report["data"]["n_images"]}
+            "n_images": report["data"]["n_images"], "latency_evidence": row.get("latency_evidence"),
+            "accuracy_evidence": row.get("accuracy_evidence"), "target_level": level,
+            **_npu_figures(entry.get("npu") or {})}
+
+
+def _npu_figures(npu: dict[str, Any]) -> dict[str, Any]:
+    """An NPU bench's labelled extras: Vela's estimate, or the HTP simulator's wall time (never latency)."""
+    figures = {}
+    estimate = npu.get("estimate") or {}
+    if estimate:
+        figures["npu_estimate"] = {k: estimate.get(k) for k in ("inference_ms", "sram_kib", "flash_kib",
+                                                                 "cycles_total", "system_config")}
+        figures["npu_estimate"]["evidence"] = estimate.get("evidence", "estimated")
+    if npu.get("simulator_wall_ms_per_image"):
+        figures["simulator_wall_ms_per_image"] = npu["simulator_wall_ms_per_image"]
+    return figures
