@@ -58,12 +58,12 @@ def main() -> None:
         target_search(args)
         return
 
-    from edgetl.cli import _quiet_frameworks
+    from edgetl.cli.frameworks import quiet_frameworks
     from edgetl.data import sample_dataset
     from edgetl.search import SearchConfig, search
     from edgetl.search.cluster import LocalCluster
 
-    _quiet_frameworks()
+    quiet_frameworks()
     data = args.data or sample_dataset()
     space = dict(targets=("cpu",), backbones=("efficientnet_lite0",), strategies=("features", "full"),
                  sparsity=(0.0, 0.5), quantize=("fp32", "dynamic"), formats=("onnx",), epochs=1,
@@ -100,7 +100,7 @@ def _results() -> dict:
 
 
 def target_search(args) -> None:
-    from edgetl.cli import _quiet_frameworks
+    from edgetl.cli.frameworks import quiet_frameworks
     from edgetl.runtime.backends import open_backend
     from edgetl.metadata import read_sidecar
     from edgetl.search import SearchConfig, search
@@ -108,7 +108,7 @@ def target_search(args) -> None:
 
     import numpy as np
 
-    _quiet_frameworks()
+    quiet_frameworks()
     sparsity = tuple(float(v) for v in args.sparsity.split(","))
     started = time.perf_counter()
     load = os.getloadavg()[0]

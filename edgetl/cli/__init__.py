@@ -2,7 +2,7 @@
 ``signals.py``: SIGTERM; ``frameworks.py``: quiet TensorFlow start-up)."""
 
 from .app import app
-from .frameworks import _load_tensorflow, _quiet_frameworks
+from .frameworks import load_tensorflow, quiet_frameworks
 from .runner import entry, main
 
-__all__ = ["app", "entry", "main", "_load_tensorflow", "_quiet_frameworks"]
+__all__ = ["app", "entry", "main", "load_tensorflow", "quiet_frameworks"]

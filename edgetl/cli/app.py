@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import EdgetlError
-from .frameworks import _load_tensorflow
+from .frameworks import load_tensorflow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
@@ -73,7 +73,7 @@ def finetune(
                             input_size=input_size, teacher=teacher, temperature=temperature,
                             distill_weight=distill_weight)
     config.validate()  # bad arguments, a forbidden or unwritable --out: before TensorFlow and training
-    _load_tensorflow()
+    load_tensorflow()
     from ..training import finetune as run_finetune
 
     result = run_finetune(config)
@@ -97,7 +97,7 @@ def run(
     force: bool = typer.Option(False, "--force", help="Redo every stage even when its inputs are unchanged."),
 ):
     """The whole road: fine-tune, export FP32 + INT8 of each format, bench, print the summary."""
-    _load_tensorflow()
+    load_tensorflow()
     from ..pipeline import RunConfig
     from ..pipeline import run as run_pipeline
 
@@ -191,7 +191,7 @@ def prune(
                          reconstruct=reconstruct, recalibrate_bn=recalibrate_bn, min_params=min_params,
                          prune_classifier=prune_classifier, sweep=sweep_values)
     config.validate()  # bad arguments fail before TensorFlow loads
-    _load_tensorflow()
+    load_tensorflow()
     from ..pruning import prune as run_prune
 
     result = run_prune(config)
@@ -252,7 +252,7 @@ def export(
         from ..targets import preflight_export
 
         preflight_export(config)  # unknown target, missing tooling (exit 3), no --calib: before TensorFlow
-    _load_tensorflow()
+    load_tensorflow()
     result = run_export(config)
     typer.echo(result.table())
     typer.echo(f"wrote {len(result.artifacts)} artifact(s) to {result.out}")
@@ -311,7 +311,7 @@ def bench_command(
                                     reference=reference, simulate=simulate, allow_cpu_fallback=allow_cpu_fallback,
                                     runs=runs, warmup=warmup, threads=threads, overwrite=overwrite)
         if preflight_target(tconfig):
-            _load_tensorflow()
+            load_tensorflow()
         result = bench_target(tconfig)
         typer.echo(result.markdown)
         typer.echo(f"report: {result.out}")
@@ -329,7 +329,7 @@ def bench_command(
                          strict=strict, overwrite=overwrite, exact_int8=not fast_int8,
                          measure_overhead=overhead_check, profile=profile)
     if preflight(config).needs_tensorflow:  # fail fast (device, --out, files) before TensorFlow loads
-        _load_tensorflow()  # quietly: keeps CUDA probing chatter off stderr
+        load_tensorflow()  # quietly: keeps CUDA probing chatter off stderr
     try:
         result = run_bench(config)
     except EdgetlError as exc:  # some artifacts failed: the report of the others still prints
@@ -353,7 +353,7 @@ def predict(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip checking the artifact's files against the sha256 in its sidecar."),
 ):
     """Classify images with an exported artifact (no TensorFlow needed)."""
-    # Device path: only edgetl.runtime (numpy, Pillow, one runtime); never _load_tensorflow() here.
+    # Device path: only edgetl.runtime (numpy, Pillow, one runtime); never load_tensorflow() here.
     import json
 
     from ..errors import UsageError

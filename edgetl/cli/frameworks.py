@@ -10,7 +10,7 @@ import sys
 import warnings
 
 
-def _quiet_frameworks() -> None:
+def quiet_frameworks() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")
@@ -25,7 +25,7 @@ def _quiet_frameworks() -> None:
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
 
 
-def _load_tensorflow() -> None:
+def load_tensorflow() -> None:
     """Import TensorFlow with C++ start-up chatter (CUDA probing, oneDNN banners) silenced: absl
     writes it to fd 2 before any log level applies, so stderr is pointed at /dev/null meanwhile."""
     if "tensorflow" in sys.modules:

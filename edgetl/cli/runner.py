@@ -11,7 +11,7 @@ import typer
 
 from ..errors import EdgetlError, Terminated
 from .app import app
-from .frameworks import _quiet_frameworks
+from .frameworks import quiet_frameworks
 from .signals import _drop_interrupted_finalizers, _sigterm_as_exception
 
 
@@ -31,7 +31,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _main(argv: Optional[list[str]] = None) -> int:
-    _quiet_frameworks()
+    quiet_frameworks()
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgetl",

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..choices import TargetKind
 from ..errors import CheckFailed, DeviceUnavailable, UsageError
-from ..metadata import MODEL_METADATA, read_json, write_json
+from ..metadata import MODEL_METADATA, read_json, read_model_card, write_json
 from ..pipeline import STAGE_FILE, RunConfig, RunResult, _key, _outputs_key, _stage, stage_finished
 from .space import registered
 
@@ -68,7 +68,7 @@ def finetune_job(out: Path, splits: Path, split_key: str, options: dict[str, Any
 
 
 def prune_job(out: Path, model_dir: Path, options: dict[str, Any], label: str, num_gpus: float) -> StageJob:
-    key = _key({"model": read_json(Path(model_dir) / MODEL_METADATA)["model_sha256"], "prune": options})
+    key = _key({"model": read_model_card(model_dir).model_sha256, "prune": options})
     return StageJob("prune", key, stage_dir(out, "prune", key), {"model": str(model_dir), "options": options},
                     label, num_gpus=num_gpus)
 
@@ -79,7 +79,7 @@ def export_job(out: Path, model_dir: Path, splits: Path, fmt: str, mode: str, la
     named = registered(target)
     if named:  # keyed on the target too; cpu/gpu/npu exports keep `edgetl run`'s key
         options["target"] = target
-    key = _key({"model": read_json(Path(model_dir) / MODEL_METADATA)["model_sha256"], **options})
+    key = _key({"model": read_model_card(model_dir).model_sha256, **options})
     return StageJob("export", key, stage_dir(out, "export", key),
                     {"model": str(model_dir), "splits": str(splits), "format": fmt, "mode": mode,
                      "target": target if named else None}, label,
@@ -88,7 +88,7 @@ def export_job(out: Path, model_dir: Path, splits: Path, fmt: str, mode: str, la
 
 def bench_job(out: Path, model_dir: Path, export: StageJob, splits: Path, target: str, runs: int,
               label: str, num_cpus: float = 1, threads: int | None = None) -> StageJob:
-    key = _key({"model": read_json(Path(model_dir) / MODEL_METADATA)["model_sha256"], "export": export.key,
+    key = _key({"model": read_model_card(model_dir).model_sha256, "export": export.key,
                 "artifacts": _outputs_key(export.directory), "target": target, "runs": runs,
                 **({"threads": threads} if threads else {})})
     return StageJob("bench", key, stage_dir(out, "bench", key),
@@ -139,10 +139,10 @@ def _built(directory: Path, node: str, params: int | None) -> None:
 
 
 def _tensorflow() -> None:
-    from ..cli import _load_tensorflow, _quiet_frameworks
+    from ..cli.frameworks import load_tensorflow, quiet_frameworks
 
-    _quiet_frameworks()
-    _load_tensorflow()
+    quiet_frameworks()
+    load_tensorflow()
 
 
 def _finetune(directory: Path, spec: dict[str, Any]) -> int:
