@@ -36,14 +36,10 @@ def small_data(sample_subset) -> Path:
 
 
 @pytest.fixture(scope="module")
-def u8_artifacts(tiny_model_dir, tmp_path_factory) -> Path:
-    """FP32 uint8-input ONNX, TFLite and OpenVINO artifacts of the tiny model."""
-    from edgetl.exporting import ExportConfig, export
-
-    out = tmp_path_factory.mktemp("hardening") / "artifacts"
-    export(ExportConfig(model=tiny_model_dir, out=out, formats=("onnx", "tflite", "openvino"),
-                        modes=("fp32",), input_dtypes=("uint8",), verbose=False))
-    return out
+def u8_artifacts(lite0_u8, artifact_subset) -> Path:
+    """FP32 uint8-input ONNX, TFLite and OpenVINO artifacts of the tiny model (copied from conftest's export)."""
+    return artifact_subset("hardening", {lite0_u8.out: [lite0_u8.get(fmt, "fp32", "uint8").path.name
+                                                        for fmt in ("onnx", "tflite", "openvino")]})
 
 
 # -- 6. unwritable --out -------------------------------------------------------------------------------
