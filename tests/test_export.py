@@ -285,7 +285,9 @@ def test_callable_from_the_package_root(tmp_path, tiny_model_dir):
     import edgetl
     import edgetl.exporting
 
-    assert callable(edgetl.exporting) and edgetl.ExportConfig is edgetl.exporting.ExportConfig
+    # The package is named for the job and the function for the verb: edgetl.export is always the function.
+    assert callable(edgetl.export) and not callable(edgetl.exporting)
+    assert edgetl.export is edgetl.exporting.export and edgetl.ExportConfig is edgetl.exporting.ExportConfig
     with pytest.raises(UsageError):
         edgetl.export(edgetl.ExportConfig(model=tiny_model_dir, out=tmp_path / "o", formats=("nope",)))
 
