@@ -3,10 +3,10 @@ absent), two tiny trained models and what the exporter writes from them.
 
 - ``tiny_model_dir``: EfficientNet-Lite0 at 96 px, for the tests where its topology matters (depthwise
   and pointwise convolutions, pair-safe weights, structured pruning, accuracy-aware export). Its exports:
-  ``lite0_matrix`` (every format x mode, float input) and ``lite0_u8`` (FP32 and INT8, uint8 input);
+  ``lite0_matrix`` (every format x mode, float input) and ``lite0_u8`` (INT8, uint8 input);
   ``exported_artifacts`` and ``artifact_subset`` hand out copies of some of those files.
 - ``runtime_model_dir``: a 3-conv CNN trained for seconds, for the tests that need any real classifier
-  (runtime, predict, decode, the HTTP service); ``cnn_artifacts`` holds its artifacts.
+  (runtime, predict, decode, the HTTP service, hardening); ``cnn_artifacts`` holds its artifacts.
 """
 
 from __future__ import annotations
@@ -129,13 +129,13 @@ def lite0_matrix(tiny_model_dir, sample_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def lite0_u8(tiny_model_dir, sample_dir, tmp_path_factory):
-    """FP32 and INT8 of every format of the tiny Lite0 model with raw uint8 pixels in (normalisation in
-    the graph), checked on all 60 sample images. Read-only: copy before changing."""
+    """INT8 of every format of the tiny Lite0 model with raw uint8 pixels in (normalisation in the
+    graph), checked on all 60 sample images. Read-only: copy before changing."""
     from edgetl.exporting import ExportConfig, export
 
     out = tmp_path_factory.mktemp("lite0_u8") / "artifacts"
     return export(ExportConfig(model=tiny_model_dir, out=out, formats=("onnx", "tflite", "openvino"),
-                               modes=("fp32", "int8"), input_dtypes=("uint8",), calib=sample_dir, check=sample_dir,
+                               modes=("int8",), input_dtypes=("uint8",), calib=sample_dir, check=sample_dir,
                                min_agreement=0.9, verbose=False))
 
 

@@ -192,7 +192,7 @@ def keras_logits(model, x):
     return np.asarray(keras.Model(model.inputs, model.get_layer("logits").output)(x, training=False))
 
 
-def test_structured_prune_recovers_and_exports(tiny_model_dir, sample_dir, tmp_path):
+def test_structured_prune_recovers_and_exports(tiny_model_dir, tmp_path):
     from edgetl.pruning import PruneConfig, prune
     from edgetl.pruning.artifacts import export_float, logits_model
     from edgetl.runtime.backends import open_backend
@@ -208,30 +208,15 @@ def test_structured_prune_recovers_and_exports(tiny_model_dir, sample_dir, tmp_p
         assert layer["kept"] == layer["channels"] - layer["removed"]
         assert [type_ for type_ in layer["path"] if "dw" in type_ or "depthwise" in type_]  # through the depthwise
     assert record["reconstructed_layers"] == [layer["consumer"] for layer in record["per_layer"].values()]
-    # Accuracy kept: on the model's val split (what the record holds) and on all 60 sample images.
+    # Accuracy kept: the pruned, recovered model against the unpruned one on the same val split (12 images).
     accuracy = record["accuracy"]
-    assert accuracy["after_recovery"] >= accuracy["original"] - 0.17, accuracy  # 12 val images: two at most
-    original_top1, pruned_top1 = (_sample_accuracy(d, sample_dir) for d in (tiny_model_dir, result.model_dir))
-    assert original_top1 >= 0.8 and pruned_top1 >= original_top1 - 0.1, (original_top1, pruned_top1)
+    assert accuracy["original"] >= 0.7 and accuracy["after_recovery"] >= accuracy["original"] - 0.17, accuracy
 
     paths = export_float(result.model_dir, tmp_path / "artifacts", ("onnx",))
     x = np.random.default_rng(0).standard_normal((1, 96, 96, 3)).astype(np.float32)
     expected = np.asarray(logits_model(result.model_dir)(x, training=False))
     got = open_backend(paths["onnx"]).run(x)
     assert np.abs(got - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
-
-
-def _sample_accuracy(model_dir, sample_dir) -> float:
-    """Top-1 of a model directory's Keras model on every sample image."""
-    from edgetl.data import load_inputs, scan_folder
-    from edgetl.preprocess import Preprocessing
-    from edgetl.training import load_trained
-
-    model, metadata = load_trained(model_dir)
-    images = scan_folder(sample_dir)
-    x = load_inputs(images.paths, Preprocessing.from_dict(metadata["preprocessing"]))
-    predicted = np.asarray(model.predict(x, verbose=0)).argmax(1)
-    return float(np.mean(predicted == np.asarray(images.labels)))
 
 
 def test_sweep_writes_one_report(tiny_model_dir, tmp_path):
