@@ -19,8 +19,6 @@ from PIL import Image
 
 from edgetl.errors import UsageError
 from edgetl.preprocess import DEFAULT_MAX_PIXELS, DecodeRules, ImageDecodeError, Preprocessing, open_image, to_pil
-# The tiny ONNX artifact behind predict/bench checks (the same as the example app's).
-from test_runtime import export_artifacts, runtime_model_dir  # noqa: F401 (a fixture)
 
 # Pillow warns from 89 MP up before edgetl's lower cap refuses the file; the CLI silences it.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -66,10 +64,9 @@ def bomb_folder(tmp_path_factory, sample_dir, bombs) -> Path:
 
 
 @pytest.fixture(scope="module")
-def onnx_artifact(runtime_model_dir, sample_dir, tmp_path_factory) -> Path:
-    made = export_artifacts(runtime_model_dir, tmp_path_factory.mktemp("decode") / "out", sample_dir,
-                            formats=("onnx",))
-    return made[("onnx", "fp32", "float32")]
+def onnx_artifact(cnn_artifacts) -> Path:
+    """The small CNN's FP32 ONNX artifact (conftest's session export; read-only)."""
+    return cnn_artifacts.paths["onnx"]
 
 
 # -- pixel cap ------------------------------------------------------------------------------------

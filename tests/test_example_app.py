@@ -19,19 +19,16 @@ import pytest
 
 from edgetl.metadata import sidecar_path
 from edgetl.runtime import EdgeModel
-# The one place that makes artifacts (edgetl.exporting) and the tiny model behind them.
 from test_decode import bomb_png
-from test_runtime import export_artifacts, runtime_model_dir  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 60  # seconds for the service to load the model and print its address
 
 
 @pytest.fixture(scope="module")
-def onnx_artifact(runtime_model_dir, sample_dir, tmp_path_factory) -> Path:
-    made = export_artifacts(runtime_model_dir, tmp_path_factory.mktemp("http_service") / "out", sample_dir,
-                            formats=("onnx",))
-    return made[("onnx", "fp32", "float32")]
+def onnx_artifact(cnn_artifacts) -> Path:
+    """The small CNN's FP32 ONNX artifact (conftest's session export; read-only)."""
+    return cnn_artifacts.paths["onnx"]
 
 
 @contextlib.contextmanager

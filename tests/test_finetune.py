@@ -104,18 +104,29 @@ def test_full_strategy_and_stack(sample_dir, tmp_path):
 
 
 def test_cli_finetune_and_help(sample_dir, tmp_path, capsys):
+    commands = _commands()
+    assert {"finetune", "export", "bench", "prune", "predict", "run"} <= commands
     for command in ([], ["finetune"], ["export"], ["bench"], ["prune"], ["predict"], ["run"]):
         code = main([*command, "--help"])
-        if command and command[0] not in _commands():
-            continue
+        text = capsys.readouterr().out
         assert code == 0, command
-    assert main(["finetune", str(sample_dir), "--out", str(tmp_path / "x"), "--strategy", "bogus"]) == 2
-    assert "unknown strategy" in capsys.readouterr().err
-    assert main(["finetune", str(sample_dir), "--out", str(tmp_path / "x"), "--backbone", "nope"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown backbone" in err[0]
-    assert main(["finetune", str(sample_dir), "--out", str(tmp_path / "x"), "--epochs", "many"]) == 2
+        # the top-level help lists every command; each command's help names its usage and options
+        if command:
+            assert f"Usage: edgetl {command[0]}" in " ".join(text.split()) and "--help" in text, (command, text)
+        else:
+            assert all(name in text for name in commands), text
+    assert "--strategy" in _help("finetune", capsys) and "--epochs" in _help("finetune", capsys)
+    for args, message in ((["--strategy", "bogus"], "unknown strategy"), (["--backbone", "nope"], "unknown backbone"),
+                          (["--epochs", "many"], "--epochs")):
+        assert main(["finetune", str(sample_dir), "--out", str(tmp_path / "x"), *args]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("edgetl: error:") and message in err[0], (args, err)
     assert not (tmp_path / "x").exists()
+
+
+def _help(command: str, capsys) -> str:
+    assert main([command, "--help"]) == 0
+    return capsys.readouterr().out
 
 
 def _commands():

@@ -19,8 +19,19 @@ def test_run_on_embedded_sample_then_reuse(sample_dir, tmp_path, capsys):
             "--epochs", "1", "--runs", "3"]
     assert main(args) == 0
     printed = capsys.readouterr().out
+    # What run prints is the bench's own summary of bench.json: one table row per artifact, with its
+    # format and quantization, then where the full report is.
+    from edgetl.report import summary_markdown
+
+    report = json.loads((out / "bench" / "bench.json").read_text())
+    assert printed.strip().startswith(summary_markdown(report))
+    assert f"full report: {out / 'bench' / 'report.md'}" in printed
+    table = [line for line in printed.splitlines() if line.startswith("| model_")]
+    for fmt, ext in zip(FORMATS, (".onnx", ".tflite", ".xml")):
+        for mode in ("fp32", "int8"):
+            prefix = f"| model_{fmt}_{mode}{ext} | {fmt} | {'none' if mode == 'fp32' else mode} |"
+            assert sum(line.startswith(prefix) for line in table) == 1, (prefix, table)
     for fmt in FORMATS:
-        assert fmt in printed.lower()
         for mode in ("fp32", "int8"):
             artifacts = [p for p in (out / "export").iterdir()
                          if p.suffix in (".onnx", ".tflite", ".xml") and f"{fmt}_{mode}" in p.name]

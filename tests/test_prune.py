@@ -11,8 +11,6 @@ import pytest
 
 from edgetl.cli import main
 
-pytestmark = pytest.mark.filterwarnings("ignore")
-
 
 @pytest.fixture(scope="module")
 def magnitude_run(tiny_model_dir, tmp_path_factory):
@@ -210,7 +208,9 @@ def test_structured_prune_recovers_and_exports(tiny_model_dir, tmp_path):
         assert layer["kept"] == layer["channels"] - layer["removed"]
         assert [type_ for type_ in layer["path"] if "dw" in type_ or "depthwise" in type_]  # through the depthwise
     assert record["reconstructed_layers"] == [layer["consumer"] for layer in record["per_layer"].values()]
-    assert record["accuracy"]["after_recovery"] is not None
+    # Accuracy kept: the pruned, recovered model against the unpruned one on the same val split (12 images).
+    accuracy = record["accuracy"]
+    assert accuracy["original"] >= 0.7 and accuracy["after_recovery"] >= accuracy["original"] - 0.17, accuracy
 
     paths = export_float(result.model_dir, tmp_path / "artifacts", ("onnx",))
     x = np.random.default_rng(0).standard_normal((1, 96, 96, 3)).astype(np.float32)

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,102 +15,21 @@ import pytest
 from PIL import Image
 
 from edgetl.errors import CheckFailed, UsageError
-from edgetl.metadata import sha256_file, sidecar_path, software_versions, write_json
+from edgetl.metadata import sha256_file, sidecar_path, write_json
 from edgetl.preprocess import Preprocessing
 from edgetl.runtime import EdgeModel, softmax
 
 REPO = Path(__file__).resolve().parents[1]
 FORMATS = ("onnx", "tflite", "openvino")
-N_IMAGES = 6  # 3 ants + 3 bees: enough for top-1 checks, cheap on 2 shared cores
+N_IMAGES = 6  # conftest.CNN_IMAGES: 3 ants + 3 bees
 
 
-# -- artifacts --------------------------------------------------------------------------------------
-# The one place artifacts are made (also used by test_example_app.py): the real exporter. (It replaced
-# a tf2onnx/TFLiteConverter/openvino stand-in written while export was being built.)
-def export_artifacts(model_dir: Path, out_dir: Path, check_dir: Path, formats=FORMATS,
-                     input_dtypes=("float32",), modes=("fp32",), calib: Path | None = None) -> dict:
-    """``edgetl.exporting`` -> {(format, mode, input dtype): artifact path}."""
-    from edgetl.exporting import ExportConfig, export
-
-    result = export(ExportConfig(model=model_dir, out=out_dir, formats=tuple(formats), modes=tuple(modes),
-                                 input_dtypes=tuple(input_dtypes), check=check_dir, calib=calib,
-                                 calib_size=16, verbose=False))
-    return {(a.format, a.mode, a.input_dtype): a.path for a in result.artifacts}
-
-
-def make_tiny_model_dir(out: Path, sample_dir: Path) -> Path:
-    """A model directory shaped like finetune's (``build_classifier`` graph, ``edgetl.json``) around a
-    3-conv backbone without BatchNorm, trained for seconds on the sample.
-
-    Why not conftest's ``tiny_model_dir``: its random-init mobilenet_v2 runs BN in inference mode with
-    untrained statistics and gives the same output for every image (0.5037 "ants" for all), which
-    would make every top-1 comparison vacuous.
-    """
-    import keras
-
-    from edgetl import zoo
-    from edgetl.data import load_inputs, scan_folder
-    from edgetl.training import build_classifier
-    from edgetl.metadata import MODEL_FILE, MODEL_METADATA, MODEL_SCHEMA
-
-    keras.utils.set_random_seed(0)
-    recipe = zoo.get("mobilenet_v2").recipe(96)
-    images = scan_folder(sample_dir)
-    inputs = keras.Input((96, 96, 3))
-    x = inputs
-    for filters in (8, 16, 32):
-        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
-    model = build_classifier(keras.Model(inputs, x, name="backbone"), recipe, len(images.classes), 0.0)
-    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(load_inputs(images.paths, recipe), np.asarray(images.labels), epochs=15, batch_size=16,
-              verbose=0, shuffle=True)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(out / MODEL_FILE)
-    write_json(out / MODEL_METADATA, {
-        "schema": MODEL_SCHEMA, "labels": images.classes,
-        "input": {"name": "image", "shape": [None, 96, 96, 3], "layout": "NHWC", "dtype": "float32"},
-        "output": {"kind": "probabilities", "logits_layer": "logits"},
-        "preprocessing": recipe.to_dict(), "backbone": "tiny_cnn", "backbones": ["tiny_cnn"],
-        "weights": {"kind": "none"}, "strategy": "full",
-        "dataset": {"root": str(sample_dir), "val_split": 0.0, "seed": 0,
-                    "val": {"count": 0, "files": []}},
-        "metrics": {}, "versions": software_versions(["tensorflow", "keras"]),
-        "model_sha256": sha256_file(out / MODEL_FILE),
-    })
-    return out
-
-
+# -- artifacts ----------------------------------------------------------------------------------------
+# The small CNN's artifacts come from conftest's session fixture ``cnn_artifacts`` (made by the real
+# exporter, shared with test_decode.py and test_example_app.py).
 @pytest.fixture(scope="session")
-def runtime_model_dir(sample_dir, tmp_path_factory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("runtime_model") / "model", sample_dir)
-
-
-@dataclass
-class Artifacts:
-    paths: dict[str, Path]  # "onnx", "tflite", "openvino" (float input), "<fmt>_uint8", "tflite_int8_uint8"
-    images: list[Path]
-    keras_probs: np.ndarray  # the Keras model on data.load_inputs(images): the reference
-    labels: list[str]
-
-
-@pytest.fixture(scope="session")
-def artifacts(runtime_model_dir, sample_dir, tmp_path_factory) -> Artifacts:
-    from edgetl.data import load_inputs
-    from edgetl.training import load_trained
-
-    out = tmp_path_factory.mktemp("runtime_artifacts")
-    made = export_artifacts(runtime_model_dir, out / "fp32", sample_dir, input_dtypes=("float32", "uint8"))
-    paths = {fmt if dtype == "float32" else f"{fmt}_{dtype}": path for (fmt, _, dtype), path in made.items()}
-    # One int8 artifact: LiteRT full-integer with raw-pixel input (sidecar quantization scale 1, zp 0).
-    made = export_artifacts(runtime_model_dir, out / "int8", sample_dir, formats=("tflite",),
-                            input_dtypes=("uint8",), modes=("int8",), calib=sample_dir)
-    paths["tflite_int8_uint8"] = made[("tflite", "int8", "uint8")]
-    images = (sorted((sample_dir / "ants").iterdir())[:N_IMAGES // 2]
-              + sorted((sample_dir / "bees").iterdir())[:N_IMAGES // 2])
-    model, meta = load_trained(runtime_model_dir)
-    inputs = load_inputs(images, Preprocessing.from_dict(meta["preprocessing"]))
-    probs = np.asarray(model.predict(inputs, verbose=0), np.float32)
-    return Artifacts(paths, images, probs, meta["labels"])
+def artifacts(cnn_artifacts):
+    return cnn_artifacts
 
 
 def _copy_artifact(src: Path, dst_dir: Path, with_sidecar: bool = True) -> Path:

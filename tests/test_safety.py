@@ -208,9 +208,9 @@ def test_old_sidecars_without_file_hashes_still_load_and_check_the_main_file(exp
 
 # -- 3. `edgetl run` reuses only intact stages --------------------------------------------------------
 @pytest.mark.slow
-def test_run_redoes_a_stage_whose_outputs_are_gone_or_damaged(tmp_path, capsys):
-    out = tmp_path / "run"
-    args = ["run", "--out", str(out), "--backbone", "mobilenet_v3_small", "--weights", "none",
+def test_run_redoes_a_stage_whose_outputs_are_gone_or_damaged(sample_dir, tmp_path, capsys):
+    out = tmp_path / "run"  # the session's 60-photo sample, not the whole embedded one: three runs stay short
+    args = ["run", str(sample_dir), "--out", str(out), "--backbone", "mobilenet_v3_small", "--weights", "none",
             "--input-size", "32", "--epochs", "1", "--runs", "1", "--formats", "onnx", "--quantize", "none"]
     assert main(args) == 0
     capsys.readouterr()
