@@ -133,7 +133,10 @@ def float_until_passing(job, backend, input_dtype: str, path: Path, details: dic
     ``quantize_keeping_float(candidate_path, names) -> details``. Keeps the best attempt in ``path``;
     ``measure`` names what the ranking scores are."""
     candidate = path.with_name(f"{path.stem}.trial{path.suffix}")
-    best = None
+    # Full INT8 is the attempt to beat: a trial replaces it only when it agrees better, so a search
+    # that finds nothing never ships float layers (and their latency) for no gain.
+    full_parity, full_runtime = job.measure_parity(backend, path, Mode.INT8, input_dtype)
+    best = (details, full_parity, full_runtime, [])
     count = 1
     while True:
         kept = [name for name, _ in ranked[:count]]
@@ -141,13 +144,13 @@ def float_until_passing(job, backend, input_dtype: str, path: Path, details: dic
             trial_details = quantize_keeping_float(candidate, kept)
         except Exception as exc:  # e.g. TFLite's debugger refuses a graph with (almost) nothing quantized
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            if best is None:
+            if count == 1:
                 raise CheckFailed(f"{path.name}: accuracy-aware re-quantization failed ({reason})") from None
             log.warning("accuracy-aware: stopped at %d layer(s) in float: %s", count, reason)
             break
         trial_parity, runtime = job.measure_parity(backend, candidate, Mode.INT8, input_dtype)
         log.info("accuracy-aware: %d layer(s) in float -> agreement %.3f", count, trial_parity["top1_agreement"])
-        if best is None or trial_parity["top1_agreement"] > best[1]["top1_agreement"]:
+        if trial_parity["top1_agreement"] > best[1]["top1_agreement"]:
             shutil.move(candidate, path)
             best = ({**details, **trial_details}, trial_parity, runtime, kept)
         if trial_parity["passed"] or count >= len(ranked):
@@ -155,6 +158,8 @@ def float_until_passing(job, backend, input_dtype: str, path: Path, details: dic
         count = min(count * 2, len(ranked))
     candidate.unlink(missing_ok=True)
     details, parity, runtime, kept = best
+    if not kept:
+        log.warning("accuracy-aware: no set of layers in float agreed better than full INT8; keeping full INT8")
     details["sensitivity"] = {"measure": measure, "ranked": [{"node": n, "own_error": round(e, 6)}
                                                               for n, e in ranked[:max(8, len(kept))]]}
     return path, details, parity, runtime, kept
