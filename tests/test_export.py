@@ -371,11 +371,12 @@ def test_openvino_accuracy_control_reverts_layers_until_agreement_holds(exported
 
 
 def test_accuracy_aware_export_meets_the_threshold_and_records_float_layers(tiny_model_dir, sample_dir, tmp_path):
-    """``export(accuracy_aware=True)`` end to end (ONNX and TFLite) at the strictest threshold, checked on
-    the 12 sample images nearest the FP32 decision boundary. Calibration on flat grey frames gives
-    ranges far narrower than the photos' activations, so full INT8 must miss there in both formats,
-    whatever the tiny model's training run: each search runs, comes back with layers in float, agreeing
-    better than full INT8 did, and the sidecar says what that cost."""
+    """``export(accuracy_aware=True)`` end to end on ONNX (edgetl's own ranking) at the strictest threshold,
+    checked on the 12 sample images nearest the FP32 decision boundary. Calibration on flat grey frames
+    gives ranges far narrower than the photos' activations, so full INT8 must miss there whatever the
+    tiny model's training run (5/12 measured): the search runs, comes back with layers in float, agreeing
+    better than full INT8 did (9/12), and the sidecar says what that cost. The TFLite side of the same
+    search (QuantizationDebugger ranking, denylisted ops) is the next test; NNCF's, the one above."""
     from PIL import Image
 
     from edgetl.errors import CheckFailed
@@ -405,11 +406,11 @@ def test_accuracy_aware_export_meets_the_threshold_and_records_float_layers(tiny
     for level in range(8):
         Image.new("RGB", (128, 128), (112 + 4 * level,) * 3).save(flat / f"grey{level}.png")
     with contextlib.suppress(CheckFailed):
-        export(ExportConfig(model=tiny_model_dir, out=tmp_path / "out", formats=("onnx", "tflite"),
+        export(ExportConfig(model=tiny_model_dir, out=tmp_path / "out", formats=("onnx",),
                             modes=("int8",), calib=flat, calib_size=8, check=check,
                             min_agreement=1.0, accuracy_aware=True, int8_weights="7-bit", verbose=False))
     out = tmp_path / "out"
-    for name in ("model_onnx_int8.onnx", "model_tflite_int8.tflite"):
+    for name in ("model_onnx_int8.onnx",):
         sidecar = read_sidecar(out / name)
         quantization, agreement = sidecar["quantization"], sidecar["parity"]["top1_agreement"]
         assert sidecar["parity"]["n_images"] == 12, name

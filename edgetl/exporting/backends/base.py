@@ -33,8 +33,10 @@ class ExportBackend(ABC):
         return tuple(Mode)
 
     def files(self, path: Path) -> list[Path]:
-        """Every file of the artifact, main file first."""
-        return [Path(path)]
+        """Every file of the artifact, main file first (the runtime backend knows what it loads beside it)."""
+        from ...metadata import artifact_files
+
+        return artifact_files(path)
 
     def build(self, job, path: Path, mode: str, input_dtype: str) -> dict[str, Any]:
         """Write the artifact for ``mode`` at ``path``; returns the sidecar's ``quantization.details``."""

@@ -258,9 +258,6 @@ class OpenvinoBackend(ExportBackend):
     # lack VNNI (NNCF's own overflow fix, "7-bit", costs a whole bit).
     auto_int8_weights = "pair-safe"
 
-    def files(self, path: Path) -> list[Path]:
-        return [Path(path), Path(path).with_suffix(".bin")]
-
     def fp32(self, job, input_dtype: str) -> tuple[Path, dict]:
         """The FP32 IR (saved once per export call and input dtype) and how it was converted."""
         def make():
