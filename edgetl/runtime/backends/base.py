@@ -3,7 +3,7 @@
 A backend takes a batch already in the artifact's input dtype/layout (float32, or uint8 for uint8-input
 artifacts) and returns float32 outputs, dequantizing integer outputs itself. Each format is one sibling
 module (``onnx``, ``tflite``, ``openvino``; ``qnn`` is ONNX on Qualcomm's HTP) and one line of the
-registry in ``backends/__init__.py``; ``open_backend`` (``registry``) picks the class from the suffix.
+registry in ``backends/registry.py``; ``open_backend`` (``registry``) picks the class from the suffix.
 """
 
 from __future__ import annotations
