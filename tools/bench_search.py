@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results_section import write_section  # noqa: E402  (tools/ is the script's own folder)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -199,14 +201,8 @@ def write_target_markdown(runs) -> None:
                      f"{run['seconds']:.0f} s, {run['stages_built']} stages built, load average {run['load_before']} "
                      f"at start; target {'met' if run['met'] else 'not met'}"
                      + (f"; failed: {run['failed']}" if run["failed"] else ""))
-    section = "\n".join([TARGET_BEGIN, *lines, TARGET_END])
-    path = ROOT / "tools" / "RESULTS-search.md"
-    text = path.read_text() if path.exists() else ""
-    if TARGET_BEGIN in text and TARGET_END in text:
-        text = text[:text.index(TARGET_BEGIN)] + section + text[text.index(TARGET_END) + len(TARGET_END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    write_section(ROOT / "tools" / "RESULTS-search.md", TARGET_BEGIN, TARGET_END,
+                  "\n".join([TARGET_BEGIN, *lines, TARGET_END]))
 
 
 def stages_per_node(out: Path) -> Counter:
@@ -232,14 +228,8 @@ def write_markdown(report) -> None:
     lines += ["", f"Machine: {report['machine']['cpus']} CPUs, shared with other engineers' jobs while this ran. "
               + (report["note"] or ""), ""]
     # Only this tool's section of the file is replaced; other sections (the target search) stay.
-    section = "\n".join([BEGIN, *lines, END])
-    path = ROOT / "tools" / "RESULTS-search.md"
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = section + "\n" + text
-    path.write_text(text)
+    write_section(ROOT / "tools" / "RESULTS-search.md", BEGIN, END, "\n".join([BEGIN, *lines, END]),
+                  new_at_start=True)
 
 
 BEGIN, END = "<!-- tools/bench_search.py: begin -->", "<!-- tools/bench_search.py: end -->"

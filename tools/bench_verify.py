@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 from edgetl.metadata import artifact_files, read_sidecar, verify_artifact  # noqa: E402
 from edgetl.runtime import EdgeModel  # noqa: E402
 from edgetl.timing import interleaved, machine_summary  # noqa: E402
+from results_section import write_section  # noqa: E402  (tools/ is the script's own folder)
 
 BEGIN, END = "<!-- bench_verify -->", "<!-- /bench_verify -->"
 MAKE = """
@@ -91,15 +92,6 @@ def render(rows: list[dict], rounds: int) -> str:
     return "\n".join(lines)
 
 
-def write(block: str, out: Path) -> None:
-    text = out.read_text() if out.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    out.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifacts", nargs="*", type=Path)
@@ -111,7 +103,7 @@ def main() -> None:
         rows = [measure(p, args.rounds) for p in paths]
         block = render(rows, args.rounds)
     print(block)
-    write(block, args.out)
+    write_section(args.out, BEGIN, END, block)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,20 @@ INT8_FLAGS = {  # /proc/cpuinfo flag -> the name bench reports, for what it mean
 
 
 @functools.lru_cache(maxsize=1)
+def _cpuinfo() -> str | None:
+    """/proc/cpuinfo, read once per process (None where there is none: not Linux, or hidden)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
 def cpu_model_and_flags() -> tuple[str, frozenset[str]]:
     """(model name, flags of the first CPU listed); the flags are empty where /proc/cpuinfo is unreadable."""
     model, flags = platform.processor() or platform.machine(), frozenset()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    text = _cpuinfo()
+    if text is None:
         return model or "unknown", flags
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -40,14 +48,6 @@ def isa_flags(flags: frozenset[str] | None = None) -> dict[str, bool]:
     """{reported name: present} for every flag in ``INT8_FLAGS``."""
     flags = cpu_model_and_flags()[1] if flags is None else flags
     return {name: flag in flags for flag, name in INT8_FLAGS.items()}
-
-
-def cpuinfo_readable() -> bool:
-    try:
-        Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return True
 
 
 def is_x86() -> bool:
@@ -80,7 +80,7 @@ def int8_dot_saturates() -> bool:
     ARM dot-product kernels accumulate in int32 and never saturate."""
     if not is_x86():
         return False
-    if not cpuinfo_readable():
+    if _cpuinfo() is None:
         return True  # unknown x86: the safe answer
     flags = cpu_model_and_flags()[1]
     return not any(flag in flags for flag in VNNI_FLAGS)
