@@ -12,7 +12,6 @@ from ..errors import UsageError
 from ..metadata import read_sidecar, sidecar_path, verify_artifact
 from ..preprocess import Preprocessing
 from ..runtime import backends
-from .placement import _cpu_runnable
 
 BENCH_SCHEMA = "edgetl.bench/1"
 TARGETS = ("cpu", "gpu", "npu")
@@ -110,6 +109,12 @@ class Artifact:
         listed = [self.path.with_name(name) for name in self.sidecar.get("files", [])]
         extra = backends.backend_class(self.format).companion_files(self.path)
         return list(dict.fromkeys([self.path, *[p for p in listed + extra if p.exists()]]))
+
+
+def _cpu_runnable(path: Path) -> bool:
+    """Compiled NPU artifacts (Vela's ethos-u op, QNN EPContext) load only with their device's runtime;
+    a folder listing skips them (``edgetl bench --target npu:...`` picks them up)."""
+    return (read_sidecar(path).get("target") or {}).get("cpu_runnable", True) is not False
 
 
 def expand_artifacts(paths: Sequence[str | Path], runtime: str = "auto", compiled_too: bool = False) -> list[Artifact]:

@@ -4,23 +4,15 @@ gpu/npu is never silent)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckFailed, DeviceUnavailable
-from ..metadata import read_sidecar
 from ..runtime import backends
 
 if TYPE_CHECKING:
     from .config import Artifact, BenchConfig
 
 log = logging.getLogger("edgetl")
-
-
-def _cpu_runnable(path: Path) -> bool:
-    """Compiled NPU artifacts (Vela's ethos-u op, QNN EPContext) load only with their device's runtime;
-    a folder listing skips them (``edgetl bench --target npu:...`` picks them up)."""
-    return (read_sidecar(path).get("target") or {}).get("cpu_runnable", True) is not False
 
 
 def describe_available(available: dict[str, list[str]]) -> str:
