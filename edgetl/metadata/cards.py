@@ -66,6 +66,18 @@ class _Document:
             out.setdefault(key, value)
         return copy.deepcopy(out)
 
+    # Both subclasses declare ``preprocessing`` and ``output`` (a model card requires the recipe; a
+    # sidecar of an old export may lack it, which reads as the default recipe).
+    @property
+    def recipe(self):
+        from ..preprocess import Preprocessing
+
+        return Preprocessing.from_dict(self.preprocessing or {})
+
+    @property
+    def output_kind(self) -> str:
+        return (self.output or {}).get("kind", "probabilities")
+
 
 def _expect(data: dict[str, Any], name: str, types: tuple[type, ...], what: str, path: str | Path) -> None:
     """``data[name]`` is absent, null or one of ``types`` (bool never counts as a number)."""
@@ -165,18 +177,8 @@ class ModelCard(_Document):
         return target
 
     @property
-    def recipe(self):
-        from ..preprocess import Preprocessing
-
-        return Preprocessing.from_dict(self.preprocessing)
-
-    @property
     def logits_layer(self) -> str | None:
         return (self.output or {}).get("logits_layer")
-
-    @property
-    def output_kind(self) -> str:
-        return (self.output or {}).get("kind", "probabilities")
 
     @property
     def backbone_names(self) -> list[str]:
@@ -253,18 +255,8 @@ class ArtifactSidecar(_Document):
         return target
 
     @property
-    def recipe(self):
-        from ..preprocess import Preprocessing
-
-        return Preprocessing.from_dict(self.preprocessing or {})
-
-    @property
     def input_dtype(self) -> str | None:
         return (self.input or {}).get("dtype")
-
-    @property
-    def output_kind(self) -> str:
-        return (self.output or {}).get("kind", "probabilities")
 
     @property
     def mode(self) -> str:
