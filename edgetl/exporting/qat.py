@@ -9,9 +9,9 @@ quantize (``exporting.backends``):
   BN-folded kernels: what ONNX Runtime (``WeightSymmetric``), the TFLite converter and NNCF all write;
 * activations: one asymmetric 8-bit range per tensor (ORT uint8, TFLite int8 with a zero point: the
   same grid) on the input and on every op output that is not fused away (a convolution's output
-  before its BN or ReLU/ReLU6, a BN's before its activation); ranges start at the mean per-batch min/max
-  of the calibration images and then train with the weights (``fake_quant_with_min_max_vars`` has
-  gradients for both ends).
+  before its BN or ReLU/ReLU6, a BN's before its activation); ranges start at PTQ's MinMax of the
+  calibration images and then train with the weights (``fake_quant_with_min_max_vars`` has gradients
+  for both ends; at the fine-tuning learning rate they move little).
 
 The loss is label-free distillation: KL divergence from the FP32 model's own output distribution on the
 calibration images (and their mirror images), so it optimises exactly the agreement the parity gate
@@ -29,8 +29,9 @@ import numpy as np
 
 from ..errors import UsageError
 
-QAT_LR = 1e-6  # Adam; 1e-5 diverged on a converged model (tools/RESULTS-accuracy.md, "D. QAT")
+QAT_LR = 3e-6  # Adam; 1e-5 diverged on a converged model (tools/RESULTS-accuracy.md, "D. QAT")
 QAT_BATCH = 8
+HELD_OUT_FRACTION = 5  # one calibration image in five chooses the epoch (``quantization_aware``)
 LOSS = "KL(FP32 teacher softmax || fake-quant student softmax), T=1, calibration images + mirrors, no labels"
 
 _CONV_KINDS = ("Conv2D", "DepthwiseConv2D", "Dense")
@@ -189,10 +190,11 @@ class QatGraph:
     def ranges(self) -> dict[str, tuple[float, float]]:
         return {q.name: q.range() for q in self.quantizers}
 
-    def initialise_ranges(self, probe, calib_inputs: np.ndarray, batch: int, init: str = "batch-mean") -> None:
-        """Each range from the float graph (quantizers off): the mean over calibration batches of the
-        batch min and max (TF-MOT's moving-average ranges, converged): rare extremes are clipped, which
-        the weights then learn around."""
+    def initialise_ranges(self, probe, calib_inputs: np.ndarray, batch: int, init: str = "minmax") -> None:
+        """Each range from the float graph (quantizers off): ``minmax`` (PTQ's MinMax: QAT starts where
+        post-training INT8 is) or ``batch-mean``, the mean over calibration batches of the batch min and
+        max (TF-MOT's moving-average ranges, converged), which clips rare extremes: it started one
+        photo worse on the zero-shot set (tools/RESULTS-accuracy.md, "D. QAT")."""
         for quantizer in self.quantizers:
             quantizer.enabled = False
         lows, highs = [[] for _ in self.quantizers], [[] for _ in self.quantizers]
@@ -223,9 +225,9 @@ class QatGraph:
 
 
 def build_qat_graph(float_model, calib_inputs: np.ndarray, batch: int = QAT_BATCH,
-                    range_init: str = "batch-mean") -> QatGraph:
+                    range_init: str = "minmax") -> QatGraph:
     """``float_model`` (a flat or nested functional Keras model, NHWC) rebuilt with BN folded and fake
-    quantization; activation ranges initialised from ``calib_inputs`` (mean per-batch min and max)."""
+    quantization; activation ranges initialised from ``calib_inputs`` (``QatGraph.initialise_ranges``)."""
     import keras
 
     ActivationFakeQuant, FoldedLinear = _fake_quant_layers()
@@ -319,32 +321,54 @@ def distillation_loss(probabilities: bool):
 def quantization_aware(float_model, calib_inputs: np.ndarray, epochs: int, probabilities: bool = False,
                        lr: float = QAT_LR, batch: int = QAT_BATCH, seed: int = 0,
                        verbose: bool = False) -> tuple[QatGraph, dict]:
-    """Fine-tune the fake-quant graph of ``float_model`` for ``epochs`` on ``calib_inputs`` (model inputs,
-    plus their mirror images) towards ``float_model``'s own outputs. Returns the graph and the sidecar's
-    ``qat`` block."""
+    """Fine-tune the fake-quant graph of ``float_model`` for up to ``epochs`` on ``calib_inputs`` (model
+    inputs, plus their mirror images) towards ``float_model``'s own outputs. A fifth of the images is held
+    out and the weights of the epoch with the lowest held-out loss are kept, epoch 0 (PTQ's ranges, no
+    training) included: on few images QAT overfits within an epoch or two, and then the artifact must
+    not be worse than where it started. Returns the graph and the sidecar's ``qat`` block."""
     import keras
 
     if epochs < 1:
         raise UsageError(f"--qat-epochs must be >= 1, got {epochs}")
     keras.utils.set_random_seed(seed)
-    images = np.concatenate([calib_inputs, calib_inputs[:, :, ::-1]]).astype(np.float32)
-    teacher = np.concatenate([float_model.predict_on_batch(images[i:i + batch])
-                              for i in range(0, len(images), batch)])
+    order = np.random.default_rng(seed).permutation(len(calib_inputs))
+    held = order[:max(1, len(order) // HELD_OUT_FRACTION)] if len(order) > 1 else order
+    train = np.setdiff1d(order, held) if len(order) > 1 else order
+
+    def with_mirrors(rows):
+        chosen = calib_inputs[np.sort(rows)].astype(np.float32)
+        return np.concatenate([chosen, chosen[:, :, ::-1]])
+
+    images, held_images = with_mirrors(train), with_mirrors(held)
+    teacher, held_teacher = (np.concatenate([float_model.predict_on_batch(x[i:i + batch]) for i in range(0, len(x), batch)])
+                             for x in (images, held_images))
     graph = build_qat_graph(float_model, calib_inputs, batch)
     loss = distillation_loss(probabilities)
-    before = float(np.mean(loss(teacher, graph.model.predict(images, batch_size=batch, verbose=0))))
+
+    def held_loss() -> float:
+        return float(np.mean(loss(held_teacher, graph.model.predict(held_images, batch_size=batch, verbose=0))))
+
     graph.model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, jit_compile=False)
-    history = graph.model.fit(images, teacher, epochs=epochs, batch_size=batch, shuffle=True, verbose=0)
-    after = float(np.mean(loss(teacher, graph.model.predict(images, batch_size=batch, verbose=0))))
+    held_losses, train_losses = [held_loss()], []
+    best = (held_losses[0], 0, graph.model.get_weights())
+    for epoch in range(1, epochs + 1):
+        history = graph.model.fit(images, teacher, epochs=1, batch_size=batch, shuffle=True, verbose=0)
+        train_losses.append(float(history.history["loss"][0]))
+        held_losses.append(held_loss())
+        if held_losses[-1] < best[0]:
+            best = (held_losses[-1], epoch, graph.model.get_weights())
+    graph.model.set_weights(best[2])
     if verbose:
         from ..console import say
 
-        say(f"QAT: {epochs} epoch(s) on {len(images)} images, distillation loss {before:.5f} -> {after:.5f}")
-    details = {"epochs": int(epochs), "loss": LOSS, "optimizer": f"Adam lr {lr:g}", "batch_size": batch,
-               "images": int(len(images)), "seed": seed, "bn_folded": graph.folded,
-               "activation_quantizers": len(graph.quantizers),
-               "range_init": "mean per-batch min/max of the calibration images, then trained",
+        say(f"QAT: {epochs} epoch(s) on {len(images)} images; held-out ({len(held_images)}) distillation loss "
+            f"{held_losses[0]:.5f} -> {best[0]:.5f} (epoch {best[1]} kept)")
+    details = {"epochs": int(epochs), "kept_epoch": best[1], "loss": LOSS, "optimizer": f"Adam lr {lr:g}",
+               "batch_size": batch, "images": int(len(images)), "held_out_images": int(len(held_images)),
+               "seed": seed, "bn_folded": graph.folded, "activation_quantizers": len(graph.quantizers),
+               "range_init": "MinMax of the calibration images (PTQ's), then trained with the weights",
                "weights": "per-channel symmetric int8 (-127..127) fake quant on BN-folded kernels",
-               "distillation_loss": {"before": round(before, 6), "after": round(after, 6),
-                                     "per_epoch": [round(float(v), 6) for v in history.history["loss"]]}}
+               "activation_ranges": {name: [round(low, 7), round(high, 7)] for name, (low, high) in graph.ranges().items()},
+               "distillation_loss": {"held_out_per_epoch": [round(v, 6) for v in held_losses],
+                                     "train_per_epoch": [round(v, 6) for v in train_losses]}}
     return graph, details
