@@ -1,6 +1,7 @@
 """PTQ vs QAT (``export -q int8 --qat-epochs N``) per format on EfficientNet-Lite0: agreement with the
 Keras FP32 model, cosine, top-1, and batch-1 latency of FP32 / PTQ / QAT in one interleaved run.
-Writes tools/RESULTS-accuracy.md section "D. QAT" (``--write``) from the JSON of each setting.
+``write`` puts the tables of every setting's JSON into tools/RESULTS-accuracy.md, between the markers of
+section "D. QAT" (the prose around them is written by hand).
 
     .venv/bin/python tools/bench_qat.py zero-shot --epochs 3 --work /tmp/qat/bench
     .venv/bin/python tools/bench_qat.py finetuned --model /tmp/qat/model --epochs 3 --work /tmp/qat/bench
@@ -147,8 +148,7 @@ def write(work: Path) -> None:
     from results_section import write_section
 
     results = [json.loads(p.read_text()) for p in sorted(work.glob("*-qat*.json"))]
-    notes = (REPO / "tools" / "qat_notes.md").read_text() if (REPO / "tools" / "qat_notes.md").exists() else ""
-    parts = [BEGIN, "## D. QAT: `export -q int8 --qat-epochs N`", "", notes.strip(), ""]
+    parts = [BEGIN, ""]
     for result in results:
         parts += [f"### {result['setting']}, `--qat-epochs {result['epochs']}`", "", table(result), ""]
     if results:
