@@ -164,5 +164,6 @@ def qat_openvino(job, path: Path, input_dtype: str, int8_weights: str) -> dict[s
     model.inputs[0].get_tensor().set_names({"image"})
     model.outputs[0].get_tensor().set_names({job.source.output_kind})
     save(model, path)
+    details["qat"]["method"] = "openvino.convert_model of the QAT QDQ ONNX (onnxruntime quantize_static; no NNCF)"
     return {**details, "converter": "openvino.convert_model(QAT QDQ onnx)", "tool": "onnxruntime quantize_static",
             "int8_weights": int8_weights}
