@@ -54,11 +54,11 @@ def _fake_quant_layers():
             self.enabled = True  # off while the float ranges are measured
 
         def build(self, input_shape):
-            non_positive = keras.constraints.NonNeg()
+            non_negative = keras.constraints.NonNeg()  # the range must hold 0 (zero is exact in int8)
             self.low = self.add_weight(name="low", shape=(), initializer="zeros",
-                                       constraint=lambda v: -non_positive(-v))
+                                       constraint=lambda v: -non_negative(-v))
             self.high = self.add_weight(name="high", shape=(), initializer="ones",
-                                        constraint=non_positive)
+                                        constraint=non_negative)
 
         def call(self, x):
             if not self.enabled:
@@ -169,7 +169,7 @@ def _folded(layer, bn) -> tuple[np.ndarray, np.ndarray]:
     bias = np.asarray(layer.bias.numpy(), np.float64) if getattr(layer, "use_bias", False) else np.zeros(channels)
     if bn is None:
         return kernel, bias
-    if bn.axis not in (-1, len(kernel.shape) - 1 if type(layer).__name__ != "Dense" else 1, 3):
+    if bn.axis not in (-1, 1 if type(layer).__name__ == "Dense" else 3):
         raise UsageError(f"--qat-epochs: {bn.name} normalises axis {bn.axis}, not the channels (NHWC only)")
     gamma = bn.gamma.numpy() if bn.scale else np.ones(channels)
     beta = bn.beta.numpy() if bn.center else np.zeros(channels)
