@@ -31,6 +31,7 @@ class ExportConfig:
     check: Path | None = None  # --check: held-back images for parity (default: the model's val split)
     min_agreement: float = 0.98
     accuracy_aware: bool = False
+    qat_epochs: int = 0  # int8: quantization-aware fine-tuning on the calibration images first (exporting/qat.py)
     # int8 weights for ONNX and OpenVINO: auto | full | pair-safe | 7-bit (see exporting/pairs.py)
     int8_weights: str = "auto"
     # the CPU the artifacts are made for: any | vnni | no-vnni | arm | this (see exporting/pairs.py)
@@ -86,6 +87,8 @@ class ExportConfig:
         if Mode.INT8 in self.modes and self.calib is None:
             raise UsageError("--quantize int8 needs calibration images: pass --calib DIR "
                              "(a few hundred representative images, labels not needed)")
+        if self.qat_epochs:
+            self.validate_qat()
         if not 0.0 < self.min_agreement <= 1.0:
             raise UsageError(f"--min-agreement must be in (0, 1], got {self.min_agreement}")
         if self.static_batch is not None and self.static_batch < 1:
@@ -96,6 +99,18 @@ class ExportConfig:
             raise UsageError(f"--check folder {self.check} does not exist")
         validate_source(self.model, self.input_size)
         check_output_dir(self.out, self.inputs(), self.overwrite)
+
+    def validate_qat(self) -> None:
+        if self.qat_epochs < 0:
+            raise UsageError(f"--qat-epochs must be >= 0, got {self.qat_epochs}")
+        if Mode.INT8 not in self.modes:
+            raise UsageError("--qat-epochs fine-tunes for --quantize int8; add -q int8")
+        if InputDtype.UINT8 in self.input_dtypes:
+            raise UsageError("--qat-epochs makes float32-input artifacts only; drop --input-dtype uint8")
+        if self.accuracy_aware:
+            raise UsageError("--qat-epochs and --accuracy-aware are alternatives; choose one")
+        if self.target and self.target != "cpu":
+            raise UsageError("--qat-epochs is for the CPU formats (--format), not --target")
 
     def inputs(self) -> tuple[Path | None, ...]:
         """What --out may not be, hold or lie inside: the model (its directory), calibration and check

@@ -194,5 +194,6 @@ class ExportJob:
             path, backend.format.value, backend.files(path), self.source, self.source_info,
             input_names=extras["input_names"], batch=self.config.static_batch, input_dtype=input_dtype,
             input_quantization=extras["input_quantization"], output_names=extras["output_names"],
-            quantization=quantization_block(mode, extras["method"], details, calibration, float_layers),
+            quantization=quantization_block(mode, (details.get("qat") or {}).get("method", extras["method"]), details,
+                                            calibration, float_layers),
             parity={**parity, "runtime": runtime["runtime"], "runtime_version": runtime["runtime_version"]})

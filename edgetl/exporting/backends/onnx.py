@@ -361,6 +361,10 @@ class OnnxBackend(ExportBackend):
         fp32, details = self.fp32(job, input_dtype)
         if mode == Mode.DYNAMIC:
             return {**details, **quantize_dynamic(fp32, path)}
+        if getattr(job.config, "qat_epochs", 0):
+            from ..qat_formats import qat_qdq
+
+            return {**details, **qat_qdq(job, path, input_dtype, job.int8_weights(self))}
         pre, cache = self.ranges(job, input_dtype)
         return {**details, **quantize_int8(pre, path, cache, job.config.calib_method, nodes_to_exclude,
                                            int8_weights=job.int8_weights(self))}

@@ -284,6 +284,10 @@ class OpenvinoBackend(ExportBackend):
 
     def quantize(self, job, path: Path, mode: str, input_dtype: str) -> dict[str, Any]:
         _, details = self.fp32(job, input_dtype)
+        if mode == Mode.INT8 and getattr(job.config, "qat_epochs", 0):
+            from ..qat_formats import qat_openvino
+
+            return {**details, **qat_openvino(job, path, input_dtype, job.int8_weights(self))}
         model = self.read_fp32(job, input_dtype)
         if mode == Mode.DYNAMIC:
             model, extra = compress_weights(model)

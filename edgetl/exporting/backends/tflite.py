@@ -200,6 +200,10 @@ class TfliteBackend(ExportBackend):
         return self._convert(job, path, mode, input_dtype)
 
     def quantize(self, job, path: Path, mode: str, input_dtype: str) -> dict[str, Any]:
+        if mode == Mode.INT8 and getattr(job.config, "qat_epochs", 0):
+            from ..qat_formats import qat_tflite
+
+            return qat_tflite(job, path, input_dtype)
         return self._convert(job, path, mode, input_dtype)
 
     def make_accurate(self, job, path: Path, input_dtype: str, details: dict) -> tuple:
