@@ -331,3 +331,57 @@ def test_bench_caps_batches_bounds_the_overhead_check_and_reports_a_corrupt_arti
                  str(again), "--runs", "2", "--warmup", "0", "--batch-sizes", "1", "--no-overhead-check"]) == 0
     report = json.loads((again / "bench.json").read_text())
     assert report["harness_overhead"] is None and report["failed"] == []
+
+
+# -- leftovers of issue 12: full disk inside converters, per-artifact bench failures --------------------------
+def _tmpfs_prefix(mount_point: Path, size: str) -> list[str] | None:
+    """A command prefix that runs the rest with a ``size`` tmpfs mounted on ``mount_point`` (a private
+    mount namespace of an unprivileged user namespace: no root needed, nothing mounted outside it);
+    None where the kernel or util-linux does not allow it."""
+    if not shutil.which("unshare"):
+        return None
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "mount", "-t", "tmpfs",
+                            "-o", f"size={size}", "tmpfs", str(mount_point)], capture_output=True)
+    if probe.returncode != 0:
+        return None
+    script = 'mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@"'
+    return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", size, str(mount_point)]
+
+
+def test_full_disk_inside_the_tflite_converter_is_one_line(runtime_model_dir, small_data, tmp_path):
+    """TensorFlow's converter writes a SavedModel first and swallows that write's error (then fails with
+    an unrelated TypeError): a real full disk (a 64 KiB tmpfs holding --out, the converter's scratch
+    with it) gives one line naming --out and nothing left there."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    prefix = _tmpfs_prefix(disk, "64k")
+    if prefix is None:
+        pytest.skip("cannot mount a tmpfs here (no unprivileged user namespaces)")
+    out = disk / "artifacts"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "DISK": str(disk)}
+    script = ("import os, sys; from edgetl.cli import main; code = main(sys.argv[1:]); "
+              "print(sorted(os.listdir(os.environ['DISK'])), file=sys.stderr); sys.exit(code)")
+    done = subprocess.run([*prefix, sys.executable, "-c", script, "export", str(runtime_model_dir), "--out", str(out),
+                           "-f", "tflite", "--check", str(small_data)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    err = [line for line in done.stderr.strip().splitlines() if not line.startswith("parity images:")]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert err[-2] == f"edgetl: error: {out}: No space left on device (the disk is full)"
+    assert err[-1] == "[]"  # what was left on that disk, seen from inside the namespace: nothing
+
+
+def test_file_size_limit_inside_the_converter_is_one_line(runtime_model_dir, small_data, tmp_path, capfd):
+    """The same hidden failure from a file-size limit (EFBIG, ``ulimit -f``), in this process."""
+    out = tmp_path / "artifacts"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (48 << 10, hard))  # the tiny CNN's SavedModel is ~130 KB
+    try:
+        code = main(["export", str(runtime_model_dir), "--out", str(out), "-f", "tflite", "--check", str(small_data)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and not any("Traceback" in line for line in err)
+    assert err[-1] == f"edgetl: error: {out}: File too large (a file-size limit, ulimit -f)"
+    assert list(tmp_path.iterdir()) == []
