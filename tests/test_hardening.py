@@ -385,3 +385,88 @@ def test_file_size_limit_inside_the_converter_is_one_line(runtime_model_dir, sma
     assert code == 2 and not any("Traceback" in line for line in err)
     assert err[-1] == f"edgetl: error: {out}: File too large (a file-size limit, ulimit -f)"
     assert list(tmp_path.iterdir()) == []
+
+
+def _fails_beyond_batch_one(src: Path, dst: Path) -> Path:
+    """A copy of an ONNX artifact that loads and runs one image, but whose last op (a Reshape to a fixed
+    [1, classes]) fails on any larger batch; its sidecar rewritten to match the new file."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgetl.metadata import read_sidecar, sha256_file, sidecar_path, write_json
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    graph_output = graph.output[0]
+    classes = graph_output.type.tensor_type.shape.dim[-1].dim_value
+    for node in graph.node:  # the producer of the output now feeds the Reshape
+        node.output[:] = [f"{name}_pre" if name == graph_output.name else name for name in node.output]
+    graph.initializer.append(numpy_helper.from_array(np.array([1, classes], np.int64), "fixed_shape"))
+    graph.node.append(helper.make_node("Reshape", [f"{graph_output.name}_pre", "fixed_shape"], [graph_output.name]))
+    onnx.save(model, str(dst))
+    digest = sha256_file(dst)
+    write_json(sidecar_path(dst), {**read_sidecar(src), "file": dst.name, "sha256": digest,
+                                   "files": {dst.name: digest}, "size_bytes": dst.stat().st_size})
+    return dst
+
+
+def test_bench_reports_unusable_sidecars_and_runtime_failures_per_artifact(u8_artifacts, small_data, tmp_path,
+                                                                          capsys):
+    """One unreadable sidecar, one without its labels and one ONNX model that fails while running do not
+    stop the bench: the good artifact is benched and written, each bad one is a failed row with its one
+    line, the run exits 1 at the end naming all three."""
+    import jsonschema
+
+    from edgetl.errors import CheckFailed
+    from edgetl.metadata import read_sidecar, sidecar_path, write_json
+    from edgetl.runtime.backends import open_backend
+
+    arts = tmp_path / "arts"
+    arts.mkdir()
+    onnx_path, tflite = u8_artifacts / "model_onnx_fp32_u8.onnx", u8_artifacts / "model_tflite_fp32_u8.tflite"
+    for src in (tflite, sidecar_path(tflite)):
+        shutil.copy(src, arts / src.name)
+    for name, sidecar in (("a_unreadable.onnx", '{"schema": "edgetl.artifact/1", "labels": [ '),
+                          ("b_no_labels.onnx", {k: v for k, v in read_sidecar(onnx_path).items() if k != "labels"})):
+        shutil.copy(onnx_path, arts / name)
+        if isinstance(sidecar, str):
+            sidecar_path(arts / name).write_text(sidecar)
+        else:
+            write_json(sidecar_path(arts / name), sidecar)
+    failing = _fails_beyond_batch_one(onnx_path, arts / "c_fails_running.onnx")
+    batch = np.zeros((2, *read_sidecar(failing)["input"]["shape"][1:]), np.uint8)
+    assert open_backend(failing).run(batch[:1]).shape == (1, 2)
+    with pytest.raises(CheckFailed, match=r"c_fails_running.onnx: onnxruntime failed while running it on a "
+                                          r"2x96x96x3 batch \(\[ONNXRuntimeError\]"):
+        open_backend(failing).run(batch)
+
+    out = tmp_path / "report"
+    code = main(["bench", str(arts), "--data", str(small_data), "--out", str(out), "--runs", "2", "--warmup", "0",
+                 "--batch-sizes", "1,2", "--no-overhead-check"])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 1 and not any("Traceback" in line for line in err)
+    reasons = {
+        "a_unreadable.onnx": f"{sidecar_path(arts / 'a_unreadable.onnx')}: unreadable metadata (",
+        "b_no_labels.onnx": f"{sidecar_path(arts / 'b_no_labels.onnx')}: field 'labels' is missing",
+        "c_fails_running.onnx": f"{failing}: onnxruntime failed while running it on a 2x96x96x3 batch",
+    }
+    assert err[-1].startswith("edgetl: error: 3 of 4 artifact(s) could not be benched (a_unreadable.onnx: ")
+    assert err[-1].endswith(f"the others are in {out}") and all(r in err[-1] for r in reasons.values())
+    report = json.loads((out / "bench.json").read_text())
+    jsonschema.validate(report, json.loads(SCHEMA.read_text()))
+    assert [a["name"] for a in report["artifacts"]] == [tflite.name]
+    assert {r["batch_size"] for r in report["rows"] if r["kind"] == "artifact"} == {1, 2}
+    failed = {f["name"]: f for f in report["failed"]}
+    assert sorted(failed) == sorted(reasons)
+    for name, reason in reasons.items():
+        assert failed[name]["reason"].startswith(reason) and failed[name]["format"] == "onnx"
+        assert "\n" not in failed[name]["reason"]
+    assert "quantization" not in failed["a_unreadable.onnx"] and failed["c_fails_running.onnx"]["quantization"] == "none"
+    markdown = (out / "report.md").read_text()
+    assert "**b_no_labels.onnx** (onnx): FAILED:" in markdown and f"## {tflite.name}" in captured.out
+
+    # Nothing usable at all: the same one line, exit 1, and nothing written.
+    alone = tmp_path / "alone"
+    assert main(["bench", str(arts / "a_unreadable.onnx"), "--data", str(small_data), "--out", str(alone)]) == 1
+    assert reasons["a_unreadable.onnx"] in _one_line(capsys.readouterr().err) and not alone.exists()
