@@ -462,7 +462,8 @@ def test_bench_reports_unusable_sidecars_and_runtime_failures_per_artifact(u8_ar
     for name, reason in reasons.items():
         assert failed[name]["reason"].startswith(reason) and failed[name]["format"] == "onnx"
         assert "\n" not in failed[name]["reason"]
-    assert "quantization" not in failed["a_unreadable.onnx"] and failed["c_fails_running.onnx"]["quantization"] == "none"
+    assert "quantization" not in failed["a_unreadable.onnx"]
+    assert failed["c_fails_running.onnx"]["quantization"] == "none"
     markdown = (out / "report.md").read_text()
     assert "**b_no_labels.onnx** (onnx): FAILED:" in markdown and f"## {tflite.name}" in captured.out
 
@@ -470,3 +471,55 @@ def test_bench_reports_unusable_sidecars_and_runtime_failures_per_artifact(u8_ar
     alone = tmp_path / "alone"
     assert main(["bench", str(arts / "a_unreadable.onnx"), "--data", str(small_data), "--out", str(alone)]) == 1
     assert reasons["a_unreadable.onnx"] in _one_line(capsys.readouterr().err) and not alone.exists()
+
+
+def test_embedded_description_is_read_by_each_formats_runtime_backend(cnn_artifacts, monkeypatch, tmp_path):
+    """``runtime.embedded`` has no per-format branch: each format's runtime backend reads its own
+    container, so a new format is its backend class and registry line only."""
+    from edgetl.runtime import embedded
+    from edgetl.runtime.backends import registry
+
+    for fmt in ("onnx", "tflite", "openvino"):
+        description = embedded.read_embedded(cnn_artifacts.paths[fmt])
+        assert description["schema"] == embedded.EMBEDDED_SCHEMA and description["labels"] == cnn_artifacts.labels
+
+    class JsonBackend(registry.BACKENDS["onnx"]):  # a made-up format whose file is the description itself
+        format, suffix = "json-model", ".jsonmodel"
+
+        @classmethod
+        def embedded_text(cls, path):
+            return Path(path).read_text()
+
+    monkeypatch.setitem(registry.BACKENDS, JsonBackend.format, JsonBackend)
+    monkeypatch.setitem(registry.FORMAT_BY_SUFFIX, JsonBackend.suffix, JsonBackend.format)
+    made_up = tmp_path / "model.jsonmodel"
+    made_up.write_text(json.dumps({"schema": embedded.EMBEDDED_SCHEMA, "labels": ["x", "y"]}))
+    assert embedded.read_embedded(made_up)["labels"] == ["x", "y"]
+    broken = tmp_path / "broken.xml"  # a damaged container reads as "no description", not a traceback
+    broken.write_text("<net><rt_info")
+    assert embedded.read_embedded(broken) is None and embedded.read_embedded(tmp_path / "model.bin") is None
+
+
+def test_no_package_imports_another_packages_private_names():
+    """Helpers shared across packages have public names in a module named for them (``edgetl.stages``,
+    ``report.plots``); ``from ..pipeline import _stage`` and the like stay inside their package."""
+    import ast
+
+    root = REPO / "edgetl"
+    crossing = []
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        package = parts[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                source = package[:len(package) - node.level + 1] + (node.module.split(".") if node.module else [])
+            elif (node.module or "").split(".")[0] == "edgetl":
+                source = node.module.split(".")
+            else:
+                continue
+            private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            if private and source[:2] != parts[:2]:  # edgetl.<package or module> differs
+                crossing.append(f"{path.relative_to(REPO)}: {'.'.join(source)}.{', '.join(private)}")
+    assert crossing == []
