@@ -14,6 +14,9 @@ TensorFlow's ``TFLiteConverter.from_keras_model`` catches the failure of its own
 full disk, a file-size limit) and falls back to a Keras 2 path that fails with an unrelated
 ``TypeError``. ``scratch_folder`` records that write's error, so the export ends in one line saying what
 happened (``writable.environment_os_error``; the CLI prints it like any other full disk).
+
+Both are process-wide settings for the time of one export: exports in one process run one at a time
+(the CLI, a search worker's stage), never from several threads at once.
 """
 
 from __future__ import annotations

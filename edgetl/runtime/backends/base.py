@@ -60,6 +60,7 @@ class Backend(ABC):
     placement: Placement
 
     def __init_subclass__(cls, **kwargs):
+        # Every format's run() reports runtime failures the same way (module docstring), written once here.
         super().__init_subclass__(**kwargs)
         run = cls.__dict__.get("run")
         if run is not None and not getattr(run, "reports_runtime_failures", False):
