@@ -5,28 +5,24 @@ Each stage writes its own sub-directory of ``out`` with a ``stage.json`` holding
 its inputs (data content, upstream model hash, options) and the sha256 of every file it wrote. A rerun
 with the same fingerprint reuses the finished stage only when those files are all still there and
 intact (otherwise it says which is not and redoes the stage); ``force`` redoes everything. Stages are
-written atomically, so an interrupted run resumes at the first unfinished stage.
+written atomically, so an interrupted run resumes at the first unfinished stage (``edgetl.stages``,
+which `edgetl search` shares).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from . import zoo
 from .console import say
-from .data import ImageSet, load_splits, sample_dataset
+from .data import load_splits, sample_dataset
 from .errors import CheckFailed, UsageError
 from .metadata import (OUTPUT_MARKER, atomic_directory, check_output_dir, output_marker, read_json, read_model_card,
-                       sha256_file, write_json)
-
-STAGE_FILE = "stage.json"
+                       write_json)
+from .stages import STAGE_FILE, content_key, materialise_split, outputs_key, reuse_or_build
 
 
 @dataclass
@@ -59,83 +55,13 @@ class RunResult:
     seconds: float = 0.0
 
 
-def _key(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _stage(name: str, directory: Path, key: str, config: RunConfig, result: RunResult,
            build: Callable[[Path], None]) -> Path:
-    """Run ``build(directory)`` unless it already holds a finished stage with this key.
-
-    ``build`` writes ``directory`` atomically (every library stage does); the marker is written last,
-    so a stage interrupted midway has no marker and is redone.
-    """
-    marker = directory / STAGE_FILE
-    record = _read_record(marker)
-    problem = None if config.force or record.get("key") != key else _damage(directory, record)
-    if not config.force and record.get("key") == key and problem is None:
-        say(f"== {name}: inputs unchanged, reusing {directory}", config.verbose)
+    """``stages.reuse_or_build`` with the run's ``--force`` and verbosity, recorded in ``result``."""
+    if reuse_or_build(name, directory, key, build, force=config.force, verbose=config.verbose):
         result.reused.append(name)
-    else:
-        why = (f": inputs unchanged but {problem}; redoing it" if problem
-               else ": inputs changed" if record.get("key") and not config.force else "")
-        say(f"== {name}{why}", config.verbose)
-        started = time.perf_counter()
-        build(directory)
-        write_json(marker, {"stage": name, "key": key, "seconds": round(time.perf_counter() - started, 2),
-                            "outputs": _outputs(directory)})
     result.stages[name] = directory
     return directory
-
-
-def _read_record(marker: Path) -> dict[str, Any]:
-    try:
-        record = read_json(marker)
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def _outputs(directory: Path) -> dict[str, str]:
-    """sha256 of every file a stage wrote, by path relative to its directory."""
-    return {str(p.relative_to(directory)): sha256_file(p) for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.relative_to(directory).as_posix() not in (STAGE_FILE, OUTPUT_MARKER)}
-
-
-def _damage(directory: Path, record: dict[str, Any]) -> str | None:
-    """Why a finished stage cannot be reused (a recorded output missing or changed), or None."""
-    outputs = record.get("outputs")
-    if not isinstance(outputs, dict) or not outputs:
-        return "its stage.json records no outputs (written by an older edgetl)"
-    for name, digest in outputs.items():
-        path = directory / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if sha256_file(path) != digest:
-            return f"{name} changed since it was written"
-    return None
-
-
-def stage_finished(directory: Path, key: str) -> bool:
-    """Whether ``directory`` holds a finished stage with this key whose outputs are intact: what
-    ``_stage`` would reuse (`edgetl search` asks before it sends a stage to a Ray worker)."""
-    record = _read_record(Path(directory) / STAGE_FILE)
-    return record.get("key") == key and _damage(Path(directory), record) is None
-
-
-def _outputs_key(directory: Path) -> str:
-    return _key(_read_record(directory / STAGE_FILE).get("outputs") or {})
-
-
-def _materialise(images: ImageSet, dst: Path) -> None:
-    """Copy (hard-link where possible) a split into ``dst/<class>/`` so later stages take a folder."""
-    for path, label in zip(images.paths, images.labels):
-        target = dst / images.classes[label] / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copy2(path, target)
 
 
 def run(config: RunConfig) -> RunResult:
@@ -160,13 +86,13 @@ def run(config: RunConfig) -> RunResult:
     train, val = load_splits(data, config.val_split, config.seed)
     if not len(val):
         raise UsageError("the validation split is empty; raise --val-split or add images")
-    split_key = _key({"train": train.fingerprint()["fingerprint"], "val": val.fingerprint()["fingerprint"],
-                      "classes": train.classes})
+    split_key = content_key({"train": train.fingerprint()["fingerprint"], "val": val.fingerprint()["fingerprint"],
+                             "classes": train.classes})
 
     def write_splits(directory: Path) -> None:
         with atomic_directory(directory, inputs=(data,), verb="run") as tmp:
-            _materialise(train, tmp / "train")
-            _materialise(val, tmp / "val")
+            materialise_split(train, tmp / "train")
+            materialise_split(val, tmp / "val")
 
     splits = _stage("splits", out / "data", split_key, config, result, write_splits)
 
@@ -174,7 +100,7 @@ def run(config: RunConfig) -> RunResult:
     ft_options = dict(backbone=config.backbone, weights=config.weights, strategy=config.strategy,
                       epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                       input_size=config.input_size, seed=config.seed)
-    model_dir = _stage("finetune", out / "model", _key({"splits": split_key, **ft_options}), config, result,
+    model_dir = _stage("finetune", out / "model", content_key({"splits": split_key, **ft_options}), config, result,
                        lambda d: finetune(FinetuneConfig(data=splits, out=d, verbose=config.verbose,
                                                          **ft_options)))
     model_sha = read_model_card(model_dir).model_sha256
@@ -192,12 +118,12 @@ def run(config: RunConfig) -> RunResult:
         except CheckFailed as failure:
             say(f"warning: {failure}", config.verbose)
 
-    export_dir = _stage("export", out / "export", _key({"model": model_sha, **export_options}), config, result,
+    export_dir = _stage("export", out / "export", content_key({"model": model_sha, **export_options}), config, result,
                         do_export)
 
     # 4. Bench every artifact against the reference on the held-out split.
-    bench_key = _key({"model": model_sha, "export": read_json(export_dir / STAGE_FILE)["key"],
-                      "artifacts": _outputs_key(export_dir), "target": config.target, "runs": config.runs})
+    bench_key = content_key({"model": model_sha, "export": read_json(export_dir / STAGE_FILE)["key"],
+                             "artifacts": outputs_key(export_dir), "target": config.target, "runs": config.runs})
     _stage("bench", out / "bench", bench_key, config, result,
            lambda d: bench(BenchConfig(artifacts=[export_dir], target=config.target, data=splits / "val",
                                        reference=model_dir, runs=config.runs, batch_sizes=(1,), out=d,

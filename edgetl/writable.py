@@ -19,6 +19,7 @@ import errno
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 from .errors import UsageError
 
@@ -59,3 +60,31 @@ def describe_os_error(exc: BaseException) -> str | None:
     hint = {errno.ENOSPC: " (the disk is full)", errno.EDQUOT: " (the disk quota is used up)",
             errno.EFBIG: " (a file-size limit, ulimit -f)"}.get(exc.errno, "")
     return f"{where}{exc.strerror or exc}{hint}".replace("\n", " ")
+
+
+def environment_os_error(failures: Iterable[BaseException], where: str | Path | None = None) -> OSError | None:
+    """The machine-state failure (ENVIRONMENT_ERRNOS) among ``failures`` and their causes, as an
+    ``OSError`` that ``describe_os_error`` turns into one line; None when there is none.
+
+    Native libraries report such failures as text: TensorFlow raises ``ResourceExhaustedError("...;
+    No space left on device")``, not an ``OSError``. Their message is read only for exceptions raised
+    by TensorFlow (its ``OpError`` and converter errors), so an edgetl bug whose message happens to
+    say "Permission denied" keeps its traceback. ``where`` names the place in the message (the
+    native message's path is a scratch file, gone by the time the user reads it).
+    """
+    seen: set[int] = set()
+    pending = list(failures)
+    while pending:
+        exc = pending.pop(0)
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+            return exc if where is None else OSError(exc.errno, exc.strerror, str(where))
+        if type(exc).__module__.startswith("tensorflow"):
+            text = str(exc)
+            for code in sorted(ENVIRONMENT_ERRNOS):
+                if os.strerror(code) in text:
+                    return OSError(code, os.strerror(code), str(where) if where is not None else None)
+        pending += [exc.__cause__, exc.__context__]
+    return None

@@ -288,8 +288,11 @@ def test_parity_ties_and_zero_vectors():
 
 # -- 15. bench bounds and partial failure --------------------------------------------------------------------
 def test_bench_caps_batches_bounds_the_overhead_check_and_reports_a_corrupt_artifact(
-        u8_artifacts, small_data, tmp_path, capsys):
+        u8_artifacts, small_data, tmp_path, capsys, monkeypatch):
     import jsonschema
+
+    # benchmark_app beside the IR rows is test_profile's; here it would add 2 s of its own timing per IR row
+    monkeypatch.setattr("edgetl.profile.benchmark_app_path", lambda: None)
 
     arts = tmp_path / "arts"
     shutil.copytree(u8_artifacts, arts)
@@ -331,3 +334,195 @@ def test_bench_caps_batches_bounds_the_overhead_check_and_reports_a_corrupt_arti
                  str(again), "--runs", "2", "--warmup", "0", "--batch-sizes", "1", "--no-overhead-check"]) == 0
     report = json.loads((again / "bench.json").read_text())
     assert report["harness_overhead"] is None and report["failed"] == []
+
+
+# -- leftovers of issue 12: full disk inside converters, per-artifact bench failures --------------------------
+def _tmpfs_prefix(mount_point: Path, size: str) -> list[str] | None:
+    """A command prefix that runs the rest with a ``size`` tmpfs mounted on ``mount_point`` (a private
+    mount namespace of an unprivileged user namespace: no root needed, nothing mounted outside it);
+    None where the kernel or util-linux does not allow it."""
+    if not shutil.which("unshare"):
+        return None
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "mount", "-t", "tmpfs",
+                            "-o", f"size={size}", "tmpfs", str(mount_point)], capture_output=True)
+    if probe.returncode != 0:
+        return None
+    script = 'mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@"'
+    return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", size, str(mount_point)]
+
+
+def test_full_disk_inside_the_tflite_converter_is_one_line(runtime_model_dir, small_data, tmp_path):
+    """TensorFlow's converter writes a SavedModel first and swallows that write's error (then fails with
+    an unrelated TypeError): a real full disk (a 64 KiB tmpfs holding --out, the converter's scratch
+    with it) gives one line naming --out and nothing left there."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    prefix = _tmpfs_prefix(disk, "64k")
+    if prefix is None:
+        pytest.skip("cannot mount a tmpfs here (no unprivileged user namespaces)")
+    out = disk / "artifacts"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "DISK": str(disk)}
+    script = ("import os, sys; from edgetl.cli import main; code = main(sys.argv[1:]); "
+              "print(sorted(os.listdir(os.environ['DISK'])), file=sys.stderr); sys.exit(code)")
+    done = subprocess.run([*prefix, sys.executable, "-c", script, "export", str(runtime_model_dir), "--out", str(out),
+                           "-f", "tflite", "--check", str(small_data)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    err = [line for line in done.stderr.strip().splitlines() if not line.startswith("parity images:")]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert err[-2] == f"edgetl: error: {out}: No space left on device (the disk is full)"
+    assert err[-1] == "[]"  # what was left on that disk, seen from inside the namespace: nothing
+
+
+def test_file_size_limit_inside_the_converter_is_one_line(runtime_model_dir, small_data, tmp_path, capfd):
+    """The same hidden failure from a file-size limit (EFBIG, ``ulimit -f``), in this process."""
+    out = tmp_path / "artifacts"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (48 << 10, hard))  # the tiny CNN's SavedModel is ~130 KB
+    try:
+        code = main(["export", str(runtime_model_dir), "--out", str(out), "-f", "tflite", "--check", str(small_data)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and not any("Traceback" in line for line in err)
+    assert err[-1] == f"edgetl: error: {out}: File too large (a file-size limit, ulimit -f)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def _fails_beyond_batch_one(src: Path, dst: Path) -> Path:
+    """A copy of an ONNX artifact that loads and runs one image, but whose last op (a Reshape to a fixed
+    [1, classes]) fails on any larger batch; its sidecar rewritten to match the new file."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgetl.metadata import read_sidecar, sha256_file, sidecar_path, write_json
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    graph_output = graph.output[0]
+    classes = graph_output.type.tensor_type.shape.dim[-1].dim_value
+    for node in graph.node:  # the producer of the output now feeds the Reshape
+        node.output[:] = [f"{name}_pre" if name == graph_output.name else name for name in node.output]
+    graph.initializer.append(numpy_helper.from_array(np.array([1, classes], np.int64), "fixed_shape"))
+    graph.node.append(helper.make_node("Reshape", [f"{graph_output.name}_pre", "fixed_shape"], [graph_output.name]))
+    onnx.save(model, str(dst))
+    digest = sha256_file(dst)
+    write_json(sidecar_path(dst), {**read_sidecar(src), "file": dst.name, "sha256": digest,
+                                   "files": {dst.name: digest}, "size_bytes": dst.stat().st_size})
+    return dst
+
+
+def test_bench_reports_unusable_sidecars_and_runtime_failures_per_artifact(u8_artifacts, small_data, tmp_path,
+                                                                          capsys):
+    """One unreadable sidecar, one without its labels and one ONNX model that fails while running do not
+    stop the bench: the good artifact is benched and written, each bad one is a failed row with its one
+    line, the run exits 1 at the end naming all three."""
+    import jsonschema
+
+    from edgetl.errors import CheckFailed
+    from edgetl.metadata import read_sidecar, sidecar_path, write_json
+    from edgetl.runtime.backends import open_backend
+
+    arts = tmp_path / "arts"
+    arts.mkdir()
+    onnx_path, tflite = u8_artifacts / "model_onnx_fp32_u8.onnx", u8_artifacts / "model_tflite_fp32_u8.tflite"
+    for src in (tflite, sidecar_path(tflite)):
+        shutil.copy(src, arts / src.name)
+    for name, sidecar in (("a_unreadable.onnx", '{"schema": "edgetl.artifact/1", "labels": [ '),
+                          ("b_no_labels.onnx", {k: v for k, v in read_sidecar(onnx_path).items() if k != "labels"})):
+        shutil.copy(onnx_path, arts / name)
+        if isinstance(sidecar, str):
+            sidecar_path(arts / name).write_text(sidecar)
+        else:
+            write_json(sidecar_path(arts / name), sidecar)
+    failing = _fails_beyond_batch_one(onnx_path, arts / "c_fails_running.onnx")
+    batch = np.zeros((2, *read_sidecar(failing)["input"]["shape"][1:]), np.uint8)
+    assert open_backend(failing).run(batch[:1]).shape == (1, 2)
+    with pytest.raises(CheckFailed, match=r"c_fails_running.onnx: onnxruntime failed while running it on a "
+                                          r"2x96x96x3 batch \(\[ONNXRuntimeError\]"):
+        open_backend(failing).run(batch)
+
+    out = tmp_path / "report"
+    code = main(["bench", str(arts), "--data", str(small_data), "--out", str(out), "--runs", "2", "--warmup", "0",
+                 "--batch-sizes", "1,2", "--no-overhead-check"])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 1 and not any("Traceback" in line for line in err)
+    reasons = {
+        "a_unreadable.onnx": f"{sidecar_path(arts / 'a_unreadable.onnx')}: unreadable metadata (",
+        "b_no_labels.onnx": f"{sidecar_path(arts / 'b_no_labels.onnx')}: field 'labels' is missing",
+        "c_fails_running.onnx": f"{failing}: onnxruntime failed while running it on a 2x96x96x3 batch",
+    }
+    assert err[-1].startswith("edgetl: error: 3 of 4 artifact(s) could not be benched (a_unreadable.onnx: ")
+    assert err[-1].endswith(f"the others are in {out}") and all(r in err[-1] for r in reasons.values())
+    report = json.loads((out / "bench.json").read_text())
+    jsonschema.validate(report, json.loads(SCHEMA.read_text()))
+    assert [a["name"] for a in report["artifacts"]] == [tflite.name]
+    assert {r["batch_size"] for r in report["rows"] if r["kind"] == "artifact"} == {1, 2}
+    failed = {f["name"]: f for f in report["failed"]}
+    assert sorted(failed) == sorted(reasons)
+    for name, reason in reasons.items():
+        assert failed[name]["reason"].startswith(reason) and failed[name]["format"] == "onnx"
+        assert "\n" not in failed[name]["reason"]
+    assert "quantization" not in failed["a_unreadable.onnx"]
+    assert failed["c_fails_running.onnx"]["quantization"] == "none"
+    markdown = (out / "report.md").read_text()
+    assert "**b_no_labels.onnx** (onnx): FAILED:" in markdown and f"## {tflite.name}" in captured.out
+
+    # Nothing usable at all: the same one line, exit 1, and nothing written.
+    alone = tmp_path / "alone"
+    assert main(["bench", str(arts / "a_unreadable.onnx"), "--data", str(small_data), "--out", str(alone)]) == 1
+    assert reasons["a_unreadable.onnx"] in _one_line(capsys.readouterr().err) and not alone.exists()
+
+
+def test_embedded_description_is_read_by_each_formats_runtime_backend(cnn_artifacts, monkeypatch, tmp_path):
+    """``runtime.embedded`` has no per-format branch: each format's runtime backend reads its own
+    container, so a new format is its backend class and registry line only."""
+    from edgetl.runtime import embedded
+    from edgetl.runtime.backends import registry
+
+    for fmt in ("onnx", "tflite", "openvino"):
+        description = embedded.read_embedded(cnn_artifacts.paths[fmt])
+        assert description["schema"] == embedded.EMBEDDED_SCHEMA and description["labels"] == cnn_artifacts.labels
+
+    class JsonBackend(registry.BACKENDS["onnx"]):  # a made-up format whose file is the description itself
+        format, suffix = "json-model", ".jsonmodel"
+
+        @classmethod
+        def embedded_text(cls, path):
+            return Path(path).read_text()
+
+    monkeypatch.setitem(registry.BACKENDS, JsonBackend.format, JsonBackend)
+    monkeypatch.setitem(registry.FORMAT_BY_SUFFIX, JsonBackend.suffix, JsonBackend.format)
+    made_up = tmp_path / "model.jsonmodel"
+    made_up.write_text(json.dumps({"schema": embedded.EMBEDDED_SCHEMA, "labels": ["x", "y"]}))
+    assert embedded.read_embedded(made_up)["labels"] == ["x", "y"]
+    broken = tmp_path / "broken.xml"  # a damaged container reads as "no description", not a traceback
+    broken.write_text("<net><rt_info")
+    assert embedded.read_embedded(broken) is None and embedded.read_embedded(tmp_path / "model.bin") is None
+
+
+def test_no_package_imports_another_packages_private_names():
+    """Helpers shared across packages have public names in a module named for them (``edgetl.stages``,
+    ``report.plots``); ``from ..pipeline import _stage`` and the like stay inside their package."""
+    import ast
+
+    root = REPO / "edgetl"
+    crossing = []
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        package = parts[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                source = package[:len(package) - node.level + 1] + (node.module.split(".") if node.module else [])
+            elif (node.module or "").split(".")[0] == "edgetl":
+                source = node.module.split(".")
+            else:
+                continue
+            private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            if private and source[:2] != parts[:2]:  # edgetl.<package or module> differs
+                crossing.append(f"{path.relative_to(REPO)}: {'.'.join(source)}.{', '.join(private)}")
+    assert crossing == []

@@ -69,15 +69,15 @@ def test_html_details_are_rendered(profiled):
 
 
 def test_scatter_labels_do_not_overlap():
-    from edgetl.report import _place_labels, _pyplot
+    from edgetl.report import headless_pyplot, place_labels
 
-    plt = _pyplot()
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     # Six artifacts with nearly the same latency and accuracy: a plain offset stacks their labels.
     points = [(10 + 0.05 * i, 0.95 + 0.001 * (i % 2), f"model_format{i}_int8.xml") for i in range(6)]
     ax.scatter([p[0] for p in points], [p[1] for p in points])
     ax.margins(x=0.25, y=0.2)
-    _place_labels(fig, ax, points)
+    place_labels(fig, ax, points)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     boxes = [t.get_window_extent(renderer) for t in ax.texts]

@@ -18,6 +18,7 @@ from PIL import Image
 
 from edgetl.cli import main
 from edgetl.errors import CheckFailed, UsageError
+from edgetl.exporting.scratch import SCRATCH_DIR
 from edgetl.metadata import (OUTPUT_MARKER, atomic_directory, check_output_dir, is_edgetl_output,
                              read_json, remove_stale_temporaries, sha256_file, sidecar_path, verify_artifact,
                              write_json)
@@ -240,17 +241,21 @@ def test_run_refuses_an_unrelated_folder(tmp_path, capsys):
 
 
 # -- 13. signals and what dead processes leave behind -------------------------------------------------
-def _start_export(model: Path, out: Path, check: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+def _start_export(model: Path, out: Path, check: Path, **env_vars: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **env_vars}
     return subprocess.Popen([sys.executable, "-m", "edgetl", "export", str(model), "--out", str(out),
                              "-f", "onnx,tflite", "--check", str(check)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _when_partial_appears(process: subprocess.Popen, parent: Path, timeout: float = 120) -> str:
+def _when_partial_appears(process: subprocess.Popen, parent: Path, timeout: float = 120,
+                          holding: str | None = None) -> str:
+    """The name of the first ``.partial`` folder in ``parent`` (with ``holding``: once that path inside
+    it is a non-empty folder)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
-        found = [p.name for p in parent.iterdir() if p.name.endswith(".partial")]
+        found = [p.name for p in parent.iterdir() if p.name.endswith(".partial")
+                 and (holding is None or any(p.joinpath(holding).glob("*")))]
         if found:
             return found[0]
         time.sleep(0.05)
@@ -262,12 +267,17 @@ def test_sigkill_leftovers_are_removed_and_sigterm_cleans_up(tiny_model_dir, sam
     parent = tmp_path / "exports"
     parent.mkdir()
     out = parent / "artifacts"
-    killed = _start_export(tiny_model_dir, out, sample_dir)
-    partial = _when_partial_appears(killed, parent)
+    temp = tmp_path / "tmp"  # the process's TMPDIR: converters' scratch must not land (and leak) there
+    temp.mkdir()
+    killed = _start_export(tiny_model_dir, out, sample_dir, TMPDIR=str(temp))
+    # killed while converting: the export's and the converters' intermediates are in its scratch folder
+    partial = _when_partial_appears(killed, parent, holding=SCRATCH_DIR)
     assert f".artifacts.{killed.pid}." in partial  # the owner's pid is in the name
     killed.send_signal(signal.SIGKILL)
     killed.communicate(timeout=60)
     assert _partials(parent) == [partial] and not out.exists()  # what SIGKILL leaves
+    # (a runtime's telemetry keeps a small session file, .ses, in TMPDIR: files are not scratch folders)
+    assert any((parent / partial / SCRATCH_DIR).iterdir()) and [p for p in temp.iterdir() if p.is_dir()] == []
 
     terminated = _start_export(tiny_model_dir, out, sample_dir)
     own = _when_partial_appears(terminated, parent)

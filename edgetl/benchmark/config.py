@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UsageError
-from ..metadata import read_sidecar, sidecar_path, verify_artifact
+from ..metadata import ArtifactSidecar, check_model_metadata, read_sidecar, sidecar_path, verify_artifact
 from ..preprocess import Preprocessing
 from ..runtime import backends
 
@@ -82,10 +82,11 @@ class Artifact:
     sidecar: dict[str, Any]
     name: str = ""  # how reports name it: the file name, or parent/file when file names collide
     options: dict[str, Any] = field(default_factory=dict)  # backend options of this variant (precision)
+    problem: str | None = None  # why it cannot be benched (an unreadable sidecar): a failed row, one line
 
     @property
     def format(self) -> str:
-        return self.sidecar["format"]
+        return self.sidecar.get("format") or backends.artifact_format(self.path)
 
     @property
     def recipe(self) -> Preprocessing:
@@ -113,12 +114,33 @@ class Artifact:
 
 def _cpu_runnable(path: Path) -> bool:
     """Compiled NPU artifacts (Vela's ethos-u op, QNN EPContext) load only with their device's runtime;
-    a folder listing skips them (``edgetl bench --target npu:...`` picks them up)."""
-    return (read_sidecar(path).get("target") or {}).get("cpu_runnable", True) is not False
+    a folder listing skips them (``edgetl bench --target npu:...`` picks them up). An unreadable
+    sidecar is kept: reading it again says why."""
+    try:
+        return (read_sidecar(path).get("target") or {}).get("cpu_runnable", True) is not False
+    except UsageError:
+        return True
 
 
-def expand_artifacts(paths: Sequence[str | Path], runtime: str = "auto", compiled_too: bool = False) -> list[Artifact]:
-    """ARTIFACT arguments -> artifacts with their sidecars; a directory means every artifact in it."""
+def read_bench_sidecar(path: Path) -> dict[str, Any]:
+    """The sidecar of ``path`` with what a bench reads checked: readable JSON of the artifact schema,
+    field types (``ArtifactSidecar``), ``labels``, ``preprocessing.input_size`` and ``input``. One
+    ``UsageError`` line naming the file and the field otherwise."""
+    data = read_sidecar(path)
+    side = sidecar_path(path)
+    ArtifactSidecar.from_dict(data, side)
+    check_model_metadata(data, side)  # the same labels / recipe rule as edgetl.json
+    if not isinstance(data.get("input"), dict):
+        raise UsageError(f"{side}: field 'input' is missing (the input tensor's name, shape and dtype)")
+    return data
+
+
+def expand_artifacts(paths: Sequence[str | Path], runtime: str = "auto", compiled_too: bool = False,
+                     unreadable_as_failed: bool = False) -> list[Artifact]:
+    """ARTIFACT arguments -> artifacts with their sidecars; a directory means every artifact in it.
+    ``unreadable_as_failed`` (what ``edgetl bench`` asks): sidecars are checked (``read_bench_sidecar``)
+    and an artifact whose sidecar cannot be used comes back with its ``problem`` (the bench reports it
+    as failed and benches the others) instead of stopping everything here."""
     wanted_format = RUNTIMES[runtime]
     found: list[Path] = []
     for path in map(Path, paths):
@@ -140,8 +162,17 @@ def expand_artifacts(paths: Sequence[str | Path], runtime: str = "auto", compile
             found.append(path)
     unique = list(dict.fromkeys(p.resolve() for p in found))
     names = [p.name for p in unique]
-    return [Artifact(p, read_sidecar(p), p.name if names.count(p.name) == 1 else f"{p.parent.name}/{p.name}")
-            for p in unique]
+    artifacts = []
+    for path in unique:
+        name = path.name if names.count(path.name) == 1 else f"{path.parent.name}/{path.name}"
+        if not unreadable_as_failed:
+            artifacts.append(Artifact(path, read_sidecar(path), name))
+            continue
+        try:
+            artifacts.append(Artifact(path, read_bench_sidecar(path), name))
+        except UsageError as exc:
+            artifacts.append(Artifact(path, {}, name, problem=str(exc)))
+    return artifacts
 
 
 def verify_hashes(artifacts: list[Artifact]) -> None:

@@ -13,6 +13,13 @@ Order of work, so that a run that cannot succeed fails before it spends any time
    overhead once;
 5. bench.json (schema ``edgetl.bench/1``), bench.csv, report.md, report.html written atomically.
 
+One artifact that cannot be benched does not stop the others (as ONNX Runtime's perf tools and AI Hub
+report per-model failures): an unusable sidecar (read in 1.), a hash mismatch, a runtime that refuses
+the file or fails while running it (one line from its runtime backend) is a ``failed`` entry with its
+one-line reason in bench.json and report.md, the others are benched and written, and the run ends
+with ``CheckFailed`` (exit 1) listing the failures. A wrong argument, data folder or target still
+stops everything before any work (exit 2 / 3).
+
 What the numbers mean:
 * latency: wall time of ``backend.run(batch)`` only (input already prepared, output copied back to
   numpy); preprocessing (decode+resize+crop, normalise) is timed separately per recipe;
@@ -64,9 +71,10 @@ def preflight(config: BenchConfig) -> Plan:
     """Every cheap check, before any model is loaded (the CLI runs it before importing TensorFlow):
     arguments, artifacts and sidecars, target devices (exit 3), reference dir, --out refusal."""
     config.validate()
-    artifacts = expand_artifacts(config.artifacts, config.runtime)
-    devices = check_target(config.target, {a.format for a in artifacts})
-    reference = Path(config.reference) if config.reference else default_reference(artifacts)
+    artifacts = expand_artifacts(config.artifacts, config.runtime, unreadable_as_failed=True)
+    usable = [a for a in artifacts if not a.problem]  # the others become failed rows (bench)
+    devices = check_target(config.target, {a.format for a in usable})
+    reference = Path(config.reference) if config.reference else default_reference(usable)
     if reference and reference.suffix == ".keras":  # a .keras file stands for its model directory
         reference = reference.parent
     if reference:
@@ -75,7 +83,7 @@ def preflight(config: BenchConfig) -> Plan:
     if not Path(config.data).is_dir():
         raise UsageError(f"data folder {config.data} does not exist")
     classes = sorted(p.name for p in Path(config.data).iterdir() if p.is_dir() and not p.name.startswith("."))
-    for artifact in artifacts:  # class folders must name the artifact's labels (matched by name)
+    for artifact in usable:  # class folders must name the artifact's labels (matched by name)
         label_indices(classes, artifact.sidecar.get("labels", []), artifact.path)
     return Plan(artifacts, devices, reference, needs_tensorflow=reference is not None)
 
@@ -108,6 +116,8 @@ def bench(config: BenchConfig) -> BenchResult:
                 log.info("bench %s on %s", artifact.name, config.target)
                 bar.describe(f"bench {artifact.name}")
                 try:
+                    if artifact.problem:  # its sidecar cannot be used (read up front, reported here)
+                        raise CheckFailed(artifact.problem)
                     verify_hashes([artifact])
                     entry, raw = _bench_artifact(artifact, config, batch_sizes, cache, images.classes, truth)
                 except StrictPlacementError:
@@ -116,7 +126,8 @@ def bench(config: BenchConfig) -> BenchResult:
                     reason = " ".join(str(exc).split())
                     log.warning("%s: not benched: %s", artifact.name, reason)
                     failed.append({"path": str(artifact.path), "name": artifact.name, "format": artifact.format,
-                                   "quantization": artifact.quantization, "reason": reason})
+                                   **({} if artifact.problem else {"quantization": artifact.quantization}),
+                                   "reason": reason})
                     continue
                 finally:
                     bar.advance()
@@ -218,7 +229,7 @@ def _native_precision_variants(artifacts: list[Artifact], config: BenchConfig) -
     if native in (None, "f32"):
         return []
     return [Artifact(a.path, a.sidecar, f"{a.name} [{native}]", {"precision": None})
-            for a in artifacts if a.format == "openvino" and a.quantization == "none"]
+            for a in artifacts if a.format == "openvino" and a.quantization == "none" and not a.problem]
 
 
 def _benchmark_app_beside(artifacts: list[Artifact], results: list[dict], config: BenchConfig) -> None:

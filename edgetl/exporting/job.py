@@ -12,7 +12,6 @@ This module is format-free: each format is an ``ExportBackend`` (``exporting.bac
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +27,7 @@ from .config import ExportConfig
 from .formats import CALIBRATION_FILE, SUMMARY_FILE, artifact_name
 from .parity import describe
 from .results import ArtifactResult, ExportResult
+from .scratch import scratch_folder
 from .sidecar import write_artifact_sidecar
 
 
@@ -43,9 +43,9 @@ def export(config: ExportConfig) -> ExportResult:
     job = ExportJob.start(config, calib)
     result = ExportResult(Path(config.out), calibration=calib.summary() if calib else None,
                           compared_on=job.images.compared_on)
-    with tempfile.TemporaryDirectory(prefix="edgetl-export-work-") as work_dir, \
-            atomic_directory(config.out, overwrite=config.overwrite, inputs=config.inputs(), verb="export") as tmp:
-        job.work, job.out = Path(work_dir), tmp
+    with atomic_directory(config.out, overwrite=config.overwrite, inputs=config.inputs(), verb="export") as tmp, \
+            scratch_folder(tmp, config.out) as work_dir:
+        job.work, job.out = work_dir, tmp
         if calib:
             write_json(tmp / CALIBRATION_FILE, calib.manifest)
         total = len(config.input_dtypes) * len(config.formats) * len(config.modes)

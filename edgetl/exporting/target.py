@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from ..metadata import atomic_directory, sha256_file, write_json
 from .formats import CALIBRATION_FILE, FORMATS, SUMMARY_FILE
 from .job import ExportJob
 from .results import ArtifactResult, ExportResult
+from .scratch import scratch_folder
 from .sidecar import artifact_sidecar, quantization_block, write_artifact_sidecar
 
 QNN_VERSIONS = ["tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxruntime-qnn"]
@@ -87,9 +87,8 @@ def _export_npu(config, target, builder):
     job = _TargetJob.start(config, calib)
     job.target = target
     result = ExportResult(Path(config.out), calibration=calib.summary(), compared_on=job.images.compared_on)
-    with tempfile.TemporaryDirectory(prefix="edgetl-target-work-") as work_dir, \
-            atomic_directory(config.out, overwrite=config.overwrite) as tmp:
-        job.work, job.out = Path(work_dir), tmp
+    with atomic_directory(config.out, overwrite=config.overwrite) as tmp, scratch_folder(tmp, config.out) as work_dir:
+        job.work, job.out = work_dir, tmp
         write_json(tmp / CALIBRATION_FILE, calib.manifest)
         for artifact in builder(job):
             result.artifacts.append(artifact)

@@ -77,6 +77,8 @@ def read_sidecar(artifact: str | Path) -> dict[str, Any]:
         data = read_json(side)
     except (OSError, ValueError) as exc:
         raise UsageError(f"{side}: unreadable metadata ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{side}: not an edgetl artifact sidecar (a JSON {type(data).__name__}, not an object)")
     if data.get("schema") != ARTIFACT_SCHEMA:
         raise UsageError(f"{side}: not an edgetl artifact sidecar (schema {data.get('schema')!r})")
     return data

@@ -4,6 +4,7 @@ Reusable pieces:
 
 * ``markdown_table(rows, columns)`` – a Markdown table with the column formats below;
 * ``scatter_png(rows, x, y, label)`` – base64 PNG of one metric against another, labelled points;
+* ``headless_pyplot()``, ``figure_png(fig)``, ``place_labels`` – for other reports' own figures (search);
 * ``curve_report(rows, columns, x, y, title)`` – table + scatter as ``{"markdown", "html"}`` (what
   prune's sweep renders for its accuracy / latency / size curve);
 * ``render_markdown(bench_json)`` / ``render_html(bench_json)`` – the bench report.
@@ -14,11 +15,11 @@ one self-contained document.
 
 from .markdown import profile_summary_lines, render_markdown, summary_markdown
 from .page import STYLE, curve_report, html_page, markdown_to_html, render_html
-from .plots import _place_labels, _png, _pyplot, boxplot_png, confusion_png, img, scatter_png
+from .plots import boxplot_png, confusion_png, figure_png, headless_pyplot, img, place_labels, scatter_png
 from .tables import (ARTIFACT_COLUMNS, COLUMNS, SUMMARY_COLUMNS, format_value, html_table, human_bytes, markdown_table,
                      summary_columns)
 
 __all__ = ["profile_summary_lines", "render_markdown", "summary_markdown", "STYLE", "curve_report", "html_page",
-           "markdown_to_html", "render_html", "_place_labels", "_png", "_pyplot", "boxplot_png", "confusion_png",
-           "img", "scatter_png", "ARTIFACT_COLUMNS", "COLUMNS", "SUMMARY_COLUMNS", "format_value", "html_table",
-           "human_bytes", "markdown_table", "summary_columns"]
+           "markdown_to_html", "render_html", "boxplot_png", "confusion_png", "figure_png", "headless_pyplot", "img",
+           "place_labels", "scatter_png", "ARTIFACT_COLUMNS", "COLUMNS", "SUMMARY_COLUMNS", "format_value",
+           "html_table", "human_bytes", "markdown_table", "summary_columns"]

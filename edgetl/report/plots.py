@@ -10,7 +10,8 @@ from typing import Any, Sequence
 from .tables import COLUMNS
 
 
-def _pyplot():
+def headless_pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed): every report figure is drawn with it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,8 +20,9 @@ def _pyplot():
     return plt
 
 
-def _png(fig) -> str:
-    plt = _pyplot()
+def figure_png(fig) -> str:
+    """``fig`` as a base64 PNG (what ``img`` embeds in a page); the figure is closed."""
+    plt = headless_pyplot()
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=90)
@@ -31,8 +33,8 @@ def _png(fig) -> str:
 def scatter_png(rows: Sequence[dict[str, Any]], x: str, y: str, label: str = "artifact",
                 title: str | None = None, log_x: bool = False) -> str:
     """Labelled scatter of ``y`` against ``x`` (rows lacking either are left out); base64 PNG. Labels
-    are placed so they overlap neither each other nor the points (``_place_labels``)."""
-    plt = _pyplot()
+    are placed so they overlap neither each other nor the points (``place_labels``)."""
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     points = [r for r in rows if r.get(x) is not None and r.get(y) is not None]
     colors = []
@@ -47,8 +49,8 @@ def scatter_png(rows: Sequence[dict[str, Any]], x: str, y: str, label: str = "ar
     ax.grid(alpha=0.3)
     if points:
         ax.margins(x=0.25, y=0.2)  # room for labels beside the outermost points
-        _place_labels(fig, ax, [(r[x], r[y], str(r.get(label, ""))) for r in points], colors=colors)
-    return _png(fig)
+        place_labels(fig, ax, [(r[x], r[y], str(r.get(label, ""))) for r in points], colors=colors)
+    return figure_png(fig)
 
 
 # Candidate label offsets in points from the point, nearest first (then further out, with a leader line).
@@ -56,7 +58,7 @@ _OFFSETS = [(6, 5), (6, -13), (-6, 5), (-6, -13), (0, 14), (0, -22)]
 _OFFSETS += [(dx * k, dy * k) for k in (2, 3, 4) for dx, dy in _OFFSETS]
 
 
-def _place_labels(fig, ax, points: list[tuple[float, float, str]], fontsize: int = 8, colors=None) -> None:
+def place_labels(fig, ax, points: list[tuple[float, float, str]], fontsize: int = 8, colors=None) -> None:
     """Greedy placement: each label (points in order of x) takes the first candidate offset whose box
     overlaps no box placed so far and no marker; labels moved away from their point get a thin leader,
     and each label has its point's colour, so crowded points stay readable."""
@@ -98,18 +100,18 @@ def _place_labels(fig, ax, points: list[tuple[float, float, str]], fontsize: int
 
 
 def boxplot_png(series: dict[str, Sequence[float]], title: str, ylabel: str = "latency (ms)") -> str:
-    plt = _pyplot()
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(series)), 4.5))
     ax.boxplot(list(series.values()), showfliers=True)
     ax.set_xticks(range(1, len(series) + 1), list(series.keys()), rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def confusion_png(matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str) -> str:
-    plt = _pyplot()
+    plt = headless_pyplot()
     n = len(labels)
     size = min(2.5 + 0.45 * n, 12)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
@@ -125,7 +127,7 @@ def confusion_png(matrix: Sequence[Sequence[int]], labels: Sequence[str], title:
                 ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=8,
                         color="white" if matrix[i][j] > peak / 2 else "black")
     ax.set_title(title)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def img(png_base64: str, alt: str) -> str:

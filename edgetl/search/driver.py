@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import UsageError
 from ..metadata import OUTPUT_MARKER, atomic_directory, output_marker, write_json
-from ..pipeline import _key, _materialise, _stage, RunConfig, RunResult
+from ..stages import content_key, materialise_split, reuse_or_build
 from .pareto import halving
 from .progress import Progress
 from .space import Point, SearchConfig, registered
@@ -108,16 +108,16 @@ def _splits(config: SearchConfig) -> tuple[Path, str]:
     train, val = load_splits(config.data, config.val_split, config.seed)
     if not len(val):
         raise UsageError("the validation split is empty; raise the validation fraction or add images")
-    key = _key({"train": train.fingerprint()["fingerprint"], "val": val.fingerprint()["fingerprint"],
-                "classes": train.classes})
+    key = content_key({"train": train.fingerprint()["fingerprint"], "val": val.fingerprint()["fingerprint"],
+                       "classes": train.classes})
     directory = config.out / "stages" / "data" / key[:16]
 
     def write(d: Path) -> None:
         with atomic_directory(d, inputs=(config.data,), verb="search") as tmp:
-            _materialise(train, tmp / "train")
-            _materialise(val, tmp / "val")
+            materialise_split(train, tmp / "train")
+            materialise_split(val, tmp / "val")
 
-    _stage("splits", directory, key, RunConfig(out=directory, verbose=False), RunResult(directory), write)
+    reuse_or_build("splits", directory, key, write, verbose=False)
     return directory, key
 
 

@@ -175,9 +175,9 @@ def _html(records: list[dict[str, Any]], pareto: dict[str, Any]) -> str:
 
 
 def _plot(done: list[dict[str, Any]], entry: dict[str, Any], target: str) -> str:
-    from ..report import _png, _pyplot
+    from ..report import figure_png, headless_pyplot
 
-    plt = _pyplot()
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     on_front = {r["trial"] for r in entry["front"]}
     biggest = max(r["size_bytes"] for r in done) or 1
@@ -203,4 +203,4 @@ def _plot(done: list[dict[str, Any]], entry: dict[str, Any], target: str) -> str
     ax.set_ylabel(f"top-1 (val, {'/'.join(evidence['accuracy'])})")
     ax.set_title(f"{target}: accuracy vs latency (marker area: size; blue: Pareto front)")
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)

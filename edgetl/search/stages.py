@@ -2,7 +2,7 @@
 
 fine-tune (per backbone x strategy) -> prune (per sparsity > 0) -> export (per format x quantization)
 -> bench (per target). Each stage lands in ``<out>/stages/<kind>/<key>/`` through
-``edgetl.pipeline._stage`` with the same keys `edgetl run` uses (inputs' fingerprints, upstream model
+``edgetl.stages.reuse_or_build`` with the same keys `edgetl run` uses (inputs' fingerprints, upstream model
 hash, options), so one fine-tuned model feeds all of its prune / quantize children, two trials never
 build the same stage twice, and a rerun reuses every finished, intact stage. ``--out`` must be on a
 file system every node of the cluster sees at the same path (one machine, or NFS).
@@ -26,7 +26,7 @@ from typing import Any
 from ..choices import TargetKind
 from ..errors import CheckFailed, DeviceUnavailable, UsageError
 from ..metadata import MODEL_METADATA, read_json, read_model_card, write_json
-from ..pipeline import STAGE_FILE, RunConfig, RunResult, _key, _outputs_key, _stage, stage_finished
+from ..stages import STAGE_FILE, content_key, outputs_key, reuse_or_build, stage_finished
 from .space import registered
 
 NODE_FILE = "node.json"  # which Ray node built the stage, and its size in parameters for models
@@ -62,13 +62,13 @@ def stage_dir(out: Path, kind: str, key: str) -> Path:
 # -- keys (the same payloads as edgetl/pipeline.py's run, so the two share their formulas) ----------
 def finetune_job(out: Path, splits: Path, split_key: str, options: dict[str, Any], label: str,
                  num_gpus: float) -> StageJob:
-    key = _key({"splits": split_key, **options})
+    key = content_key({"splits": split_key, **options})
     return StageJob("finetune", key, stage_dir(out, "finetune", key), {"splits": str(splits), "options": options},
                     label, num_gpus=num_gpus)
 
 
 def prune_job(out: Path, model_dir: Path, options: dict[str, Any], label: str, num_gpus: float) -> StageJob:
-    key = _key({"model": read_model_card(model_dir).model_sha256, "prune": options})
+    key = content_key({"model": read_model_card(model_dir).model_sha256, "prune": options})
     return StageJob("prune", key, stage_dir(out, "prune", key), {"model": str(model_dir), "options": options},
                     label, num_gpus=num_gpus)
 
@@ -79,7 +79,7 @@ def export_job(out: Path, model_dir: Path, splits: Path, fmt: str, mode: str, la
     named = registered(target)
     if named:  # keyed on the target too; cpu/gpu/npu exports keep `edgetl run`'s key
         options["target"] = target
-    key = _key({"model": read_model_card(model_dir).model_sha256, **options})
+    key = content_key({"model": read_model_card(model_dir).model_sha256, **options})
     return StageJob("export", key, stage_dir(out, "export", key),
                     {"model": str(model_dir), "splits": str(splits), "format": fmt, "mode": mode,
                      "target": target if named else None}, label,
@@ -88,9 +88,9 @@ def export_job(out: Path, model_dir: Path, splits: Path, fmt: str, mode: str, la
 
 def bench_job(out: Path, model_dir: Path, export: StageJob, splits: Path, target: str, runs: int,
               label: str, num_cpus: float = 1, threads: int | None = None) -> StageJob:
-    key = _key({"model": read_model_card(model_dir).model_sha256, "export": export.key,
-                "artifacts": _outputs_key(export.directory), "target": target, "runs": runs,
-                **({"threads": threads} if threads else {})})
+    key = content_key({"model": read_model_card(model_dir).model_sha256, "export": export.key,
+                       "artifacts": outputs_key(export.directory), "target": target, "runs": runs,
+                       **({"threads": threads} if threads else {})})
     return StageJob("bench", key, stage_dir(out, "bench", key),
                     {"model": str(model_dir), "export": str(export.directory), "splits": str(splits),
                      "target": target, "runs": runs, "threads": threads}, label,
@@ -126,15 +126,14 @@ def run_stage(kind: str, key: str, directory: str, spec: dict[str, Any]) -> dict
 
     node = ray.get_runtime_context().get_node_id()
     started = time.perf_counter()
-    result = RunResult(Path(directory))
     build = _BUILDERS[kind]
-    _stage(kind, Path(directory), key, RunConfig(out=Path(directory), verbose=False), result,
-           lambda d: _built(d, node, build(Path(d), spec)))
-    return {"node": node, "reused": kind in result.reused, "seconds": round(time.perf_counter() - started, 2)}
+    reused = reuse_or_build(kind, Path(directory), key, lambda d: _built(d, node, build(Path(d), spec)),
+                            verbose=False)
+    return {"node": node, "reused": reused, "seconds": round(time.perf_counter() - started, 2)}
 
 
 def _built(directory: Path, node: str, params: int | None) -> None:
-    # Written before _stage records the outputs, so it is hashed with them.
+    # Written before reuse_or_build records the outputs, so it is hashed with them.
     write_json(directory / NODE_FILE, {"node": node, "host": socket.gethostname(), "params": params})
 
 

@@ -4,10 +4,16 @@ A backend takes a batch already in the artifact's input dtype/layout (float32, o
 artifacts) and returns float32 outputs, dequantizing integer outputs itself. Each format is one sibling
 module (``onnx``, ``tflite``, ``openvino``; ``qnn`` is ONNX on Qualcomm's HTP) and one line of the
 registry in ``backends/registry.py``; ``open_backend`` (``registry``) picks the class from the suffix.
+
+A runtime that loaded an artifact can still fail on a batch (an op refusing a shape, a kernel it lacks):
+every subclass's ``run`` (and ``node_placement``, which may run the graph) reports that as one
+``CheckFailed`` line naming the artifact and its runtime, for every caller alike (bench rows, export
+parity, ``EdgeModel.predict``), instead of the runtime's own exception.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -16,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ...errors import UsageError
+from ...errors import CheckFailed, EdgetlError, UsageError
 
 DEVICES = ("cpu", "gpu", "npu")
 
@@ -53,6 +59,19 @@ class Backend(ABC):
     dynamic_batch: bool
     placement: Placement
 
+    def __init_subclass__(cls, **kwargs):
+        # Every format's run() reports runtime failures the same way (module docstring), written once here.
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is not None and not getattr(run, "reports_runtime_failures", False):
+            cls.run = _reporting_runtime_failures(run)
+
+    def runtime_failure(self, exc: Exception, batch: np.ndarray) -> CheckFailed:
+        """The one line for ``exc`` raised by the runtime while it ran ``batch`` on this artifact."""
+        shape = "x".join("?" if d is None else str(d) for d in np.shape(batch))
+        return CheckFailed(f"{self.path}: {self.runtime} failed while running it on a {shape} batch "
+                           f"({first_line(exc)})")
+
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
         self.path = Path(path)
         self.threads = threads
@@ -79,7 +98,12 @@ class Backend(ABC):
         "cpu_fallback_nodes"}``; ``sample`` is one batch the graph takes (some runtimes must run it)."""
         info: dict[str, Any] = {"requested": self.placement.requested, "devices": list(self.placement.devices),
                                 "nodes": {}, "method": None, "verified": True}
-        info.update(self._placement_details(sample, info["devices"]))
+        try:
+            info.update(self._placement_details(sample, info["devices"]))
+        except EdgetlError:
+            raise
+        except Exception as exc:
+            raise self.runtime_failure(exc, sample) from None
         fallback = {k: v for k, v in info["nodes"].items() if k.upper().startswith("CPU")}
         info["cpu_fallback_nodes"] = sum(fallback.values()) if self.placement.requested != "cpu" else 0
         return info
@@ -111,6 +135,12 @@ class Backend(ABC):
         return []
 
     @classmethod
+    def embedded_text(cls, path: Path) -> str | None:
+        """The edgetl description export embedded in the file (JSON text, ``runtime.embedded``), read
+        without loading the model; None when the format or the file carries none."""
+        return None
+
+    @classmethod
     def for_device(cls, device: str, simulate: bool = False) -> type[Backend]:
         """The class that runs this format on ``device`` (a format may have a device-specific one)."""
         return cls
@@ -127,3 +157,19 @@ class Backend(ABC):
 def first_line(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
+
+
+def _reporting_runtime_failures(run):
+    """``run`` with the runtime's exceptions turned into ``Backend.runtime_failure`` (edgetl's own
+    errors pass through)."""
+    @functools.wraps(run)
+    def checked(self, batch):
+        try:
+            return run(self, batch)
+        except EdgetlError:
+            raise
+        except Exception as exc:
+            raise self.runtime_failure(exc, batch) from None
+
+    checked.reports_runtime_failures = True
+    return checked

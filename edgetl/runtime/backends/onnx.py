@@ -154,6 +154,21 @@ class OnnxBackend(Backend):
         return [p for p in cls.providers[target] if p in reported]
 
     @classmethod
+    def embedded_text(cls, path: Path) -> str | None:
+        """``metadata_props`` key ``edgetl``."""
+        from ..embedded import EMBEDDED_KEY
+
+        try:
+            import onnx
+        except ImportError:  # device installs have onnxruntime only
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            return session.get_modelmeta().custom_metadata_map.get(EMBEDDED_KEY)
+        model = onnx.load(str(path), load_external_data=False)
+        return next((p.value for p in model.metadata_props if p.key == EMBEDDED_KEY), None)
+
+    @classmethod
     def for_device(cls, device: str, simulate: bool = False) -> type[Backend]:
         """On npu with onnxruntime-qnn installed (or ``simulate``): the QNN HTP backend."""
         from .qnn import QnnBackend, qnn_installed

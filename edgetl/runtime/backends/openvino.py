@@ -109,3 +109,14 @@ class OpenVinoBackend(Backend):
     def companion_files(cls, path: Path) -> list[Path]:
         """The weights file beside the .xml."""
         return [Path(path).with_suffix(".bin")]
+
+    @classmethod
+    def embedded_text(cls, path: Path) -> str | None:
+        """``rt_info`` ``edgetl/metadata``: the IR is plain XML, no need to read the model and its weights."""
+        import xml.etree.ElementTree as ElementTree
+
+        from ..embedded import EMBEDDED_KEY
+
+        rt_info = ElementTree.parse(path).getroot().find("rt_info")
+        node = rt_info.find(f"{EMBEDDED_KEY}/metadata") if rt_info is not None else None
+        return node.get("value") if node is not None else None

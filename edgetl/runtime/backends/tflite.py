@@ -125,6 +125,19 @@ class TfliteBackend(Backend):
         installed = cls.reported_devices() is not None if available is None else cls.runtime in available
         return [f"delegate:{d}" for d in tflite_delegates(target)] if installed else []
 
+    @classmethod
+    def embedded_text(cls, path: Path) -> str | None:
+        """``edgetl.json`` among the associated files: a .tflite with associated files is a flatbuffer
+        followed by a zip archive, which zipfile finds from its end-of-central-directory record."""
+        import zipfile
+
+        from ..embedded import TFLITE_FILE
+
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            return archive.read(TFLITE_FILE).decode() if TFLITE_FILE in archive.namelist() else None
+
 
 def _edgetl_output(outputs: list[dict]) -> dict:
     """The logits where export appended a probabilities output for TFLite clients (output 0
