@@ -96,24 +96,37 @@ def _quantization_arguments(calib: CalibrationSet, calib_input: str, ignored: li
 
 
 def quantize_int8(ov_model, calib: CalibrationSet, calib_input: str, ignored: list[str] | None = None,
-                  int8_weights: str = "pair-safe"):
+                  int8_weights: str = "pair-safe", bias_correction: bool = False):
+    """``bias_correction``: correct the biases for what pair bounding changes (``openvino_bias``)."""
     import nncf
 
     dataset, kwargs, advanced, details = _quantization_arguments(calib, calib_input, ignored, int8_weights)
+    means = None
+    if bias_correction and int8_weights == "pair-safe":
+        from .openvino_bias import input_means
+
+        means = input_means(ov_model, calib, calib_input)  # before NNCF, which may change the model it gets
     with nncf_output_on_stderr():
         quantized = nncf.quantize(ov_model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,
                                   subset_size=len(calib), fast_bias_correction=True,
                                   advanced_parameters=advanced, **kwargs)
     if int8_weights == "pair-safe":
-        details["pair_safe"] = bound_weight_pairs(quantized)
+        deltas: dict[str, tuple[np.ndarray, str]] = {}
+        details["pair_safe"] = bound_weight_pairs(quantized, deltas)
+        if means is not None:
+            # NNCF's fast bias correction saw the 8-bit weights, not the bounded ones; lite0 zero-shot
+            # (121 photos): BC_NUMBERS (tools/RESULTS-accuracy.md, "A2. PTQ fixes").
+            from .openvino_bias import correct_biases
+
+            details["bias_correction"] = correct_biases(quantized, deltas, means)
     return quantized, details
 
 
-def bound_weight_pairs(ov_model) -> dict[str, Any]:
+def bound_weight_pairs(ov_model, deltas: dict | None = None) -> dict[str, Any]:
     """Make the int8 weights of Convolution/MatMul layers pair-safe (``export.pairs``), in place. NNCF
     leaves them as an int8 Constant -> Convert -> Multiply(per-channel scale) chain; both constants are
-    replaced. NNCF's fast bias correction ran before this, for the 8-bit weights, and is left as it was
-    (correcting for the bounded weights instead is not done yet)."""
+    replaced. NNCF's fast bias correction ran before this, for the 8-bit weights; ``deltas`` (friendly
+    name -> (bounded minus 8-bit weights, layout)) is what ``openvino_bias.correct_biases`` needs."""
     import openvino as ov
     from openvino import opset13
 
@@ -137,6 +150,8 @@ def bound_weight_pairs(ov_model) -> dict[str, Any]:
             new_q, new_scale = pairs.requantize(q.astype(np.float64) * scale, scale, layout)
         except ValueError:
             continue  # scales along another axis than the output channels: not NNCF's layout
+        if deltas is not None:
+            deltas[op.get_friendly_name()] = (new_q.astype(np.float64) * new_scale - q * scale, layout)
         convert.input(0).replace_source_output(opset13.constant(new_q).output(0))
         multiply.input(1).replace_source_output(opset13.constant(new_scale).output(0))
         growth.append(pairs.scale_growth(scale, new_scale))
@@ -288,7 +303,8 @@ class OpenvinoBackend(ExportBackend):
         if mode == Mode.DYNAMIC:
             model, extra = compress_weights(model)
         else:
-            model, extra = quantize_int8(model, job.calib, input_dtype, None, job.int8_weights(self))
+            model, extra = quantize_int8(model, job.calib, input_dtype, None, job.int8_weights(self),
+                                         job.config.bias_correction)
         save(model, path)
         return {**details, **extra}
 
