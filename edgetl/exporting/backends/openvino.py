@@ -68,7 +68,7 @@ def nncf_output_on_stderr():
 
 
 def _quantization_arguments(calib: CalibrationSet, calib_input: str, ignored: list[str] | None,
-                            int8_weights: str):
+                            int8_weights: str, fixes=None):
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
@@ -76,8 +76,9 @@ def _quantization_arguments(calib: CalibrationSet, calib_input: str, ignored: li
     dataset = nncf.Dataset(range(len(calib)),
                            lambda i: prepare_batch(calib.pixels[i:i + 1], calib.recipe, calib_input))
     kwargs: dict[str, Any] = {}
+    ignored = [*(ignored or []), *(fixes.float_head if fixes else [])]
     if ignored:
-        kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(ignored), validate=False)
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(dict.fromkeys(ignored)), validate=False)
     # On x86 without VNNI the CPU plugin's U8S8 kernels saturate in every layer and OpenVINO has no
     # exact-kernel switch (ORT does, see runtime.cpu). NNCF's overflow fix ("7-bit": all layers; its
     # default "full": the first only) halves the weight range; pair-safe weights (export.pairs) are
@@ -87,46 +88,51 @@ def _quantization_arguments(calib: CalibrationSet, calib_input: str, ignored: li
     # 0.967-0.975 depending on the calibration subset; first layer only 0.950, none 0.893.
     overflow_fix = {"full": OverflowFix.FIRST_LAYER, "pair-safe": OverflowFix.DISABLE,
                     "7-bit": OverflowFix.ENABLE}[int8_weights]
-    advanced = AdvancedQuantizationParameters(overflow_fix=overflow_fix)
+    if fixes and fixes.exact_target and int8_weights == "full":
+        # A VNNI/ARM target accumulates without saturation, so the first layer keeps its 8 bits too:
+        # lite0 zero-shot cosine with FP32 0.9940 -> 0.9968 (tools/RESULTS-accuracy.md, "A2. PTQ fixes").
+        overflow_fix = OverflowFix.DISABLE
+    # edgetl's bias correction (openvino_bias) replaces NNCF's fast one: it runs after pair bounding,
+    # so it corrects the weights that ship (pair-safe 116 -> 121/121, full cosine 0.9927 -> 0.9940).
+    corrected = bool(fixes and fixes.bias_correction)
+    advanced = AdvancedQuantizationParameters(overflow_fix=overflow_fix, disable_bias_correction=corrected)
     details = {"tool": "nncf.quantize", "nncf": nncf.__version__, "preset": "performance",
-               "fast_bias_correction": True, "subset_size": len(calib), "overflow_fix": overflow_fix.value,
+               "fast_bias_correction": not corrected, "subset_size": len(calib), "overflow_fix": overflow_fix.value,
                "int8_weights": int8_weights, "weights": "int8 per-channel symmetric",
                "activations": "int8/uint8 per-tensor"}
+    if fixes and fixes.float_head:
+        details["float_head"] = list(fixes.float_head)
     return dataset, kwargs, advanced, details
 
 
 def quantize_int8(ov_model, calib: CalibrationSet, calib_input: str, ignored: list[str] | None = None,
-                  int8_weights: str = "pair-safe", bias_correction: bool = False):
-    """``bias_correction``: correct the biases for what pair bounding changes (``openvino_bias``)."""
+                  int8_weights: str = "pair-safe", fixes=None):
+    """``fixes``: ``openvino_bias.PtqFixes`` (bias correction, float head, no overflow fix on VNNI/ARM)."""
     import nncf
 
-    dataset, kwargs, advanced, details = _quantization_arguments(calib, calib_input, ignored, int8_weights)
-    means = None
-    if bias_correction and int8_weights == "pair-safe":
+    dataset, kwargs, advanced, details = _quantization_arguments(calib, calib_input, ignored, int8_weights, fixes)
+    if fixes and fixes.bias_correction:
         from .openvino_bias import input_means
 
-        means = input_means(ov_model, calib, calib_input)  # before NNCF, which may change the model it gets
+        fp32_model = ov_model.clone()  # NNCF may change the model it gets
+        means = input_means(fp32_model, calib, calib_input)
     with nncf_output_on_stderr():
         quantized = nncf.quantize(ov_model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,
                                   subset_size=len(calib), fast_bias_correction=True,
                                   advanced_parameters=advanced, **kwargs)
     if int8_weights == "pair-safe":
-        deltas: dict[str, tuple[np.ndarray, str]] = {}
-        details["pair_safe"] = bound_weight_pairs(quantized, deltas)
-        if means is not None:
-            # NNCF's fast bias correction saw the 8-bit weights, not the bounded ones; lite0 zero-shot
-            # (121 photos): BC_NUMBERS (tools/RESULTS-accuracy.md, "A2. PTQ fixes").
-            from .openvino_bias import correct_biases
+        details["pair_safe"] = bound_weight_pairs(quantized)
+    if fixes and fixes.bias_correction:
+        from .openvino_bias import correct_biases, weight_deltas
 
-            details["bias_correction"] = correct_biases(quantized, deltas, means)
+        details["bias_correction"] = correct_biases(quantized, weight_deltas(quantized, fp32_model), means)
     return quantized, details
 
 
-def bound_weight_pairs(ov_model, deltas: dict | None = None) -> dict[str, Any]:
+def bound_weight_pairs(ov_model) -> dict[str, Any]:
     """Make the int8 weights of Convolution/MatMul layers pair-safe (``export.pairs``), in place. NNCF
     leaves them as an int8 Constant -> Convert -> Multiply(per-channel scale) chain; both constants are
-    replaced. NNCF's fast bias correction ran before this, for the 8-bit weights; ``deltas`` (friendly
-    name -> (bounded minus 8-bit weights, layout)) is what ``openvino_bias.correct_biases`` needs."""
+    replaced. Bias correction for the bounded weights comes after (``openvino_bias``)."""
     import openvino as ov
     from openvino import opset13
 
@@ -150,8 +156,6 @@ def bound_weight_pairs(ov_model, deltas: dict | None = None) -> dict[str, Any]:
             new_q, new_scale = pairs.requantize(q.astype(np.float64) * scale, scale, layout)
         except ValueError:
             continue  # scales along another axis than the output channels: not NNCF's layout
-        if deltas is not None:
-            deltas[op.get_friendly_name()] = (new_q.astype(np.float64) * new_scale - q * scale, layout)
         convert.input(0).replace_source_output(opset13.constant(new_q).output(0))
         multiply.input(1).replace_source_output(opset13.constant(new_scale).output(0))
         growth.append(pairs.scale_growth(scale, new_scale))
@@ -303,8 +307,10 @@ class OpenvinoBackend(ExportBackend):
         if mode == Mode.DYNAMIC:
             model, extra = compress_weights(model)
         else:
+            from .openvino_bias import PtqFixes
+
             model, extra = quantize_int8(model, job.calib, input_dtype, None, job.int8_weights(self),
-                                         job.config.bias_correction)
+                                         PtqFixes.for_job(job, model))
         save(model, path)
         return {**details, **extra}
 
