@@ -76,9 +76,8 @@ def _quantization_arguments(calib: CalibrationSet, calib_input: str, ignored: li
     dataset = nncf.Dataset(range(len(calib)),
                            lambda i: prepare_batch(calib.pixels[i:i + 1], calib.recipe, calib_input))
     kwargs: dict[str, Any] = {}
-    ignored = [*(ignored or []), *(fixes.float_head if fixes else [])]
     if ignored:
-        kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(dict.fromkeys(ignored)), validate=False)
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(ignored), validate=False)
     # On x86 without VNNI the CPU plugin's U8S8 kernels saturate in every layer and OpenVINO has no
     # exact-kernel switch (ORT does, see runtime.cpu). NNCF's overflow fix ("7-bit": all layers; its
     # default "full": the first only) halves the weight range; pair-safe weights (export.pairs) are
@@ -100,14 +99,12 @@ def _quantization_arguments(calib: CalibrationSet, calib_input: str, ignored: li
                "fast_bias_correction": not corrected, "subset_size": len(calib), "overflow_fix": overflow_fix.value,
                "int8_weights": int8_weights, "weights": "int8 per-channel symmetric",
                "activations": "int8/uint8 per-tensor"}
-    if fixes and fixes.float_head:
-        details["float_head"] = list(fixes.float_head)
     return dataset, kwargs, advanced, details
 
 
 def quantize_int8(ov_model, calib: CalibrationSet, calib_input: str, ignored: list[str] | None = None,
                   int8_weights: str = "pair-safe", fixes=None):
-    """``fixes``: ``openvino_bias.PtqFixes`` (bias correction, float head, no overflow fix on VNNI/ARM)."""
+    """``fixes``: ``openvino_bias.PtqFixes`` (bias correction, no overflow fix on VNNI/ARM targets)."""
     import nncf
 
     dataset, kwargs, advanced, details = _quantization_arguments(calib, calib_input, ignored, int8_weights, fixes)
@@ -310,7 +307,7 @@ class OpenvinoBackend(ExportBackend):
             from .openvino_bias import PtqFixes
 
             model, extra = quantize_int8(model, job.calib, input_dtype, None, job.int8_weights(self),
-                                         PtqFixes.for_job(job, model))
+                                         PtqFixes.for_job(job))
         save(model, path)
         return {**details, **extra}
 
