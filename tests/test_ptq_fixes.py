@@ -198,3 +198,48 @@ def test_tflite_bias_correction_centres_the_int8_outputs_on_fp32(tmp_path):
     # 8-bit rounding only (no pair bounding in TFLite): measured 0.0093 -> 0.0035 of the output's spread
     assert shift_before > 0.006, (shift_before, shift_after)
     assert shift_after < 0.5 * shift_before, (shift_before, shift_after)
+
+
+def test_tflite_keeps_only_a_small_classifier_head_in_float(tmp_path):
+    """``float_ops`` leaves the FULLY_CONNECTED head float (weights float32, the convolutions int8), and
+    the backend only asks for it when Dense layers are a small share of the weights."""
+    import keras
+
+    from ai_edge_litert.interpreter import Interpreter
+    from edgetl.exporting.backends import tflite as tflite_export
+
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+    # 16 x 3 + 3 head weights of 448 + 51
+    assert tflite_export.dense_share(model) == pytest.approx(51 / 499)
+    nested = keras.Model(inputs, model(inputs))
+    assert tflite_export.dense_share(nested) == pytest.approx(51 / 499)
+    path = tmp_path / "head_float.tflite"
+    details = tflite_export.convert(model, path, "int8", _calibration(8), "float32", float_ops=tflite_export.FLOAT_HEAD)
+    assert details["float_ops"] == ["FULLY_CONNECTED"]
+    interpreter = Interpreter(model_path=str(path))
+    weights = {op["op_name"]: interpreter.get_tensor(op["inputs"][1]).dtype
+               for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")}
+    assert weights == {"CONV_2D": np.int8, "FULLY_CONNECTED": np.float32}
+
+
+def test_openvino_vnni_targets_keep_the_first_layer_at_8_bits():
+    """NNCF's overflow fix (7-bit first layer) exists for CPUs whose int8 dot product saturates; a VNNI or
+    ARM target gets none with full weights, others keep it; edgetl's bias correction turns NNCF's off."""
+    from edgetl.exporting.backends import openvino as openvino_export
+    from edgetl.exporting.backends.openvino_bias import PtqFixes
+
+    calib = _calibration(2)
+
+    def details(weights, fixes):
+        return openvino_export._quantization_arguments(calib, "float32", None, weights, fixes)[3]
+
+    assert details("full", PtqFixes(exact_target=True))["overflow_fix"] == "disable"
+    assert details("full", PtqFixes(exact_target=False))["overflow_fix"] == "first_layer_only"
+    assert details("full", None)["overflow_fix"] == "first_layer_only"
+    assert details("7-bit", PtqFixes(exact_target=True))["overflow_fix"] == "enable"
+    assert details("pair-safe", PtqFixes())["fast_bias_correction"] is False
+    assert details("pair-safe", PtqFixes(bias_correction=False))["fast_bias_correction"] is True
