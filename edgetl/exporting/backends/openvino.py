@@ -160,7 +160,8 @@ def bound_weight_pairs(ov_model) -> dict[str, Any]:
 
 
 def quantize_int8_accuracy_aware(ov_model, calib: CalibrationSet, calib_input: str, parity_inputs: np.ndarray,
-                                 reference_top1: np.ndarray, min_agreement: float, int8_weights: str = "pair-safe"):
+                                 reference_top1: np.ndarray, min_agreement: float, int8_weights: str = "pair-safe",
+                                 fixes=None):
     """``--accuracy-aware`` for OpenVINO: NNCF's own accuracy control (``quantize_with_accuracy_control``)
     ranks the quantized layers by how much reverting each one to float restores the metric, and reverts
     the fewest until it holds. The metric is top-1 agreement with the Keras FP32 model on the parity
@@ -190,7 +191,7 @@ def quantize_int8_accuracy_aware(ov_model, calib: CalibrationSet, calib_input: s
     reverted = float_layer_names(searched)
     quantized = searched
     if int8_weights != "7-bit":
-        target, target_details = quantize_int8(ov_model, calib, calib_input, reverted, int8_weights)
+        target, target_details = quantize_int8(ov_model, calib, calib_input, reverted, int8_weights, fixes)
         # The reverted set does not always carry over (NNCF may also have reverted activation quantizers).
         # Pair-safe weights are exact on every CPU too, so keeping the better of the two is still the same
         # choice everywhere; full weights are only exact with VNNI, so for them the target is kept unmeasured.
@@ -313,10 +314,12 @@ class OpenvinoBackend(ExportBackend):
 
     def make_accurate(self, job, path: Path, input_dtype: str, details: dict) -> tuple:
         """NNCF's own accuracy control (``quantize_int8_accuracy_aware``)."""
+        from .openvino_bias import PtqFixes
+
         _, details = self.fp32(job, input_dtype)
         model, extra = quantize_int8_accuracy_aware(
             self.read_fp32(job, input_dtype), job.calib, input_dtype, job.model_inputs(input_dtype),
-            job.reference.argmax(-1), job.config.min_agreement, job.int8_weights(self))
+            job.reference.argmax(-1), job.config.min_agreement, job.int8_weights(self), PtqFixes.for_job(job))
         save(model, path)
         parity, runtime = job.measure_parity(self, path, Mode.INT8, input_dtype)
         return path, {**details, **extra}, parity, runtime, float_layer_names(model)
