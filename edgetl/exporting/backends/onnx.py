@@ -3,8 +3,9 @@ and ``OnnxBackend``, the export backend that runs them for each mode.
 
 INT8 recipe (``quantize_int8``): ``quant_pre_process`` (shape inference + ORT graph optimisation, so BN
 is folded and Conv+Relu fused before ranges are collected), then static QDQ quantization with uint8
-activations and per-channel int8 weights (U8S8), MinMax ranges by default. Why each choice, with the
-measurements: tools/RESULTS-export.md ("ONNX INT8 recipe").
+activations and per-channel int8 weights (U8S8), MinMax ranges by default, then bias correction
+(``onnx_bias``). Why each choice, with the measurements: tools/RESULTS-export.md ("ONNX INT8 recipe")
+and tools/RESULTS-accuracy.md ("A2. PTQ fixes").
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 ``OpenvinoBackend``, the export backend that runs them for each mode.
 
 NNCF quantizes the OpenVINO model (not an ONNX one: NNCF's ONNX output ran slowly in ORT here), with
-``nncf.Dataset`` over the calibration chunks. ``fast_bias_correction=True`` (NNCF's default) is kept:
-it re-centres each quantized layer's output mean on the FP32 one and was what kept INT8 agreement with
-FP32 at the level reported in the sidecars, for seconds of extra export time; the full
-BiasCorrection runs the graph layer by layer and costs minutes for no measurable gain on these CNNs.
+``nncf.Dataset`` over the calibration chunks. NNCF's own bias correction is off by default: it ran
+before pair bounding, for weights that never ship; edgetl's (``openvino_bias``) runs after it, on the
+weights that do (lite0 zero-shot pair-safe 116 -> 121/121; NNCF's full BiasCorrection, minutes instead
+of seconds, measured no better; tools/RESULTS-accuracy.md, "A2. PTQ fixes"). ``--no-bias-correction``
+gives NNCF's fast one back.
 Preset PERFORMANCE (symmetric int8 weights and activations) is NNCF's default for CNNs and what the
 CPU plugin's VNNI/AVX2 kernels run fastest.
 """
