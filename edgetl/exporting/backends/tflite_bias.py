@@ -10,6 +10,7 @@ The int32 bias buffers are rewritten in place in the flatbuffer (same size; noth
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ def input_means(fp32_path: Path, calib: CalibrationSet, calib_input: str) -> lis
     """Channel means (last axis) of each layer's activation input in the float model, in op order."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(fp32_path), experimental_preserve_all_tensors=True)
+    with warnings.catch_warnings():  # "for debugging purposes only": here it is how inner tensors are read
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = Interpreter(model_path=str(fp32_path), experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
     layers = _layers(interpreter)
     index = interpreter.get_input_details()[0]["index"]
