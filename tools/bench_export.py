@@ -120,12 +120,14 @@ def latencies(paths: dict[str, Path], sample: np.ndarray, rounds: int, iters: in
                      rounds, iters, warmup=3)
 
 
-def export_all(model_dir: Path, out: Path, calib: Path, check: Path | None, calib_size: int) -> object:
+def export_all(model_dir: Path, out: Path, calib: Path, check: Path | None, calib_size: int,
+               target_cpu: str = "any", formats: tuple[str, ...] = FORMATS) -> object:
     from edgetl.errors import CheckFailed
     from edgetl.exporting import ExportConfig, export
 
-    config = ExportConfig(model=model_dir, out=out, formats=FORMATS, modes=("fp32", "int8"), calib=calib,
-                          calib_size=calib_size, check=check, min_agreement=0.98, verbose=True)
+    config = ExportConfig(model=model_dir, out=out, formats=formats, modes=("fp32", "int8"), calib=calib,
+                          calib_size=calib_size, check=check, min_agreement=0.98, verbose=True,
+                          target_cpu=target_cpu)
     try:
         return export(config)
     except CheckFailed as failed:  # bench reports the numbers either way
@@ -225,7 +227,8 @@ def bench_model(name: str, model_dir: Path, calib: Path, check: Path | None, eva
     if args.work and (artifacts_dir / "export_summary.json").exists():
         result = load_previous(artifacts_dir)  # --work kept an earlier run's export: measure it again
     else:
-        result = export_all(model_dir, artifacts_dir, calib, check, args.calib_size)
+        result = export_all(model_dir, artifacts_dir, calib, check, args.calib_size, args.target_cpu,
+                            tuple(args.formats.split(",")))
     log(f"{name}: exported in {time.perf_counter() - start:.0f}s")
     recipe = Preprocessing.from_dict(read_sidecar(result.get("onnx", "fp32").path)["preprocessing"])
     inputs = recipe.normalize(load_pixels(eval_paths, recipe))
@@ -233,16 +236,21 @@ def bench_model(name: str, model_dir: Path, calib: Path, check: Path | None, eva
     artifacts = {f"{a.format} {a.mode}": a for a in result.artifacts}
     timing = latencies({k: a.path for k, a in artifacts.items()}, inputs, args.rounds, args.iters, args.threads)
     base_ms = timing["onnx fp32"]
+    lines_cos = {}
+    for key, artifact in artifacts.items():  # mean cosine of the logits with ORT FP32
+        out = outputs_of(artifact.path, inputs, args.threads)
+        lines_cos[key] = float(np.mean(np.sum(out * reference, -1) / np.linalg.norm(out, axis=-1)
+                                       / np.linalg.norm(reference, axis=-1)))
     lines = [f"### {name}", "",
-             "| artifact | MB | latency ms (b=1) | vs ORT fp32 | top-1 agreement vs FP32 | accuracy | parity (export) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| artifact | MB | latency ms (b=1) | vs ORT fp32 | top-1 agreement vs FP32 | cosine | accuracy | parity (export) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for key, artifact in artifacts.items():
         out = outputs_of(artifact.path, inputs, args.threads)
         agreement = float((out.argmax(-1) == reference.argmax(-1)).mean())
         accuracy = f"{(out.argmax(-1) == labels).mean():.3f}" if labels is not None else "-"
         p = artifact.parity
         lines.append(f"| {artifact.path.name} | {artifact.size_bytes / 1e6:.2f} | {timing[key]:.2f} | "
-                     f"{base_ms / timing[key]:.2f}x | {agreement:.3f} | {accuracy} | "
+                     f"{base_ms / timing[key]:.2f}x | {agreement:.3f} | {lines_cos[key]:.4f} | {accuracy} | "
                      f"max diff {p['max_abs_diff']:.1e}, agr {p['top1_agreement']:.3f} |")
     lines.append("")
     if args.variants and labels is not None:
@@ -262,6 +270,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-variants", dest="variants", action="store_false",
                         help="skip QDQ-vs-QOperator and calibration-method comparison")
+    parser.add_argument("--target-cpu", default="any", help="export --target-cpu (OpenVINO weights follow it)")
+    parser.add_argument("--formats", default=",".join(FORMATS), help="formats to export (onnx is always needed)")
     parser.add_argument("--work", type=Path, default=None, help="keep models and artifacts here")
     parser.add_argument("--out", type=Path, default=REPO / "tools" / "RESULTS-export.md")
     args = parser.parse_args(argv)

@@ -223,6 +223,7 @@ def export(
     qat_epochs: int = typer.Option(0, help="int8: quantization-aware fine-tuning for N epochs on the --calib images first (label-free: distils the FP32 model's own outputs); the learned weights and ranges go into every format."),
     int8_weights: str = typer.Option("auto", help="ONNX/OpenVINO int8 weights: auto (by --target-cpu: ONNX full; OpenVINO full for vnni/arm, pair-safe for any/no-vnni) | full (8-bit) | pair-safe (a little coarser, so x86 CPUs without VNNI run them exactly on their fast kernels) | 7-bit (ORT reduce_range / NNCF overflow fix)."),
     target_cpu: str = typer.Option("any", help="CPU the int8 artifacts are for (what --int8-weights auto means): any (portable: OpenVINO pair-safe) | vnni | no-vnni | arm | this (the exporting CPU)."),
+    bias_correction: bool = typer.Option(True, help="INT8: correct each layer's bias for its weights' rounding and pair bounding, classifier head in float for TFLite (--no-bias-correction: the converters' plain INT8)."),
     opset: int = typer.Option(17, help="ONNX opset (tf2onnx supports <= 18)."),
     static_batch: Optional[int] = typer.Option(None, "--static-batch", help="Fixed batch size N in the artifacts' input (benchmark_app, NPU compilers; default dynamic)."),
     input_size: Optional[int] = typer.Option(None, help="Input size, for a model without edgetl.json."),
@@ -244,7 +245,8 @@ def export(
                           input_dtypes=tuple(_split(input_dtype) or ["float32"]), calib=calib,
                           calib_size=calib_size, calib_method=calib_method, check=check,
                           min_agreement=min_agreement, accuracy_aware=accuracy_aware, qat_epochs=qat_epochs,
-                          int8_weights=int8_weights, target_cpu=target_cpu, opset=opset, static_batch=static_batch,
+                          int8_weights=int8_weights, target_cpu=target_cpu, bias_correction=bias_correction,
+                          opset=opset, static_batch=static_batch,
                           input_size=input_size, labels=tuple(_split([labels])) if labels else (), overwrite=overwrite,
                           target=target, soc=soc, qnn_scheme=qnn_scheme, system_config=system_config,
                           memory_mode=memory_mode, allow_cpu_fallback=allow_cpu_fallback)

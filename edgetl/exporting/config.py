@@ -36,6 +36,10 @@ class ExportConfig:
     int8_weights: str = "auto"
     # the CPU the artifacts are made for: any | vnni | no-vnni | arm | this (see exporting/pairs.py)
     target_cpu: str = "any"
+    # INT8 post-training fixes: each layer's bias corrected for the mean shift its rounded (and
+    # pair-bounded) weights cause (exporting/bias_correction.py), in every format; TFLite also keeps
+    # the classifier head in float. False: the converters' plain INT8.
+    bias_correction: bool = True
     opset: int = 17
     static_batch: int | None = None  # a fixed batch size in the artifacts (benchmark_app, NPU compilers)
     input_size: int | None = None  # for models without edgetl.json

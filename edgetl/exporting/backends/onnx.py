@@ -3,8 +3,9 @@ and ``OnnxBackend``, the export backend that runs them for each mode.
 
 INT8 recipe (``quantize_int8``): ``quant_pre_process`` (shape inference + ORT graph optimisation, so BN
 is folded and Conv+Relu fused before ranges are collected), then static QDQ quantization with uint8
-activations and per-channel int8 weights (U8S8), MinMax ranges by default. Why each choice, with the
-measurements: tools/RESULTS-export.md ("ONNX INT8 recipe").
+activations and per-channel int8 weights (U8S8), MinMax ranges by default, then bias correction
+(``onnx_bias``). Why each choice, with the measurements: tools/RESULTS-export.md ("ONNX INT8 recipe")
+and tools/RESULTS-accuracy.md ("A2. PTQ fixes").
 """
 
 from __future__ import annotations
@@ -161,9 +162,12 @@ def calibrate(pre_path: Path, calib: CalibrationSet, input_dtype: str, method: s
 
 def quantize_int8(pre_path: Path, out_path: Path, cache: Path, method: str,
                   nodes_to_exclude: list[str] | None = None, quant_format: str = "QDQ",
-                  int8_weights: str = "full") -> dict[str, Any]:
+                  int8_weights: str = "full", bias_calib: CalibrationSet | None = None,
+                  input_dtype: str = "float32") -> dict[str, Any]:
     """``int8_weights`` (tools/RESULTS-export.md, "ONNX INT8 recipe"): ``full`` 8-bit, ``pair-safe`` (``bound_weight_pairs``)
-    or ``7-bit`` (ORT's ``reduce_range``; pair-safe beats it on accuracy at the same speed)."""
+    or ``7-bit`` (ORT's ``reduce_range``; pair-safe beats it on accuracy at the same speed).
+    ``bias_calib``: correct the biases for the weights' rounding and bounding on these images
+    (``onnx_bias.correct_biases``; QDQ only)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     if int8_weights not in pairs.INT8_WEIGHTS[1:]:
@@ -197,6 +201,13 @@ def quantize_int8(pre_path: Path, out_path: Path, cache: Path, method: str,
                "extra_options": extra_options}
     if int8_weights == "pair-safe":
         details["pair_safe"] = bound_weight_pairs(out_path)
+    if bias_calib is not None and quant_format == "QDQ":
+        # Bias correction after rounding and pair bounding: lite0 zero-shot (121 photos), agreement with
+        # FP32 full 8-bit 119 -> 121/121 (cosine 0.9948 -> 0.9977), pair-safe 117 -> 120/121 (0.9904 ->
+        # 0.9967), same latency (tools/RESULTS-accuracy.md, "A2. PTQ fixes").
+        from .onnx_bias import correct_biases
+
+        details["bias_correction"] = correct_biases(out_path, pre_path, bias_calib, input_dtype)
     return details
 
 
@@ -361,13 +372,15 @@ class OnnxBackend(ExportBackend):
         fp32, details = self.fp32(job, input_dtype)
         if mode == Mode.DYNAMIC:
             return {**details, **quantize_dynamic(fp32, path)}
-        if getattr(job.config, "qat_epochs", 0):
+        if job.config.qat_epochs:
             from ..qat_formats import qat_qdq
 
             return {**details, **qat_qdq(job, path, input_dtype, job.int8_weights(self))}
         pre, cache = self.ranges(job, input_dtype)
         return {**details, **quantize_int8(pre, path, cache, job.config.calib_method, nodes_to_exclude,
-                                           int8_weights=job.int8_weights(self))}
+                                           int8_weights=job.int8_weights(self),
+                                           bias_calib=job.calib if job.config.bias_correction else None,
+                                           input_dtype=input_dtype)}
 
     def make_accurate(self, job, path: Path, input_dtype: str, details: dict) -> tuple:
         """Rank Conv/Gemm nodes by their own INT8 error, then leave the worst out of quantization (their

@@ -2,10 +2,11 @@
 ``OpenvinoBackend``, the export backend that runs them for each mode.
 
 NNCF quantizes the OpenVINO model (not an ONNX one: NNCF's ONNX output ran slowly in ORT here), with
-``nncf.Dataset`` over the calibration chunks. ``fast_bias_correction=True`` (NNCF's default) is kept:
-it re-centres each quantized layer's output mean on the FP32 one and was what kept INT8 agreement with
-FP32 at the level reported in the sidecars, for seconds of extra export time; the full
-BiasCorrection runs the graph layer by layer and costs minutes for no measurable gain on these CNNs.
+``nncf.Dataset`` over the calibration chunks. NNCF's own bias correction is off by default: it ran
+before pair bounding, for weights that never ship; edgetl's (``openvino_bias``) runs after it, on the
+weights that do (lite0 zero-shot pair-safe 116 -> 121/121; NNCF's full BiasCorrection, minutes instead
+of seconds, measured no better; tools/RESULTS-accuracy.md, "A2. PTQ fixes"). ``--no-bias-correction``
+gives NNCF's fast one back.
 Preset PERFORMANCE (symmetric int8 weights and activations) is NNCF's default for CNNs and what the
 CPU plugin's VNNI/AVX2 kernels run fastest.
 """
@@ -68,7 +69,7 @@ def nncf_output_on_stderr():
 
 
 def _quantization_arguments(calib: CalibrationSet, calib_input: str, ignored: list[str] | None,
-                            int8_weights: str):
+                            int8_weights: str, fixes=None):
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
@@ -87,33 +88,49 @@ def _quantization_arguments(calib: CalibrationSet, calib_input: str, ignored: li
     # 0.967-0.975 depending on the calibration subset; first layer only 0.950, none 0.893.
     overflow_fix = {"full": OverflowFix.FIRST_LAYER, "pair-safe": OverflowFix.DISABLE,
                     "7-bit": OverflowFix.ENABLE}[int8_weights]
-    advanced = AdvancedQuantizationParameters(overflow_fix=overflow_fix)
+    if fixes and fixes.exact_target and int8_weights == "full":
+        # A VNNI/ARM target accumulates without saturation, so the first layer keeps its 8 bits too:
+        # lite0 zero-shot cosine with FP32 0.9940 -> 0.9968 (tools/RESULTS-accuracy.md, "A2. PTQ fixes").
+        overflow_fix = OverflowFix.DISABLE
+    # edgetl's bias correction (openvino_bias) replaces NNCF's fast one: it runs after pair bounding,
+    # so it corrects the weights that ship (pair-safe 116 -> 121/121, full cosine 0.9927 -> 0.9940).
+    corrected = bool(fixes and fixes.bias_correction)
+    advanced = AdvancedQuantizationParameters(overflow_fix=overflow_fix, disable_bias_correction=corrected)
     details = {"tool": "nncf.quantize", "nncf": nncf.__version__, "preset": "performance",
-               "fast_bias_correction": True, "subset_size": len(calib), "overflow_fix": overflow_fix.value,
+               "fast_bias_correction": not corrected, "subset_size": len(calib), "overflow_fix": overflow_fix.value,
                "int8_weights": int8_weights, "weights": "int8 per-channel symmetric",
                "activations": "int8/uint8 per-tensor"}
     return dataset, kwargs, advanced, details
 
 
 def quantize_int8(ov_model, calib: CalibrationSet, calib_input: str, ignored: list[str] | None = None,
-                  int8_weights: str = "pair-safe"):
+                  int8_weights: str = "pair-safe", fixes=None):
+    """``fixes``: ``openvino_bias.PtqFixes`` (bias correction, no overflow fix on VNNI/ARM targets)."""
     import nncf
 
-    dataset, kwargs, advanced, details = _quantization_arguments(calib, calib_input, ignored, int8_weights)
+    dataset, kwargs, advanced, details = _quantization_arguments(calib, calib_input, ignored, int8_weights, fixes)
+    if fixes and fixes.bias_correction:
+        from .openvino_bias import input_means
+
+        fp32_model = ov_model.clone()  # NNCF may change the model it gets
+        means = input_means(fp32_model, calib, calib_input)
     with nncf_output_on_stderr():
         quantized = nncf.quantize(ov_model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,
                                   subset_size=len(calib), fast_bias_correction=True,
                                   advanced_parameters=advanced, **kwargs)
     if int8_weights == "pair-safe":
         details["pair_safe"] = bound_weight_pairs(quantized)
+    if fixes and fixes.bias_correction:
+        from .openvino_bias import correct_biases, weight_deltas
+
+        details["bias_correction"] = correct_biases(quantized, weight_deltas(quantized, fp32_model), means)
     return quantized, details
 
 
 def bound_weight_pairs(ov_model) -> dict[str, Any]:
     """Make the int8 weights of Convolution/MatMul layers pair-safe (``export.pairs``), in place. NNCF
     leaves them as an int8 Constant -> Convert -> Multiply(per-channel scale) chain; both constants are
-    replaced. NNCF's fast bias correction ran before this, for the 8-bit weights, and is left as it was
-    (correcting for the bounded weights instead is not done yet)."""
+    replaced. Bias correction for the bounded weights comes after (``openvino_bias``)."""
     import openvino as ov
     from openvino import opset13
 
@@ -144,7 +161,8 @@ def bound_weight_pairs(ov_model) -> dict[str, Any]:
 
 
 def quantize_int8_accuracy_aware(ov_model, calib: CalibrationSet, calib_input: str, parity_inputs: np.ndarray,
-                                 reference_top1: np.ndarray, min_agreement: float, int8_weights: str = "pair-safe"):
+                                 reference_top1: np.ndarray, min_agreement: float, int8_weights: str = "pair-safe",
+                                 fixes=None):
     """``--accuracy-aware`` for OpenVINO: NNCF's own accuracy control (``quantize_with_accuracy_control``)
     ranks the quantized layers by how much reverting each one to float restores the metric, and reverts
     the fewest until it holds. The metric is top-1 agreement with the Keras FP32 model on the parity
@@ -174,7 +192,7 @@ def quantize_int8_accuracy_aware(ov_model, calib: CalibrationSet, calib_input: s
     reverted = float_layer_names(searched)
     quantized = searched
     if int8_weights != "7-bit":
-        target, target_details = quantize_int8(ov_model, calib, calib_input, reverted, int8_weights)
+        target, target_details = quantize_int8(ov_model, calib, calib_input, reverted, int8_weights, fixes)
         # The reverted set does not always carry over (NNCF may also have reverted activation quantizers).
         # Pair-safe weights are exact on every CPU too, so keeping the better of the two is still the same
         # choice everywhere; full weights are only exact with VNNI, so for them the target is kept unmeasured.
@@ -284,7 +302,7 @@ class OpenvinoBackend(ExportBackend):
 
     def quantize(self, job, path: Path, mode: str, input_dtype: str) -> dict[str, Any]:
         _, details = self.fp32(job, input_dtype)
-        if mode == Mode.INT8 and getattr(job.config, "qat_epochs", 0):
+        if mode == Mode.INT8 and job.config.qat_epochs:
             from ..qat_formats import qat_openvino
 
             return {**details, **qat_openvino(job, path, input_dtype, job.int8_weights(self))}
@@ -292,16 +310,21 @@ class OpenvinoBackend(ExportBackend):
         if mode == Mode.DYNAMIC:
             model, extra = compress_weights(model)
         else:
-            model, extra = quantize_int8(model, job.calib, input_dtype, None, job.int8_weights(self))
+            from .openvino_bias import PtqFixes
+
+            model, extra = quantize_int8(model, job.calib, input_dtype, None, job.int8_weights(self),
+                                         PtqFixes.for_job(job))
         save(model, path)
         return {**details, **extra}
 
     def make_accurate(self, job, path: Path, input_dtype: str, details: dict) -> tuple:
         """NNCF's own accuracy control (``quantize_int8_accuracy_aware``)."""
+        from .openvino_bias import PtqFixes
+
         _, details = self.fp32(job, input_dtype)
         model, extra = quantize_int8_accuracy_aware(
             self.read_fp32(job, input_dtype), job.calib, input_dtype, job.model_inputs(input_dtype),
-            job.reference.argmax(-1), job.config.min_agreement, job.int8_weights(self))
+            job.reference.argmax(-1), job.config.min_agreement, job.int8_weights(self), PtqFixes.for_job(job))
         save(model, path)
         parity, runtime = job.measure_parity(self, path, Mode.INT8, input_dtype)
         return path, {**details, **extra}, parity, runtime, float_layer_names(model)
