@@ -251,7 +251,8 @@ def test_bad_arguments_fail_in_one_line_before_ray(sample_dir, tmp_path, capsys)
     for extra, message in ((["--formats", "onx"], "unknown format 'onx'"), (["--sparsity", "half"], "--sparsity"),
                            (["--space", str(space)], "unknown key 'backbone'"), (["--eta", "0"], "--eta"),
                            (["--target", "npu:nope"], "unknown target 'npu:nope'"),
-                           (["--target", "gpu:keras"], "runs the keras model itself")):
+                           (["--target", "gpu:keras"], "runs the keras model itself"),
+                           (["--prune-loss", "hints"], "unknown --prune-loss 'hints'")):
         assert main(["search", str(sample_dir), "--out", str(out), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err

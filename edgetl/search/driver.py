@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 from ..errors import UsageError
 from ..metadata import OUTPUT_MARKER, atomic_directory, output_marker, write_json
 from ..pipeline import _key, _materialise, _stage, RunConfig, RunResult
+from ..pruning.structured import CHANNEL_MULTIPLE
 from .pareto import halving
 from .progress import Progress
 from .space import Point, SearchConfig, registered
@@ -144,8 +145,11 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
             prune_options = dict(method=config.prune_method, sparsity=t.point.sparsity,
                                  epochs=config.epochs if config.prune_epochs is None else config.prune_epochs)
             # Only options set are keyed, so the stages of searches without them are reused as they are.
-            prune_options.update({k: v for k, v in (("lr", config.prune_lr), ("importance", config.prune_importance))
-                                  if v is not None})
+            prune_options.update({k: v for k, v in (("lr", config.prune_lr), ("importance", config.prune_importance),
+                                                    ("recovery_loss", config.prune_loss),
+                                                    ("patience", config.prune_patience)) if v is not None})
+            if config.prune_method == "structured":  # the rounding of kept channels changes the model
+                prune_options["channel_multiple"] = CHANNEL_MULTIPLE
             prunes[t.id] = prune_job(config.out, model, prune_options,
                                      f"prune {t.point.backbone}/{t.point.strategy} to {t.point.sparsity:g}", gpus)
         models[t.id] = model

@@ -80,6 +80,8 @@ class SearchConfig:
     prune_method: str = "structured"  # structured removes channels (faster); magnitude only zeros weights
     prune_lr: float | None = None  # recovery learning rate; default: PruneConfig's
     prune_importance: str | None = None  # structured channel ranking (l1 | bn); default: PruneConfig's
+    prune_loss: str | None = None  # recovery loss (labels | distill from the unpruned model); default: PruneConfig's
+    prune_patience: int | None = None  # recovery early stopping on val loss; default: PruneConfig's (off)
     weights: str = "imagenet"
     input_size: int | None = None
     batch_size: int = 16
@@ -120,6 +122,12 @@ class SearchConfig:
             raise UsageError(f"--prune-epochs must be >= 0, got {self.prune_epochs}")
         if self.prune_lr is not None and self.prune_lr <= 0:
             raise UsageError(f"the recovery learning rate must be > 0, got {self.prune_lr}")
+        from ..pruning.config import RECOVERY_LOSSES
+
+        if self.prune_loss is not None and self.prune_loss not in RECOVERY_LOSSES:
+            raise UsageError(f"unknown --prune-loss {self.prune_loss!r}; choose from {', '.join(RECOVERY_LOSSES)}")
+        if self.prune_patience is not None and self.prune_patience < 0:
+            raise UsageError(f"--prune-patience must be >= 0, got {self.prune_patience}")
         if self.prune_method not in PRUNE_METHODS:
             raise UsageError(f"unknown --prune-method {self.prune_method!r}; choose from {', '.join(PRUNE_METHODS)}")
         if self.eta < 1:
