@@ -240,20 +240,22 @@ def test_structured_prune_recovers_and_exports(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("loss", ["distill", "features"])
 def test_structured_recovery_learns_from_the_unpruned_model(tiny_model_dir, tmp_path, loss):
     """Recovery by distillation (the unpruned model's probabilities) or by matching its pooled features,
-    with early stopping on the val loss."""
+    with early stopping on the val loss; it trains the frozen backbone of a `features` model too."""
     from edgetl.pruning import PruneConfig, prune
+    from edgetl.training import load_trained
 
-    result = prune(PruneConfig(model_dir=tiny_model_dir, out=tmp_path / loss, method="structured",
-                               sparsity=0.5, epochs=3, recovery_loss=loss, patience=1, verbose=False))
+    result = prune(PruneConfig(model_dir=tiny_model_dir, out=tmp_path / loss, method="structured", sparsity=0.5,
+                               epochs=2, recovery_loss=loss, patience=1, reconstruct=False, verbose=False))
     recovery = result.record["recovery"]
     assert recovery["loss"] == loss and recovery["teacher"] == "the unpruned model" and recovery["patience"] == 1
     assert ("temperature" in recovery) == (loss == "distill")
     losses = [row["val_loss"] for row in recovery["history"]]
-    assert 1 <= len(losses) <= 3 and all(np.isfinite(losses))
-    if len(losses) < 3:  # stopped early: the last epoch did not beat the best one before it
-        assert losses[-1] >= min(losses[:-1])
-    accuracy = result.record["accuracy"]
-    assert accuracy["after_recovery"] >= accuracy["original"] - 0.17, accuracy
+    assert 1 <= len(losses) <= 2 and all(np.isfinite(losses))
+    val_loss = result.record["val_loss"]
+    assert val_loss["after_recovery"] < val_loss["before_recovery"], val_loss  # one-shot pruned -> recovered
+    original, _ = load_trained(tiny_model_dir)
+    stem = [m.get_layer("backbone").get_layer("stem_conv").kernel.numpy() for m in (original, result.model)]
+    assert np.abs(stem[0] - stem[1]).max() > 1e-6  # not pruned, yet trained: the backbone learns
 
 
 def test_sweep_writes_one_report(tiny_model_dir, tmp_path):
