@@ -234,7 +234,7 @@ def front_table(index: int, run) -> list[str]:
     if winner:
         lines += ["", f"Winner {run['winner']}: {winner['top1']:.1%} top-1 ({winner['drop_points']:.1f} points from "
                   f"FP32 {run['baseline_top1']:.1%}), paired interleaved speed-up {winner['paired_speedup']:.2f}x "
-                  f"over the fastest unpruned INT8 (p50 {winner['interleaved_p50_ms']:.2f} ms); target "
+                  f"over the fastest unpruned INT8 (its own interleaved p50 {winner['interleaved_p50_ms']:.2f} ms); target "
                   f"{'met' if winner['meets_target'] else 'not met'}."]
     return lines
 
