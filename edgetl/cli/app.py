@@ -128,6 +128,7 @@ def search(
     prune_patience: Optional[int] = typer.Option(None, help="Recovery: stop after this many epochs without a lower val loss, keep the best."),
     weights: str = typer.Option("imagenet", help="imagenet | none | PATH."),
     input_size: Optional[int] = typer.Option(None, help="Override the backbones' input size."),
+    input_sizes: Optional[str] = typer.Option(None, help="Comma-separated input sizes to search (e.g. 224,176): fine-tune and export at each."),
     batch_size: int = typer.Option(16),
     seed: int = typer.Option(0),
     runs: int = typer.Option(30, help="Timed runs per artifact in each bench."),
@@ -139,7 +140,7 @@ def search(
     space: Optional[Path] = typer.Option(None, help="JSON file overriding the axes and/or listing extra points."),
     address: Optional[str] = typer.Option(None, help="Join this Ray cluster (HOST:PORT); default: Ray started in-process here."),
 ):
-    """Search backbones x strategies x sparsity x quantization x format on Ray; Pareto front and winner per target."""
+    """Search backbones x strategies x input sizes x sparsity x quantization x format on Ray; Pareto front and winner per target."""
     from ..errors import UsageError
     from ..search import SearchConfig
 
@@ -147,11 +148,15 @@ def search(
         sparsities = tuple(float(v) for v in _split([sparsity]))
     except ValueError:
         raise UsageError(f"--sparsity takes comma-separated numbers, got {sparsity!r}") from None
+    try:
+        sizes = tuple(int(v) for v in _split([input_sizes])) if input_sizes else ()
+    except ValueError:
+        raise UsageError(f"--input-sizes takes comma-separated integers, got {input_sizes!r}") from None
     config = SearchConfig(data=data, out=out, targets=tuple(_split(target)), backbones=tuple(_split([backbones])),
                           strategies=tuple(_split([strategies])), sparsity=sparsities,
                           quantize=tuple("fp32" if q == "none" else q for q in _split([quantize])),
                           formats=tuple(_split([formats])), epochs=epochs, prune_epochs=prune_epochs,
-                          prune_method=prune_method, prune_loss=prune_loss, prune_patience=prune_patience, weights=weights, input_size=input_size, batch_size=batch_size,
+                          prune_method=prune_method, prune_loss=prune_loss, prune_patience=prune_patience, weights=weights, input_size=input_size, input_sizes=sizes, batch_size=batch_size,
                           seed=seed, runs=runs, threads=threads, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
                           max_drop=max_drop, eta=eta, space=space, address=address)
     config.validate()  # bad arguments and a forbidden --out fail before Ray starts

@@ -126,15 +126,11 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
             placement: "Placement") -> None:
     gpus = placement.gpus
     live = [t for t in trials if t.status == "pending"]
-    # Rung 1: one fine-tune per backbone x strategy.
-    def options(p: Point) -> dict[str, Any]:  # the finetune options `edgetl run` keys its stage on
-        return dict(backbone=p.backbone, weights=config.weights, strategy=p.strategy, epochs=config.epochs,
-                    batch_size=config.batch_size, lr=config.lr, input_size=config.input_size, seed=config.seed)
-
-    finetunes = {t.id: finetune_job(config.out, splits, split_key, options(t.point),
-                                    f"finetune {t.point.backbone}/{t.point.strategy}", gpus) for t in live}
+    # Rung 1: one fine-tune per backbone x strategy x input size.
+    finetunes = {t.id: finetune_job(config.out, splits, split_key, finetune_options(config, t.point),
+                                    f"finetune {t.point.branch}", gpus) for t in live}
     runner.run({t.id: finetunes[t.id] for t in live})
-    live = _rung(config, runner, live, "finetune", lambda t: f"{t.point.backbone}/{t.point.strategy}")
+    live = _rung(config, runner, live, "finetune", lambda t: t.point.branch)
 
     # Rung 2: one pruned model per branch x sparsity (sparsity 0: the fine-tuned model itself).
     models: dict[str, Path] = {}
@@ -151,7 +147,7 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
             if config.prune_method == "structured":  # the rounding of kept channels changes the model
                 prune_options["channel_multiple"] = CHANNEL_MULTIPLE
             prunes[t.id] = prune_job(config.out, model, prune_options,
-                                     f"prune {t.point.backbone}/{t.point.strategy} to {t.point.sparsity:g}", gpus)
+                                     f"prune {t.point.branch} to {t.point.sparsity:g}", gpus)
         models[t.id] = model
     runner.run(prunes)
     for t in live:
@@ -160,7 +156,7 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
         elif t.status == "pending":
             t.stages["prune"] = {**t.stages["finetune"], "skipped": "sparsity 0: the fine-tuned model"}
     live = _rung(config, runner, [t for t in live if t.status == "pending"], "prune",
-                 lambda t: f"{t.point.backbone}/{t.point.strategy}/sp{t.point.sparsity:g}")
+                 lambda t: f"{t.point.branch}/sp{t.point.sparsity:g}")
 
     # Rung 3: export each artifact; as one lands, bench it on its target.
     exports = {t.id: export_job(config.out, models[t.id], splits, t.point.format, t.point.quantize,
@@ -172,6 +168,13 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
                          f"bench {trial.id}", placement.bench_cpus[trial.target], config.threads)
 
     runner.run(exports, then={"bench": then_bench})
+
+
+def finetune_options(config: SearchConfig, point: Point) -> dict[str, Any]:
+    """The finetune options `edgetl run` keys its stage on (the input size only when it is not the
+    backbone's own, so searches that name no size share their fine-tunes with those that do)."""
+    return dict(backbone=point.backbone, weights=config.weights, strategy=point.strategy, epochs=config.epochs,
+                batch_size=config.batch_size, lr=config.lr, input_size=point.finetune_size(), seed=config.seed)
 
 
 def _rung(config: SearchConfig, runner: "_Runner", live: list[Trial], kind: str,
