@@ -287,4 +287,6 @@ def test_input_sizes_are_an_axis_keyed_into_the_finetune_stage(tmp_path, sample_
     assert keys[224] == finetune_job(tmp_path, tmp_path, "split", finetune_options(config, plain), "", 0).key
     assert keys[176] != keys[224]
     assert [finetune_options(config, p)["input_size"] for p in points] == [None, None, 176, 176]
+    single = SearchConfig(data=sample_dir, out=tmp_path, quantize=("int8",), input_size=96)  # --input-size alone: names and keys as before
+    assert single.points()[0].name == plain.name and finetune_options(single, single.points()[0])["input_size"] == 96
     assert main(["search", str(sample_dir), "--out", str(tmp_path / "o"), "--input-sizes", "224,big"]) == 2

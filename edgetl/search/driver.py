@@ -171,10 +171,11 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
 
 
 def finetune_options(config: SearchConfig, point: Point) -> dict[str, Any]:
-    """The finetune options `edgetl run` keys its stage on (the input size only when it is not the
-    backbone's own, so searches that name no size share their fine-tunes with those that do)."""
+    """The finetune options `edgetl run` keys its stage on. A point from the input-size axis keys its size
+    only when it is not the backbone's own, so it shares the fine-tune of a search that names no size."""
+    size = point.finetune_size() if point.input_size else config.input_size
     return dict(backbone=point.backbone, weights=config.weights, strategy=point.strategy, epochs=config.epochs,
-                batch_size=config.batch_size, lr=config.lr, input_size=point.finetune_size(), seed=config.seed)
+                batch_size=config.batch_size, lr=config.lr, input_size=size, seed=config.seed)
 
 
 def _rung(config: SearchConfig, runner: "_Runner", live: list[Trial], kind: str,

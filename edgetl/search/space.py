@@ -46,7 +46,7 @@ class Point:
     sparsity: float
     quantize: str  # fp32 | fp16 | dynamic | int8
     format: str  # onnx | tflite | openvino
-    input_size: int | None = None  # None: the backbone's own (the name then has no size, as before)
+    input_size: int | None = None  # None: SearchConfig.input_size, else the backbone's own (no size in the name)
 
     @property
     def branch(self) -> str:
@@ -168,7 +168,8 @@ class SearchConfig:
     def points(self) -> list[Point]:
         if not self._points:
             axes, extra = _read_space(self.space) if self.space else ({}, [])
-            own = {"input_sizes": self.input_sizes or (self.input_size,)}
+            # Without the axis a point names no size (the fine-tune then takes --input-size, keyed as before).
+            own = {"input_sizes": self.input_sizes or (None,)}
             grid = {axis: axes.get(axis, own.get(axis) or getattr(self, axis)) for axis in AXES}
             points = [Point(b, s, float(sp), q, f, size) for b in grid["backbones"] for s in grid["strategies"]
                       for size in grid["input_sizes"] for sp in grid["sparsity"] for q in grid["quantize"]
