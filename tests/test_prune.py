@@ -120,7 +120,7 @@ def test_structured_removing_dead_channels_keeps_outputs_exactly(tiny_model_dir,
     # the projections and the top conv are untouched.
     assert len(groups) >= 15 and all("expand" in g.source and g.consumer.endswith(("project", "project_conv"))
                                      for g in groups)
-    st.select_channels(model, groups, 0.25, "bn")
+    st.select_channels(model, groups, 0.25, "bn", multiple=1)  # exactly the dead quarter (144 -> 108)
     assert {g.source: g.removed for g in groups} == dead
     pruned = st.rebuild(model, groups)
 
@@ -176,7 +176,7 @@ def test_structured_other_topologies_remove_dead_channels_exactly(backbone):
             if type(layer).__name__ == "BatchNormalization":
                 for var in (layer.gamma, layer.beta):
                     var.assign(np.concatenate([np.zeros(k, np.float32), var.numpy()[k:]]))
-    st.select_channels(model, groups, 0.25, "l1")
+    st.select_channels(model, groups, 0.25, "l1", multiple=1)  # exactly the zeroed quarter
     assert all(g.removed == list(range(g.channels // 4)) for g in groups)
     pruned = st.rebuild(model, groups)
     assert pruned.count_params() < 0.8 * model.count_params()
@@ -184,6 +184,24 @@ def test_structured_other_topologies_remove_dead_channels_exactly(backbone):
     scale = np.abs(logits[0]).max()  # O(1) for Lite; ~1e-5 for random-init VGG (no BN to rescale)
     assert scale > 1e-6 and np.abs(logits[0] - logits[0][::-1]).max() > 1e-3 * scale  # inputs matter
     assert np.abs(logits[0] - logits[1]).max() < 1e-5 * max(scale, 1e-3)
+
+
+def test_structured_kept_channels_are_multiples_of_eight(tiny_model_dir):
+    """At 60% lite0's expanded widths (96, 144, 240, 480, 672, 1152) would keep 39, 58, 96, 192, 269, 461;
+    by default they are rounded up to a multiple of 8 (INT8 kernels' channel blocks) in the rebuilt model."""
+    from edgetl.training import load_trained
+    from edgetl.pruning import structured as st
+
+    assert [st.kept_channels(c, 0.6, 1) for c in (96, 144, 672)] == [39, 58, 269]
+    assert [st.kept_channels(c, 0.6) for c in (96, 144, 672)] == [40, 64, 272]
+    assert st.kept_channels(12, 0.99) == 8 and st.kept_channels(6, 0.5) == 6  # never above C
+    model, _ = load_trained(tiny_model_dir)
+    groups = st.family_groups(model, "inverted_residual")
+    st.select_channels(model, groups, 0.6, "l1")
+    pruned = st.rebuild(model, groups).get_layer("backbone")
+    widths = {g.channels: pruned.get_layer(g.source).filters for g in groups}
+    assert widths == {96: 40, 144: 64, 240: 96, 480: 192, 672: 272, 1152: 464}
+    assert all(pruned.get_layer(g.consumer).kernel.shape[2] == widths[g.channels] for g in groups)
 
 
 def keras_logits(model, x):
@@ -219,6 +237,27 @@ def test_structured_prune_recovers_and_exports(tiny_model_dir, tmp_path):
     assert np.abs(got - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
 
 
+@pytest.mark.parametrize("loss", ["distill", "features"])
+def test_structured_recovery_learns_from_the_unpruned_model(tiny_model_dir, tmp_path, loss):
+    """Recovery by distillation (the unpruned model's probabilities) or by matching its pooled features,
+    with early stopping on the val loss; it trains the frozen backbone of a `features` model too."""
+    from edgetl.pruning import PruneConfig, prune
+    from edgetl.training import load_trained
+
+    result = prune(PruneConfig(model_dir=tiny_model_dir, out=tmp_path / loss, method="structured", sparsity=0.5,
+                               epochs=2, recovery_loss=loss, patience=1, reconstruct=False, verbose=False))
+    recovery = result.record["recovery"]
+    assert recovery["loss"] == loss and recovery["teacher"] == "the unpruned model" and recovery["patience"] == 1
+    assert ("temperature" in recovery) == (loss == "distill")
+    losses = [row["val_loss"] for row in recovery["history"]]
+    assert 1 <= len(losses) <= 2 and all(np.isfinite(losses))
+    val_loss = result.record["val_loss"]
+    assert val_loss["after_recovery"] < val_loss["before_recovery"], val_loss  # one-shot pruned -> recovered
+    original, _ = load_trained(tiny_model_dir)
+    stem = [m.get_layer("backbone").get_layer("stem_conv").kernel.numpy() for m in (original, result.model)]
+    assert np.abs(stem[0] - stem[1]).max() > 1e-6  # not pruned, yet trained: the backbone learns
+
+
 def test_sweep_writes_one_report(tiny_model_dir, tmp_path):
     out = tmp_path / "sweep"
     assert main(["prune", str(tiny_model_dir), "--out", str(out), "--method", "magnitude",
@@ -241,6 +280,9 @@ def test_sweep_writes_one_report(tiny_model_dir, tmp_path):
     (["--sweep", "0.5,1.0"], "strictly between 0 and 1"),
     (["--method", "lottery"], "unknown pruning method"),
     (["--schedule", "cubic"], "unknown schedule"),
+    (["--recovery-loss", "hints"], "unknown recovery loss"),
+    (["--recovery-loss", "features"], "is for structured pruning"),
+    (["--method", "structured", "--channel-multiple", "0"], "channel multiple must be >= 1"),
 ])
 def test_bad_arguments_exit_2(tiny_model_dir, tmp_path, capsys, args, message):
     assert main(["prune", str(tiny_model_dir), "--out", str(tmp_path / "out"), *args]) == 2

@@ -251,7 +251,8 @@ def test_bad_arguments_fail_in_one_line_before_ray(sample_dir, tmp_path, capsys)
     for extra, message in ((["--formats", "onx"], "unknown format 'onx'"), (["--sparsity", "half"], "--sparsity"),
                            (["--space", str(space)], "unknown key 'backbone'"), (["--eta", "0"], "--eta"),
                            (["--target", "npu:nope"], "unknown target 'npu:nope'"),
-                           (["--target", "gpu:keras"], "runs the keras model itself")):
+                           (["--target", "gpu:keras"], "runs the keras model itself"),
+                           (["--prune-loss", "hints"], "unknown --prune-loss 'hints'")):
         assert main(["search", str(sample_dir), "--out", str(out), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
@@ -262,3 +263,30 @@ def test_bad_arguments_fail_in_one_line_before_ray(sample_dir, tmp_path, capsys)
     assert main(["search", str(sample_dir), "--out", str(out), "--address", nobody]) == 2
     assert "no Ray cluster answers there" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_input_sizes_are_an_axis_keyed_into_the_finetune_stage(tmp_path, sample_dir):
+    """--input-sizes multiplies the points; each size is its own fine-tune branch (its own stage key, the
+    size in the trial name), except the backbone's own size, which keys like a search naming no size."""
+    from edgetl.search import SearchConfig
+    from edgetl.search.driver import finetune_options
+    from edgetl.search.stages import finetune_job
+
+    space = tmp_path / "space.json"
+    space.write_text('{"input_sizes": [224, 176]}')
+    config = SearchConfig(data=sample_dir, out=tmp_path / "out", sparsity=(0, 0.5), quantize=("int8",),
+                          formats=("tflite",), space=space)
+    points = config.points()
+    assert [p.name for p in points] == [
+        f"efficientnet_lite0/features/{s}px/sp{sp}/tflite/int8" for s in (224, 176) for sp in ("0", "0.5")]
+    assert SearchConfig(data=sample_dir, out=tmp_path, input_sizes=(224, 176)).points()[0].input_size == 224
+    keys = {p.input_size: finetune_job(tmp_path, tmp_path, "split", finetune_options(config, p), p.branch, 0).key
+            for p in points}
+    plain = SearchConfig(data=sample_dir, out=tmp_path / "out", quantize=("int8",)).points()[0]
+    assert plain.name == "efficientnet_lite0/features/sp0/onnx/int8" and plain.input_size is None
+    assert keys[224] == finetune_job(tmp_path, tmp_path, "split", finetune_options(config, plain), "", 0).key
+    assert keys[176] != keys[224]
+    assert [finetune_options(config, p)["input_size"] for p in points] == [None, None, 176, 176]
+    single = SearchConfig(data=sample_dir, out=tmp_path, quantize=("int8",), input_size=96)  # --input-size alone: names and keys as before
+    assert single.points()[0].name == plain.name and finetune_options(single, single.points()[0])["input_size"] == 96
+    assert main(["search", str(sample_dir), "--out", str(tmp_path / "o"), "--input-sizes", "224,big"]) == 2

@@ -124,8 +124,11 @@ def search(
     epochs: int = typer.Option(5, help="Fine-tune epochs (also recovery epochs after pruning unless --prune-epochs)."),
     prune_epochs: Optional[int] = typer.Option(None, help="Recovery epochs after pruning."),
     prune_method: str = typer.Option("structured", help="structured (removes channels) | magnitude (zeros)."),
+    prune_loss: Optional[str] = typer.Option(None, help="Recovery loss: labels | distill (from the unpruned model) | features (its pooled features)."),
+    prune_patience: Optional[int] = typer.Option(None, help="Recovery: stop after this many epochs without a lower val loss, keep the best."),
     weights: str = typer.Option("imagenet", help="imagenet | none | PATH."),
     input_size: Optional[int] = typer.Option(None, help="Override the backbones' input size."),
+    input_sizes: Optional[str] = typer.Option(None, help="Comma-separated input sizes to search (e.g. 224,176): fine-tune and export at each."),
     batch_size: int = typer.Option(16),
     seed: int = typer.Option(0),
     runs: int = typer.Option(30, help="Timed runs per artifact in each bench."),
@@ -137,7 +140,7 @@ def search(
     space: Optional[Path] = typer.Option(None, help="JSON file overriding the axes and/or listing extra points."),
     address: Optional[str] = typer.Option(None, help="Join this Ray cluster (HOST:PORT); default: Ray started in-process here."),
 ):
-    """Search backbones x strategies x sparsity x quantization x format on Ray; Pareto front and winner per target."""
+    """Search backbones x strategies x input sizes x sparsity x quantization x format on Ray; Pareto front and winner per target."""
     from ..errors import UsageError
     from ..search import SearchConfig
 
@@ -145,11 +148,15 @@ def search(
         sparsities = tuple(float(v) for v in _split([sparsity]))
     except ValueError:
         raise UsageError(f"--sparsity takes comma-separated numbers, got {sparsity!r}") from None
+    try:
+        sizes = tuple(int(v) for v in _split([input_sizes])) if input_sizes else ()
+    except ValueError:
+        raise UsageError(f"--input-sizes takes comma-separated integers, got {input_sizes!r}") from None
     config = SearchConfig(data=data, out=out, targets=tuple(_split(target)), backbones=tuple(_split([backbones])),
                           strategies=tuple(_split([strategies])), sparsity=sparsities,
                           quantize=tuple("fp32" if q == "none" else q for q in _split([quantize])),
                           formats=tuple(_split([formats])), epochs=epochs, prune_epochs=prune_epochs,
-                          prune_method=prune_method, weights=weights, input_size=input_size, batch_size=batch_size,
+                          prune_method=prune_method, prune_loss=prune_loss, prune_patience=prune_patience, weights=weights, input_size=input_size, input_sizes=sizes, batch_size=batch_size,
                           seed=seed, runs=runs, threads=threads, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
                           max_drop=max_drop, eta=eta, space=space, address=address)
     config.validate()  # bad arguments and a forbidden --out fail before Ray starts
@@ -173,6 +180,9 @@ def prune(
     epochs: int = typer.Option(2, help="Recovery fine-tuning epochs (0: prune only)."),
     batch_size: int = typer.Option(16),
     lr: float = typer.Option(1e-4, help="Recovery learning rate (Adam)."),
+    recovery_loss: str = typer.Option("labels", help="labels (cross-entropy) | distill (from the unpruned model, as --strategy distill) | features (structured: match its pooled features)."),
+    patience: int = typer.Option(0, help="Recovery: stop after this many epochs without a lower val loss and keep the best (0: off)."),
+    channel_multiple: int = typer.Option(8, help="structured: round kept channels up to a multiple of this (1: no rounding)."),
     reconstruct: bool = typer.Option(True, help="structured: least-squares refit of each projection to the original outputs before recovery."),
     recalibrate_bn: bool = typer.Option(False, help="structured: re-estimate BatchNorm statistics on the training images."),
     min_params: int = typer.Option(1000, help="magnitude: kernels with fewer weights stay dense."),
@@ -188,6 +198,7 @@ def prune(
 
     config = PruneConfig(model_dir=model_dir, out=out, method=method, sparsity=sparsity, schedule=schedule,
                          importance=importance, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
+                         recovery_loss=recovery_loss, patience=patience, channel_multiple=channel_multiple,
                          reconstruct=reconstruct, recalibrate_bn=recalibrate_bn, min_params=min_params,
                          prune_classifier=prune_classifier, sweep=sweep_values)
     config.validate()  # bad arguments fail before TensorFlow loads

@@ -9,6 +9,9 @@ from typing import Any
 from ..choices import PruneMethod, choose
 from ..errors import UsageError
 from ..metadata import MODEL_FILE, MODEL_METADATA, check_output_dir, read_json, read_model_card
+from .structured import CHANNEL_MULTIPLE
+
+RECOVERY_LOSSES = ("labels", "distill", "features")
 
 
 @dataclass
@@ -19,10 +22,18 @@ class PruneConfig:
     sparsity: float = 0.5
     schedule: str = "polynomial"  # magnitude only: constant | polynomial
     importance: str = "l1"  # structured only: l1 | bn
+    channel_multiple: int = CHANNEL_MULTIPLE  # structured: kept channels rounded up to a multiple (1 = none)
     data: Path | None = None  # default: the data set the model was trained on
     epochs: int = 2  # recovery fine-tuning; 0 = prune only
     batch_size: int = 16
     lr: float = 1e-4
+    # Recovery loss: labels (cross-entropy) | distill (Hinton KD from the unpruned model, the natural
+    # teacher, with training/distill.py's loss; temperature and weight as `finetune --strategy distill`)
+    # | features (structured: match the unpruned model's pooled features, weight = distill_weight).
+    recovery_loss: str = "labels"
+    temperature: float = 2.0
+    distill_weight: float = 0.5
+    patience: int = 0  # recovery: stop after this many epochs without a lower val loss, keep the best; 0 = off
     reconstruct: bool = True  # structured: least-squares refit of the projections to the original outputs
     # structured: re-estimate BN statistics on the training images. Off by default: on small data sets it
     # trades ImageNet-wide statistics for a few hundred images (lite0 on 195 photos: 92% -> 57%).
@@ -50,6 +61,14 @@ class PruneConfig:
             raise UsageError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.importance not in IMPORTANCE:
             raise UsageError(f"unknown importance {self.importance!r}; choose one of {', '.join(IMPORTANCE)}")
+        if self.recovery_loss not in RECOVERY_LOSSES:
+            raise UsageError(f"unknown recovery loss {self.recovery_loss!r}; choose one of {', '.join(RECOVERY_LOSSES)}")
+        if self.recovery_loss == "features" and self.method != PruneMethod.STRUCTURED:
+            raise UsageError("recovery loss 'features' is for structured pruning (magnitude: labels or distill)")
+        if not 0.0 <= self.distill_weight <= 1.0 or self.temperature <= 0 or self.patience < 0:
+            raise UsageError("the distill weight must be in [0, 1], the temperature > 0 and the patience >= 0")
+        if self.channel_multiple < 1:
+            raise UsageError(f"the channel multiple must be >= 1 (1: no rounding), got {self.channel_multiple}")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise UsageError("epochs must be >= 0, batch size >= 1 and the learning rate > 0")
         if not Path(self.model_dir).is_dir():

@@ -75,7 +75,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
         "recovery": {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
                      "optimizer": "adam", "batchnorm": "inference mode (frozen statistics)",
                      "data": str(data.root), "val_split": data.val_split, "seed": data.seed,
-                     "history": history},
+                     "history": history, **_loss_record(config)},
         "source_model": {"path": str(Path(config.model_dir).resolve()),
                          "sha256": card.model_sha256},
         "seconds": round(time.perf_counter() - started, 2),
@@ -85,6 +85,16 @@ def prune_model(config: PruneConfig) -> PruneResult:
         f"{record['accuracy']['before_recovery']} before / {record['accuracy']['after_recovery']} "
         f"after recovery", config.verbose)
     return PruneResult(Path(config.out), record, model, new_card.to_dict())
+
+
+def _loss_record(config: PruneConfig) -> dict:
+    """The recovery loss, early stopping, and for the teacher-based losses their settings."""
+    record = {"loss": config.recovery_loss, "patience": config.patience}
+    if config.recovery_loss != "labels":
+        record.update(teacher="the unpruned model", distill_weight=config.distill_weight)
+    if config.recovery_loss == "distill":
+        record["temperature"] = config.temperature
+    return record
 
 
 def _check_prunable(model, card: ModelCard, config: PruneConfig) -> None:
@@ -142,7 +152,7 @@ def _structured(model, card: ModelCard, config: PruneConfig, data: RecoveryData)
 
     family = _family(card)
     groups = st.family_groups(model, family)
-    st.select_channels(model, groups, config.sparsity, config.importance)
+    st.select_channels(model, groups, config.sparsity, config.importance, config.channel_multiple)
     original = model
     model = st.rebuild(model, groups)
     before = evaluate(model, data.val_ds)
@@ -155,11 +165,12 @@ def _structured(model, card: ModelCard, config: PruneConfig, data: RecoveryData)
     if config.recalibrate_bn:
         recalibrate_batchnorm(model, data.train_eval_ds)
         recalibrated = evaluate(model, data.val_ds).get("val_accuracy")
-    history = recover(model, data, config, [])
+    history = recover(model, data, config, [], teacher=original)
     removed = sum(len(g.removed) for g in groups)
     total = sum(g.channels for g in groups)
     details = {
         "importance": config.importance,
+        "channel_multiple": config.channel_multiple,
         "family": family,
         "channel_sparsity": round(removed / total, 6),
         "channels_removed": removed,

@@ -22,6 +22,10 @@ class RecoveryData:
     val_ds: Any
     train_eval_ds: Any  # training images without augmentation (BN recalibration)
     steps_per_epoch: int
+    train_set: Any = None  # the ImageSets and recipe behind the datasets (distillation rebuilds them)
+    val_set: Any = None
+    recipe: Any = None
+    train_pixels: Any = None
 
     @classmethod
     def load(cls, config: PruneConfig, card: ModelCard) -> "RecoveryData":
@@ -40,11 +44,12 @@ class RecoveryData:
         if labels and train.classes != labels:
             raise UsageError(f"{root} has classes {train.classes}, the model was trained on {labels}")
         recipe = card.recipe
-        train_ds = make_dataset(train, recipe, config.batch_size, True, seed,
-                                pixels=load_pixels(train.paths, recipe, training=True))
+        pixels = load_pixels(train.paths, recipe, training=True)
+        train_ds = make_dataset(train, recipe, config.batch_size, True, seed, pixels=pixels)
         val_ds = make_dataset(val, recipe, config.batch_size, False) if len(val) else None
         train_eval_ds = make_dataset(train, recipe, config.batch_size, False)
-        return cls(root, val_split, seed, train_ds, val_ds, train_eval_ds, -(-len(train) // config.batch_size))
+        return cls(root, val_split, seed, train_ds, val_ds, train_eval_ds, -(-len(train) // config.batch_size),
+                   train, val, recipe, pixels)
 
 
 def _compile(model, lr: float = 1e-4) -> None:
@@ -91,24 +96,85 @@ def recalibrate_batchnorm(model, dataset) -> None:
         layer.trainable, layer.momentum = trainable, momentum
 
 
-def recover(model, data: RecoveryData, config: PruneConfig, callbacks: list) -> list[dict[str, float]]:
+def recover(model, data: RecoveryData, config: PruneConfig, callbacks: list,
+            teacher=None) -> list[dict[str, float]]:
     """Fine-tune every weight at a low rate with BatchNormalization frozen in inference mode.
 
     BN layers are made non-trainable rather than relying on the ``training=False`` the classifier
     records for its backbone: Keras 3 functional models pass the outer ``training=True`` of ``fit`` on
     to nested calls, and a non-trainable BN always runs on its moving statistics.
+    ``teacher``: the unpruned Keras model, for ``recovery_loss="features"``.
     """
     if config.epochs == 0:
         return []
     layers = _all_layers(model)
     saved = [layer.trainable for layer in layers]
-    model.trainable = True
-    for layer in layers:
-        if is_batchnorm(layer):
-            layer.trainable = False
+    # Layer by layer: `model.trainable = True` leaves a frozen backbone's layers frozen (Keras 3.15), so
+    # recovery used to train only the classifier of a `features` model.
+    for layer in layers:  # containers come before their children
+        layer.trainable = not is_batchnorm(layer)
     history: list[dict[str, float]] = []
-    train_phase(model, data.train_ds, data.val_ds, config.epochs, config.lr, "prune-recovery", config.verbose,
-                history, callbacks=tuple(callbacks))
+    train_ds, val_ds, loss, metrics = data.train_ds, data.val_ds, "sparse_categorical_crossentropy", ("accuracy",)
+    trained = model
+    if config.recovery_loss == "distill":
+        train_ds, val_ds, loss, metrics = _distillation(data, config)
+    elif config.recovery_loss == "features":
+        trained, loss, metrics = _feature_matching(model, teacher, config.distill_weight)
+    if config.patience and val_ds is not None:
+        import keras
+
+        callbacks = [*callbacks, keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                                               restore_best_weights=True)]
+    train_phase(trained, train_ds, val_ds, config.epochs, config.lr, "prune-recovery", config.verbose,
+                history, callbacks=tuple(callbacks), loss=loss, metrics=metrics)
     for layer, trainable in zip(layers, saved):  # containers come before their children
         layer.trainable = trainable
     return history
+
+
+def _distillation(data: RecoveryData, config: PruneConfig):
+    """(train, val, loss, metrics) for recovery by distillation from the unpruned model (``model_dir``):
+    finetune's ``distill`` strategy, its loss and teacher table, on the same split."""
+    from ..data import make_dataset
+    from ..training import distill_loss, teacher_rows
+
+    table, rows_train, rows_val = teacher_rows(config.model_dir, data.train_set, data.val_set)
+    train_ds = make_dataset(rows_train, data.recipe, config.batch_size, True, data.seed, pixels=data.train_pixels)
+    val_ds = make_dataset(rows_val, data.recipe, config.batch_size, False) if len(rows_val) else None
+    loss, accuracy = distill_loss(table, config.temperature, config.distill_weight)
+    accuracy.__name__ = "accuracy"  # history keys as for the label loss
+    return train_ds, val_ds, loss, (accuracy,)
+
+
+FEATURES_LAYER = "pool"  # the classifier's pooled backbone features (training/builders.py)
+
+
+def _feature_matching(model, teacher, weight: float):
+    """(training model, loss, metrics) for recovery by matching the unpruned model's pooled features:
+    the training model outputs the student's probabilities next to its feature gap to the frozen
+    teacher, and the loss is ``(1 - weight) * CE(label) + weight * mean(gap^2)``. Every channel of the
+    1280 features the head reads is a target, where the label and the teacher's probabilities are one
+    number per image; the student's layers are shared, so training it trains ``model``."""
+    import keras
+    import tensorflow as tf
+
+    if teacher is None:
+        raise UsageError("recovery loss 'features' needs the unpruned model (structured pruning)")
+    n_classes = int(model.output.shape[-1])
+    teacher.trainable = False  # inference-mode BN, no updates
+    student = keras.Model(model.inputs, [model.output, model.get_layer(FEATURES_LAYER).output], name="student")
+    reference = keras.Model(teacher.inputs, teacher.get_layer(FEATURES_LAYER).output, name="teacher")
+    image = keras.Input(model.inputs[0].shape[1:], name="image")
+    probs, features = student(image)
+    gap = keras.layers.Subtract(name="feature_gap")([features, reference(image)])
+    trained = keras.Model(image, keras.layers.Concatenate(name="probs_and_gap")([probs, gap]))
+
+    def loss(labels, out):
+        hard = keras.losses.sparse_categorical_crossentropy(labels, out[:, :n_classes])
+        return (1.0 - weight) * hard + weight * tf.reduce_mean(tf.square(out[:, n_classes:]), -1)
+
+    def accuracy(labels, out):
+        predicted = tf.argmax(out[:, :n_classes], -1)
+        return tf.cast(tf.equal(tf.cast(tf.reshape(labels, [-1]), tf.int64), predicted), tf.float32)
+
+    return trained, loss, (accuracy,)

@@ -166,11 +166,27 @@ def importance(model, group: ChannelGroup, method: str) -> np.ndarray:
     return np.abs(kernel).sum(axis=(0, 1, 2))
 
 
-def select_channels(model, groups: list[ChannelGroup], sparsity: float, method: str) -> None:
-    """Mark ``floor(sparsity * C)`` least important channels of each group for removal (>= 1 kept)."""
+# Kept channels are rounded UP to a multiple of this: INT8 CPU kernels work on channel blocks, and a
+# ragged width runs their slow tail path. Lite0 at 60% (96 -> 39 kept, 144 -> 58, ...): ONNX Runtime INT8
+# 2.3-2.6 ms ragged (no faster than unpruned) vs 1.42-1.46 ms rounded to 8; TFLite (XNNPACK) INT8 is
+# 1.9-2.0x faster than unpruned either way; 16 was no faster than 8 on an AVX-512 VNNI CPU
+# (tools/RESULTS-search.md, "Kept channels").
+CHANNEL_MULTIPLE = 8
+
+
+def kept_channels(channels: int, sparsity: float, multiple: int = CHANNEL_MULTIPLE) -> int:
+    """How many of ``channels`` survive ``sparsity``: ``C - floor(sparsity * C)``, at least 1, rounded up
+    to a multiple of ``multiple`` (never above ``C``; 1 = no rounding)."""
+    kept = max(channels - int(np.floor(sparsity * channels + 1e-9)), 1)
+    return min(-(-kept // max(multiple, 1)) * max(multiple, 1), channels)
+
+
+def select_channels(model, groups: list[ChannelGroup], sparsity: float, method: str,
+                    multiple: int = CHANNEL_MULTIPLE) -> None:
+    """Mark the least important channels of each group for removal, keeping ``kept_channels``."""
     for group in groups:
         scores = importance(model, group, method)
-        n_remove = min(int(np.floor(sparsity * group.channels + 1e-9)), group.channels - 1)
+        n_remove = group.channels - kept_channels(group.channels, sparsity, multiple)
         group.removed = sorted(int(i) for i in np.argsort(scores, kind="stable")[:n_remove])
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import UsageError
 from ..metadata import OUTPUT_MARKER, atomic_directory, output_marker, write_json
+from ..pruning.structured import CHANNEL_MULTIPLE
 from ..stages import content_key, materialise_split, reuse_or_build
 from .pareto import halving
 from .progress import Progress
@@ -125,15 +126,11 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
             placement: "Placement") -> None:
     gpus = placement.gpus
     live = [t for t in trials if t.status == "pending"]
-    # Rung 1: one fine-tune per backbone x strategy.
-    def options(p: Point) -> dict[str, Any]:  # the finetune options `edgetl run` keys its stage on
-        return dict(backbone=p.backbone, weights=config.weights, strategy=p.strategy, epochs=config.epochs,
-                    batch_size=config.batch_size, lr=config.lr, input_size=config.input_size, seed=config.seed)
-
-    finetunes = {t.id: finetune_job(config.out, splits, split_key, options(t.point),
-                                    f"finetune {t.point.backbone}/{t.point.strategy}", gpus) for t in live}
+    # Rung 1: one fine-tune per backbone x strategy x input size.
+    finetunes = {t.id: finetune_job(config.out, splits, split_key, finetune_options(config, t.point),
+                                    f"finetune {t.point.branch}", gpus) for t in live}
     runner.run({t.id: finetunes[t.id] for t in live})
-    live = _rung(config, runner, live, "finetune", lambda t: f"{t.point.backbone}/{t.point.strategy}")
+    live = _rung(config, runner, live, "finetune", lambda t: t.point.branch)
 
     # Rung 2: one pruned model per branch x sparsity (sparsity 0: the fine-tuned model itself).
     models: dict[str, Path] = {}
@@ -144,10 +141,13 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
             prune_options = dict(method=config.prune_method, sparsity=t.point.sparsity,
                                  epochs=config.epochs if config.prune_epochs is None else config.prune_epochs)
             # Only options set are keyed, so the stages of searches without them are reused as they are.
-            prune_options.update({k: v for k, v in (("lr", config.prune_lr), ("importance", config.prune_importance))
-                                  if v is not None})
+            prune_options.update({k: v for k, v in (("lr", config.prune_lr), ("importance", config.prune_importance),
+                                                    ("recovery_loss", config.prune_loss),
+                                                    ("patience", config.prune_patience)) if v is not None})
+            if config.prune_method == "structured":  # the rounding of kept channels changes the model
+                prune_options["channel_multiple"] = CHANNEL_MULTIPLE
             prunes[t.id] = prune_job(config.out, model, prune_options,
-                                     f"prune {t.point.backbone}/{t.point.strategy} to {t.point.sparsity:g}", gpus)
+                                     f"prune {t.point.branch} to {t.point.sparsity:g}", gpus)
         models[t.id] = model
     runner.run(prunes)
     for t in live:
@@ -156,7 +156,7 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
         elif t.status == "pending":
             t.stages["prune"] = {**t.stages["finetune"], "skipped": "sparsity 0: the fine-tuned model"}
     live = _rung(config, runner, [t for t in live if t.status == "pending"], "prune",
-                 lambda t: f"{t.point.backbone}/{t.point.strategy}/sp{t.point.sparsity:g}")
+                 lambda t: f"{t.point.branch}/sp{t.point.sparsity:g}")
 
     # Rung 3: export each artifact; as one lands, bench it on its target.
     exports = {t.id: export_job(config.out, models[t.id], splits, t.point.format, t.point.quantize,
@@ -168,6 +168,14 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
                          f"bench {trial.id}", placement.bench_cpus[trial.target], config.threads)
 
     runner.run(exports, then={"bench": then_bench})
+
+
+def finetune_options(config: SearchConfig, point: Point) -> dict[str, Any]:
+    """The finetune options `edgetl run` keys its stage on. A point from the input-size axis keys its size
+    only when it is not the backbone's own, so it shares the fine-tune of a search that names no size."""
+    size = point.finetune_size() if point.input_size else config.input_size
+    return dict(backbone=point.backbone, weights=config.weights, strategy=point.strategy, epochs=config.epochs,
+                batch_size=config.batch_size, lr=config.lr, input_size=size, seed=config.seed)
 
 
 def _rung(config: SearchConfig, runner: "_Runner", live: list[Trial], kind: str,

@@ -1,7 +1,9 @@
 """What `edgetl search` explores: the configuration (``SearchConfig``) and its points.
 
-A point is backbone x strategy x sparsity x quantization x format; a trial is a point benched on one
-target. Points come from the grid of the command line's axes, overridden axis by axis by a ``--space``
+A point is backbone x strategy x input size x sparsity x quantization x format; a trial is a point
+benched on one target. The input size (``--input-sizes 224,176``) is the resolution the backbone is
+fine-tuned and exported at: a smaller one costs accuracy and buys latency roughly as the pixel count
+(Edge Impulse's EON Tuner searches it too); unset, each backbone runs at its own. Points come from the grid of the command line's axes, overridden axis by axis by a ``--space``
 JSON file, which may also list extra ``points``:
 
     {"backbones": ["efficientnet_lite0", "mobilenet_v2"], "sparsity": [0, 0.5],
@@ -31,7 +33,7 @@ from .. import zoo
 from ..choices import Mode, PruneMethod, Strategy, values
 from ..errors import UsageError
 
-AXES = ("backbones", "strategies", "sparsity", "quantize", "formats")
+AXES = ("backbones", "strategies", "input_sizes", "sparsity", "quantize", "formats")
 # A search point has one backbone: no stack; distill needs a teacher the search does not train.
 STRATEGIES = (Strategy.FEATURES, Strategy.FREEZE, Strategy.FULL)
 PRUNE_METHODS = values(PruneMethod)
@@ -44,10 +46,17 @@ class Point:
     sparsity: float
     quantize: str  # fp32 | fp16 | dynamic | int8
     format: str  # onnx | tflite | openvino
+    input_size: int | None = None  # None: SearchConfig.input_size, else the backbone's own (no size in the name)
+
+    @property
+    def branch(self) -> str:
+        """The fine-tuned model this point starts from: backbone / strategy [/ input size]."""
+        size = f"/{self.input_size}px" if self.input_size else ""
+        return f"{self.backbone}/{self.strategy}{size}"
 
     @property
     def name(self) -> str:
-        return f"{self.backbone}/{self.strategy}/sp{self.sparsity:g}/{self.format}/{self.quantize}"
+        return f"{self.branch}/sp{self.sparsity:g}/{self.format}/{self.quantize}"
 
     def problem(self) -> str | None:
         """Why this point cannot run, checked without TensorFlow (the backbone is checked by its
@@ -62,7 +71,15 @@ class Point:
             return f"unknown quantization {self.quantize!r}; choose from {', '.join(MODES)}"
         if not 0.0 <= self.sparsity < 1.0:
             return f"sparsity must be in [0, 1), got {self.sparsity}"
+        if self.input_size is not None and self.input_size < 1:
+            return f"input size must be >= 1, got {self.input_size}"
         return None
+
+    def finetune_size(self) -> int | None:
+        """The input size the fine-tune stage is keyed on: None when it is the backbone's own, so a
+        search naming 224 for efficientnet_lite0 reuses the fine-tune of one that names no size."""
+        own = zoo.get(self.backbone).input_size if self.backbone in zoo.names() else None
+        return None if self.input_size == own else self.input_size
 
 
 @dataclass
@@ -80,8 +97,11 @@ class SearchConfig:
     prune_method: str = "structured"  # structured removes channels (faster); magnitude only zeros weights
     prune_lr: float | None = None  # recovery learning rate; default: PruneConfig's
     prune_importance: str | None = None  # structured channel ranking (l1 | bn); default: PruneConfig's
+    prune_loss: str | None = None  # recovery loss (labels | distill from the unpruned model); default: PruneConfig's
+    prune_patience: int | None = None  # recovery early stopping on val loss; default: PruneConfig's (off)
     weights: str = "imagenet"
-    input_size: int | None = None
+    input_size: int | None = None  # every point's, unless input_sizes lists several
+    input_sizes: tuple[int, ...] = ()  # an axis: fine-tune (and everything below) at each of these sizes
     batch_size: int = 16
     lr: float = 1e-3
     val_split: float = 0.2
@@ -103,6 +123,7 @@ class SearchConfig:
         self.space = Path(self.space) if self.space else None
         self.targets = tuple(dict.fromkeys(t.strip() for t in self.targets if t and t.strip()))
         self.sparsity = tuple(float(s) for s in self.sparsity)
+        self.input_sizes = tuple(int(s) for s in self.input_sizes)
 
     def validate(self) -> None:
         """Everything checkable before Ray starts and before any work."""
@@ -120,6 +141,12 @@ class SearchConfig:
             raise UsageError(f"--prune-epochs must be >= 0, got {self.prune_epochs}")
         if self.prune_lr is not None and self.prune_lr <= 0:
             raise UsageError(f"the recovery learning rate must be > 0, got {self.prune_lr}")
+        from ..pruning.config import RECOVERY_LOSSES
+
+        if self.prune_loss is not None and self.prune_loss not in RECOVERY_LOSSES:
+            raise UsageError(f"unknown --prune-loss {self.prune_loss!r}; choose from {', '.join(RECOVERY_LOSSES)}")
+        if self.prune_patience is not None and self.prune_patience < 0:
+            raise UsageError(f"--prune-patience must be >= 0, got {self.prune_patience}")
         if self.prune_method not in PRUNE_METHODS:
             raise UsageError(f"unknown --prune-method {self.prune_method!r}; choose from {', '.join(PRUNE_METHODS)}")
         if self.eta < 1:
@@ -141,9 +168,12 @@ class SearchConfig:
     def points(self) -> list[Point]:
         if not self._points:
             axes, extra = _read_space(self.space) if self.space else ({}, [])
-            grid = {axis: axes.get(axis, getattr(self, axis)) for axis in AXES}
-            points = [Point(b, s, float(sp), q, f) for b in grid["backbones"] for s in grid["strategies"]
-                      for sp in grid["sparsity"] for q in grid["quantize"] for f in grid["formats"]]
+            # Without the axis a point names no size (the fine-tune then takes --input-size, keyed as before).
+            own = {"input_sizes": self.input_sizes or (None,)}
+            grid = {axis: axes.get(axis, own.get(axis) or getattr(self, axis)) for axis in AXES}
+            points = [Point(b, s, float(sp), q, f, size) for b in grid["backbones"] for s in grid["strategies"]
+                      for size in grid["input_sizes"] for sp in grid["sparsity"] for q in grid["quantize"]
+                      for f in grid["formats"]]
             self._points = list(dict.fromkeys([*points, *extra]))
         return self._points
 
@@ -207,7 +237,8 @@ def _read_space(path: Path) -> tuple[dict[str, list], list[Point]]:
             values = document[axis]
             if not isinstance(values, list) or not values:
                 raise UsageError(f"--space {path}: {axis} must be a non-empty list")
-            axes[axis] = [_number(v, path) if axis == "sparsity" else str(v) for v in values]
+            axes[axis] = [_number(v, path) if axis == "sparsity" else _size(v, path) if axis == "input_sizes"
+                          else str(v) for v in values]
     points = [_point(entry, path) for entry in document.get("points") or []]
     return axes, points
 
@@ -219,11 +250,19 @@ def _number(value: Any, path: Path) -> float:
         raise UsageError(f"--space {path}: sparsity {value!r} is not a number") from None
 
 
+def _size(value: Any, path: Path) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--space {path}: input size {value!r} is not an integer") from None
+
+
 def _point(entry: Any, path: Path) -> Point:
-    keys = ("backbone", "strategy", "sparsity", "quantize", "format")
+    keys = ("backbone", "strategy", "sparsity", "quantize", "format", "input_size")
     if not isinstance(entry, dict) or set(entry) - set(keys):
         raise UsageError(f"--space {path}: each point is an object with keys {', '.join(keys)}")
     return Point(str(entry.get("backbone", zoo.DEFAULT_BACKBONE)), str(entry.get("strategy", "features")),
                  _number(entry.get("sparsity", 0), path), str(entry.get("quantize", "fp32")),
-                 str(entry.get("format", "onnx")))
+                 str(entry.get("format", "onnx")),
+                 None if entry.get("input_size") is None else _size(entry["input_size"], path))
 

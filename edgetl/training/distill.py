@@ -65,11 +65,23 @@ def distill_loss(table, temperature: float, weight: float):
     return loss, accuracy
 
 
+def teacher_rows(teacher_dir: Path, train_set: ImageSet, val_set: ImageSet):
+    """(table for ``distill_loss``, train set, val set) with each label replaced by the image's row
+    number (train first, then val), so that shuffling keeps each image with its teacher row."""
+    import numpy as np
+
+    paths = list(train_set.paths) + list(val_set.paths)
+    probs, _ = teacher_probabilities(Path(teacher_dir), paths)
+    labels = np.asarray(list(train_set.labels) + list(val_set.labels), np.float64)
+    table = np.concatenate([labels[:, None], probs], axis=1)
+    rows_train = dataclasses.replace(train_set, labels=list(range(len(train_set))))
+    rows_val = dataclasses.replace(val_set, labels=list(range(len(train_set), len(paths))))
+    return table, rows_train, rows_val
+
+
 def train_distilled(config: FinetuneConfig, model, train_set: ImageSet, val_set: ImageSet,
                     recipe: Preprocessing, history: list) -> dict[str, Any]:
     """The distill phase on ``model`` (appends to ``history``); returns the card's ``teacher`` record."""
-    import numpy as np
-
     if config.teacher is None or not Path(config.teacher).is_dir():
         raise UsageError(f"strategy 'distill' needs --teacher MODEL_DIR (an edgetl model directory); "
                          f"got {config.teacher}")
@@ -79,15 +91,10 @@ def train_distilled(config: FinetuneConfig, model, train_set: ImageSet, val_set:
                          f"the data {train_set.classes}")
     if not 0.0 <= config.distill_weight <= 1.0 or config.temperature <= 0:
         raise UsageError("--distill-weight must be in [0, 1] and --temperature > 0")
-    paths = list(train_set.paths) + list(val_set.paths)
-    probs, _ = teacher_probabilities(Path(config.teacher), paths)
-    labels = np.asarray(list(train_set.labels) + list(val_set.labels), np.float64)
-    table = np.concatenate([labels[:, None], probs], axis=1)
+    table, rows_train, rows_val = teacher_rows(Path(config.teacher), train_set, val_set)
+    probs, labels = table[:, 1:], table[:, 0]
     say(f"teacher {config.teacher} ({teacher.backbone}): accuracy "
         f"{float((probs.argmax(-1) == labels).mean()):.3f} on train+val", config.verbose)
-    # Labels replaced by row numbers (train first, then val) so that shuffling keeps each image with its row.
-    rows_train = dataclasses.replace(train_set, labels=list(range(len(train_set))))
-    rows_val = dataclasses.replace(val_set, labels=list(range(len(train_set), len(paths))))
     train_ds = make_dataset(rows_train, recipe, config.batch_size, True, config.seed,
                             pixels=load_pixels(train_set.paths, recipe, training=True))
     val_ds = make_dataset(rows_val, recipe, config.batch_size, False) if len(val_set) else None

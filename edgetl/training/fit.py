@@ -50,7 +50,7 @@ def train_phase(model, train_ds, val_ds, epochs: int, lr: float, phase: str, ver
     result = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
                        callbacks=[*callbacks, _EpochPrinter(phase, epochs, verbose)])
     keys = list(result.history)
-    for epoch in range(epochs):
+    for epoch in range(len(result.history[keys[0]]) if keys else 0):  # fewer than epochs after early stopping
         history.append({"phase": phase, "epoch": len(history) + 1,
                         **{k: float(result.history[k][epoch]) for k in keys}})
 
