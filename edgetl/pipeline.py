@@ -35,7 +35,7 @@ class RunConfig:
     data: Path | None = None  # None: the embedded ant/bee sample
     backbone: str = zoo.DEFAULT_BACKBONE
     weights: str = "imagenet"
-    strategy: str = "freeze"  # as `edgetl finetune` (training/config.py says why)
+    strategy: str = "features"
     epochs: int = 5
     batch_size: int = 16
     lr: float = 1e-3

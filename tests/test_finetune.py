@@ -80,9 +80,9 @@ def test_freeze_strategy_changes_exactly_the_chosen_layers(sample_dir, tmp_path)
     _reload_matches(result, sample_dir)
 
 
-def test_default_recipe_is_freeze_at_lr_over_30_in_every_entry_point(sample_dir, tmp_path):
-    """The measured default (tools/RESULTS-accuracy.md E): head, then the top 20 layers at lr/30; the
-    CLI's finetune/run options repeat the library's defaults, so they must not drift apart."""
+def test_freeze_second_phase_defaults_to_lr_over_30_and_cli_repeats_the_defaults(sample_dir, tmp_path):
+    """freeze: head, then the top 20 layers at lr/30 (measured, tools/RESULTS-accuracy.md E); the CLI's
+    finetune/run options repeat the library's defaults, so they must not drift apart."""
     import dataclasses
 
     import typer
@@ -90,8 +90,7 @@ def test_default_recipe_is_freeze_at_lr_over_30_in_every_entry_point(sample_dir,
     from edgetl.cli import app
     from edgetl.pipeline import RunConfig
 
-    base = {k: v for k, v in _config(sample_dir, tmp_path / "m").__dict__.items() if k != "strategy"}
-    result = finetune(FinetuneConfig(**{**base, "lr": 3e-3}))
+    result = finetune(_config(sample_dir, tmp_path / "m", strategy="freeze", lr=3e-3))
     assert [h["phase"] for h in result.history] == ["head", "freeze"]
     assert len(result.metadata["unfrozen_layers"]) == 20
     assert float(result.model.optimizer.learning_rate.numpy()) == pytest.approx(3e-3 / 30)
@@ -102,7 +101,7 @@ def test_default_recipe_is_freeze_at_lr_over_30_in_every_entry_point(sample_dir,
     assert cli == {k: (str(v) if k == "strategy" else v) for k, v in defaults.items() if k in cli}
     assert len(cli) >= 15, cli
     run_strategy = next(p.default for p in commands["run"].params if p.name == "strategy")
-    assert run_strategy == RunConfig.strategy == FinetuneConfig.strategy == "freeze"
+    assert run_strategy == RunConfig.strategy == FinetuneConfig.strategy == "features"
 
 
 def test_full_strategy_and_stack(sample_dir, tmp_path):
