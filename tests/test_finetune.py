@@ -17,7 +17,7 @@ SIZE = 96
 
 def _config(sample_dir, out, **kw):
     base = dict(data=sample_dir, out=out, backbone="mobilenet_v2", weights="none", epochs=1,
-                batch_size=16, input_size=SIZE, verbose=False)
+                batch_size=16, input_size=SIZE, verbose=False, strategy="features")
     base.update(kw)
     return FinetuneConfig(**base)
 
@@ -78,6 +78,31 @@ def test_freeze_strategy_changes_exactly_the_chosen_layers(sample_dir, tmp_path)
         if layer.name not in chosen:
             assert not changed, f"{layer.name} was frozen but changed"
     _reload_matches(result, sample_dir)
+
+
+def test_freeze_second_phase_defaults_to_lr_over_30_and_cli_repeats_the_defaults(sample_subset, tmp_path):
+    """freeze: head, then the top 20 layers at lr/30 (measured, tools/RESULTS-accuracy.md E); the CLI's
+    finetune/run options repeat the library's defaults, so they must not drift apart."""
+    import dataclasses
+
+    import typer
+
+    from edgetl.cli import app
+    from edgetl.pipeline import RunConfig
+
+    sample_dir = sample_subset(8)  # the rate and the phases do not depend on how many photos train
+    result = finetune(_config(sample_dir, tmp_path / "m", strategy="freeze", lr=3e-3))
+    assert [h["phase"] for h in result.history] == ["head", "freeze"]
+    assert len(result.metadata["unfrozen_layers"]) == 20
+    assert float(result.model.optimizer.learning_rate.numpy()) == pytest.approx(3e-3 / 30)
+    defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)
+                if f.default is not dataclasses.MISSING and f.name != "backbones"}
+    commands = typer.main.get_command(app).commands
+    cli = {p.name: p.default for p in commands["finetune"].params if p.name in defaults}
+    assert cli == {k: (str(v) if k == "strategy" else v) for k, v in defaults.items() if k in cli}
+    assert len(cli) >= 15, cli
+    run_strategy = next(p.default for p in commands["run"].params if p.name == "strategy")
+    assert run_strategy == RunConfig.strategy == FinetuneConfig.strategy == "features"
 
 
 def test_full_strategy_and_stack(sample_subset, tmp_path):

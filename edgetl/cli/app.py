@@ -53,7 +53,7 @@ def finetune(
     fine_tune_epochs: Optional[int] = typer.Option(None, help="Epochs of the second phase (freeze/full)."),
     batch_size: int = typer.Option(16),
     lr: float = typer.Option(1e-3, help="Learning rate of the head phase."),
-    fine_tune_lr: Optional[float] = typer.Option(None, help="Second-phase rate (default lr/10 freeze, lr/100 full)."),
+    fine_tune_lr: Optional[float] = typer.Option(None, help="Second-phase rate (default lr/30 freeze, lr/100 full)."),
     dropout: float = typer.Option(0.2),
     val_split: float = typer.Option(0.2, help="Validation fraction when DATA is not pre-split."),
     seed: int = typer.Option(0),

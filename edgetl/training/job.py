@@ -78,7 +78,9 @@ def finetune(config: FinetuneConfig) -> TrainedModel:
     if config.strategy in (Strategy.FREEZE, Strategy.FULL):
         if config.strategy == Strategy.FREEZE:
             unfrozen = unfreeze(base, config.unfreeze_top)
-            default_lr = config.lr / 10
+            # lr/30, not lr/10: at lr/10 the unfrozen layers memorised the 195 ant/bee photos in 2
+            # epochs (train acc 1.000, val loss up to 0.26); lr/30: mean val loss over 5 seeds 0.141 -> 0.101.
+            default_lr = config.lr / 30
         else:
             unfrozen = unfreeze(base)
             default_lr = config.lr / 100
