@@ -156,7 +156,8 @@ def search(
                           strategies=tuple(_split([strategies])), sparsity=sparsities,
                           quantize=tuple("fp32" if q == "none" else q for q in _split([quantize])),
                           formats=tuple(_split([formats])), epochs=epochs, prune_epochs=prune_epochs,
-                          prune_method=prune_method, prune_loss=prune_loss, prune_patience=prune_patience, weights=weights, input_size=input_size, input_sizes=sizes, batch_size=batch_size,
+                          prune_method=prune_method, prune_loss=prune_loss, prune_patience=prune_patience,
+                          weights=weights, input_size=input_size, input_sizes=sizes, batch_size=batch_size,
                           seed=seed, runs=runs, threads=threads, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
                           max_drop=max_drop, eta=eta, space=space, address=address)
     config.validate()  # bad arguments and a forbidden --out fail before Ray starts
@@ -180,7 +181,7 @@ def prune(
     epochs: int = typer.Option(2, help="Recovery fine-tuning epochs (0: prune only)."),
     batch_size: int = typer.Option(16),
     lr: float = typer.Option(1e-4, help="Recovery learning rate (Adam)."),
-    recovery_loss: str = typer.Option("labels", help="labels (cross-entropy) | distill (from the unpruned model, as --strategy distill) | features (structured: match its pooled features)."),
+    recovery_loss: str = typer.Option("distill", help="distill (from the unpruned model, as --strategy distill) | labels (cross-entropy) | features (structured: match its pooled features)."),
     patience: int = typer.Option(0, help="Recovery: stop after this many epochs without a lower val loss and keep the best (0: off)."),
     channel_multiple: int = typer.Option(8, help="structured: round kept channels up to a multiple of this (1: no rounding)."),
     reconstruct: bool = typer.Option(True, help="structured: least-squares refit of each projection to the original outputs before recovery."),

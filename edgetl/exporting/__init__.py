@@ -3,8 +3,11 @@
 Module map: ``config`` (ExportConfig), ``job`` (``export``, the format-free orchestration), ``backends``
 (one ``ExportBackend`` per format and the registry), ``formats`` (names derived from the registry),
 ``results``, ``sidecar``, ``keras_graph`` (what is converted), ``calibration``, ``parity``, ``pairs``
-(pair-safe INT8 weights), ``sensitivity`` (accuracy-aware INT8), ``embedded_metadata``, ``target``
-(``export --target``: ``qnn``, ``vela``). The sidecar format is documented in models/README.md.
+(pair-safe INT8 weights), ``bias_correction`` (the maths; ``backends/*_bias.py`` apply it per format),
+``qat`` and ``qat_formats`` (``--qat-epochs``: training, then the ranges carried into each format),
+``sensitivity`` (accuracy-aware INT8), ``scratch`` (an export's temporary files, inside its staging folder),
+``embedded_metadata``, ``target`` (``export --target``: ``qnn``, ``vela``). The sidecar format is
+documented in models/README.md.
 """
 
 from .config import ExportConfig
