@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,15 @@ class TfliteBackend(ExportBackend):
                      and dense_share(graph) <= FLOAT_HEAD_MAX_SHARE else ())
         details = convert(graph, path, mode, job.calib, calib_input, uint8_input=int8_pixels,
                           float_nodes=float_nodes, output_name=job.source.output_kind, float_ops=float_ops)
+        if mode == Mode.FP32 and input_dtype == InputDtype.FLOAT32 and not float_nodes:
+            # The float reference bias correction needs is this very conversion: keep a copy (before
+            # metadata is embedded) instead of converting the graph a second time.
+            def keep():
+                reference = job.work / "tflite_bias_reference_float32.tflite"
+                shutil.copyfile(path, reference)
+                return reference
+
+            job.cached(("tflite float reference", "float32"), keep)
         if mode == Mode.INT8 and job.config.bias_correction:
             details["bias_correction"] = self.correct_biases(job, graph, path, calib_input)
         return details
