@@ -4,8 +4,8 @@ Quantization", section 4.2; empirical form, from calibration images).
 Rounding (and pair-safe bounding, ``exporting.pairs``) changes each weight by ``dW``; on inputs with per
 channel mean ``E[x]`` a layer's output then moves by ``dW @ E[x]`` on average, a bias no later layer
 removes. Subtracting it from the layer's bias restores the FP32 output mean. ``E[x]`` is taken from the
-FP32 graph on the calibration images, so the correction is deterministic and one forward pass. Backends
-find their layers and biases (``backends.onnx.correct_biases``, ``backends.openvino.correct_biases``);
+FP32 graph on the calibration images, so the correction is deterministic and one forward pass. Each
+format finds its own layers and biases (``backends/onnx_bias.py``, ``tflite_bias.py``, ``openvino_bias.py``);
 the arithmetic is here.
 """
 

@@ -3,8 +3,9 @@
 A point is backbone x strategy x input size x sparsity x quantization x format; a trial is a point
 benched on one target. The input size (``--input-sizes 224,176``) is the resolution the backbone is
 fine-tuned and exported at: a smaller one costs accuracy and buys latency roughly as the pixel count
-(Edge Impulse's EON Tuner searches it too); unset, each backbone runs at its own. Points come from the grid of the command line's axes, overridden axis by axis by a ``--space``
-JSON file, which may also list extra ``points``:
+(Edge Impulse's EON Tuner searches it too); unset, each backbone runs at its own. Points come from the
+grid of the command line's axes, overridden axis by axis by a ``--space`` JSON file, which may also list
+extra ``points``:
 
     {"backbones": ["efficientnet_lite0", "mobilenet_v2"], "sparsity": [0, 0.5],
      "points": [{"backbone": "vgg19", "strategy": "features", "sparsity": 0, "quantize": "int8",
@@ -97,7 +98,7 @@ class SearchConfig:
     prune_method: str = "structured"  # structured removes channels (faster); magnitude only zeros weights
     prune_lr: float | None = None  # recovery learning rate; default: PruneConfig's
     prune_importance: str | None = None  # structured channel ranking (l1 | bn); default: PruneConfig's
-    prune_loss: str | None = None  # recovery loss (labels | distill from the unpruned model); default: PruneConfig's
+    prune_loss: str | None = None  # recovery loss (distill from the unpruned model | labels | features); default: PruneConfig's
     prune_patience: int | None = None  # recovery early stopping on val loss; default: PruneConfig's (off)
     weights: str = "imagenet"
     input_size: int | None = None  # every point's, unless input_sizes lists several
