@@ -19,6 +19,7 @@ consumer, and a softmax output would get TFLite's fixed 1/256 scale.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import shutil
 import tempfile
@@ -43,17 +44,16 @@ _SAVED_MODELS: "weakref.WeakKeyDictionary[Any, dict[str, Path]]" = weakref.WeakK
 def _converter(model, output_name: str):
     """``TFLiteConverter.from_saved_model`` of ``named_output(model, output_name)``, exported once per
     graph object (what ``from_keras_model`` does on every call)."""
-    import tensorflow as tf
-
-    import functools
-
     import keras
+    import tensorflow as tf
 
     exports = _SAVED_MODELS.setdefault(model, {})
     saved = exports.get(output_name)
     if saved is None or not saved.is_dir():  # a later export's scratch no longer holds an earlier one
         graph = named_output(model, output_name)
-        saved = Path(tempfile.mkdtemp(prefix="tflite-savedmodel-")) / "model"
+        folder = tempfile.mkdtemp(prefix="tflite-savedmodel-")  # in an export: its scratch
+        weakref.finalize(model, shutil.rmtree, folder, True)  # with the graph, or at exit
+        saved = Path(folder) / "model"
         # As from_keras_model does for a Keras 3 functional model: the call with training=False, the
         # inputs' own names in the signature.
         archive = keras.export.ExportArchive()
