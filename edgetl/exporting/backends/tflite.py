@@ -1,8 +1,11 @@
-"""TFLite (LiteRT) artifacts through ``tf.lite.TFLiteConverter.from_keras_model``, and ``TfliteBackend``,
-the export backend that runs the converter for each mode.
+"""TFLite (LiteRT) artifacts through ``tf.lite.TFLiteConverter``, and ``TfliteBackend``, the export backend
+that runs the converter for each mode.
 
 ``from_concrete_functions`` given the Keras model as trackable silently writes a model that outputs NaN
-with TF 2.21/Keras 3.15, so the Keras entry point is the only one used. The graph is wrapped so its
+with TF 2.21/Keras 3.15. ``from_keras_model`` is Keras' own SavedModel export followed by
+``from_saved_model``, and it redoes that export on every call (lite0 at 96 px: 2.6 of its 5.4 s); an
+export converts one graph for up to four modes and a float reference, so the graph's SavedModel is
+exported once (``_converter``, in the export's scratch) and each mode converts from it. The graph is wrapped so its
 output is a dict ``{output_name: tensor}``: the signature's output key is then ``logits`` (or
 ``probabilities``), what the sidecar says, instead of the converter's ``output_0``; the input key is the
 Keras input's name, ``image``. ``io_names`` reads back what a client sees.
@@ -16,8 +19,11 @@ consumer, and a softmax output would get TFLite's fixed 1/256 scale.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import shutil
+import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,38 @@ import numpy as np
 from ...choices import Format, InputDtype, Mode
 from ..calibration import CalibrationSet
 from .base import ExportBackend
+
+
+CONVERTER = "TFLiteConverter.from_saved_model (Keras export, once per graph)"
+
+# The SavedModel of each graph converted so far, per output name (weak keys: it lives as long as the
+# graph object, i.e. one export job).
+_SAVED_MODELS: "weakref.WeakKeyDictionary[Any, dict[str, Path]]" = weakref.WeakKeyDictionary()
+
+
+def _converter(model, output_name: str):
+    """``TFLiteConverter.from_saved_model`` of ``named_output(model, output_name)``, exported once per
+    graph object (what ``from_keras_model`` does on every call)."""
+    import keras
+    import tensorflow as tf
+
+    exports = _SAVED_MODELS.setdefault(model, {})
+    saved = exports.get(output_name)
+    if saved is None or not saved.is_dir():  # a later export's scratch no longer holds an earlier one
+        graph = named_output(model, output_name)
+        folder = tempfile.mkdtemp(prefix="tflite-savedmodel-")  # in an export: its scratch
+        weakref.finalize(model, shutil.rmtree, folder, True)  # with the graph, or at exit
+        saved = Path(folder) / "model"
+        # As from_keras_model does for a Keras 3 functional model: the call with training=False, the
+        # inputs' own names in the signature.
+        archive = keras.export.ExportArchive()
+        archive.track(graph)
+        signature = [tf.TensorSpec(x.shape, dtype=x.dtype, name=x.name) for x in graph.inputs]
+        archive.add_endpoint("serve", functools.partial(graph.__call__, training=False), signature)
+        with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the signature
+            archive.write_out(str(saved), verbose=False)
+        exports[output_name] = saved
+    return tf.lite.TFLiteConverter.from_saved_model(str(saved))
 
 
 def convert(model, path: Path, mode: str, calib: CalibrationSet | None = None,
@@ -38,11 +76,10 @@ def convert(model, path: Path, mode: str, calib: CalibrationSet | None = None,
     TFLite's QuantizationDebugger; the rest stays full-integer); ``float_ops`` the same by op type."""
     import tensorflow as tf
 
-    model = named_output(model, output_name)
     if float_nodes or float_ops:
-        return _convert_selective(model, path, calib, calib_input, list(float_nodes or []), float_ops)
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    details: dict[str, Any] = {"converter": "TFLiteConverter.from_keras_model"}
+        return _convert_selective(model, path, calib, calib_input, list(float_nodes or []), float_ops, output_name)
+    converter = _converter(model, output_name)
+    details: dict[str, Any] = {"converter": CONVERTER}
     if mode == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -134,10 +171,10 @@ def _representative(calib: CalibrationSet, calib_input: str, limit: int | None =
 
 
 def _debugger(model, calib: CalibrationSet, calib_input: str, debug_images: int, float_nodes=None,
-              float_ops=()):
+              float_ops=(), output_name: str = "logits"):
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = _converter(model, output_name)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = _representative(calib, calib_input)
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_nodes or []),
@@ -154,9 +191,8 @@ def rank_layers(model, calib: CalibrationSet, calib_input: str = "float32",
     (the measure TFLite's selective-quantization guide ranks by)."""
     import csv
 
-    model = named_output(model, output_name)  # the graph convert() quantizes, so tensor names match
     with contextlib.redirect_stdout(io.StringIO()):  # the converter prints SavedModel signatures
-        debugger = _debugger(model, calib, calib_input, debug_images)
+        debugger = _debugger(model, calib, calib_input, debug_images, output_name=output_name)
         debugger.run()
     dump = io.StringIO()
     debugger.layer_statistics_dump(dump)
@@ -169,11 +205,13 @@ def rank_layers(model, calib: CalibrationSet, calib_input: str = "float32",
 
 
 def _convert_selective(model, path: Path, calib: CalibrationSet, calib_input: str,
-                       float_nodes: list[str], float_ops: tuple[str, ...] = ()) -> dict[str, Any]:
+                       float_nodes: list[str], float_ops: tuple[str, ...] = (),
+                       output_name: str = "logits") -> dict[str, Any]:
     with contextlib.redirect_stdout(io.StringIO()):
-        flatbuffer = _debugger(model, calib, calib_input, 1, float_nodes, float_ops).get_nondebug_quantized_model()
+        flatbuffer = _debugger(model, calib, calib_input, 1, float_nodes, float_ops,
+                               output_name).get_nondebug_quantized_model()
     path.write_bytes(flatbuffer)
-    details = {"converter": "QuantizationDebugger(TFLiteConverter.from_keras_model)",
+    details = {"converter": f"QuantizationDebugger({CONVERTER})",
                "weights": "int8 per-channel", "activations": "int8 per-tensor, float in the float layers",
                "io": {"input": "float32", "output": "float32"}}
     return {**details, "float_ops": list(float_ops)} if float_ops else details
