@@ -37,6 +37,11 @@ def output_shift(delta: np.ndarray, input_mean: np.ndarray, layout: str, groups:
     return np.sum(taps * means, axis=1)
 
 
+def quantize_bias(bias: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """A corrected float bias back on its int32 grid (same scale, saturating)."""
+    return np.clip(np.round(bias / np.asarray(scale, np.float64)), -2**31, 2**31 - 1).astype("<i4")
+
+
 def channel_mean(tensor: np.ndarray, channel_axis: int) -> np.ndarray:
     """Mean over every axis but the channel one (batch, spatial)."""
     tensor = np.asarray(tensor, dtype=np.float64)

@@ -87,6 +87,22 @@ def channel_axis(layout: str) -> int:
     return 1 if layout == "kn" else 0
 
 
+def per_channel(values: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """Per-channel quantization parameters (one per index of ``axis``, or one for the whole tensor) as
+    float64, shaped to broadcast against an ``ndim`` tensor."""
+    values = np.asarray(values, dtype=np.float64)
+    shape = [1] * ndim
+    if values.size > 1:
+        shape[axis] = -1
+    return values.reshape(shape)
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, axis: int, zero: np.ndarray | None = None) -> np.ndarray:
+    """Float64 values of integer weights ``q`` (``per_channel`` scale and zero point)."""
+    shifted = q.astype(np.float64) - (0.0 if zero is None else per_channel(zero, q.ndim, axis))
+    return shifted * per_channel(scale, q.ndim, axis)
+
+
 def requantize(weights: np.ndarray, scale: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
     """(int8 weights, scale) for the float ``weights``: ``scale`` where it already keeps every pair within
     the bound, grown where it does not. ``scale`` is per output channel (any shape that broadcasts

@@ -248,9 +248,7 @@ def bound_weight_pairs(path: Path) -> dict[str, Any]:
         axis = next((a.i for a in w_dq.attribute if a.name == "axis"), 1)
         if scale.size > 1 and axis != pairs.channel_axis(layout):
             continue  # per-channel along another axis than the output channels: not ours
-        shape = [1] * q.ndim
-        shape[axis] = -1
-        weights = q.astype(np.float64) * (scale.reshape(shape) if scale.size > 1 else scale)
+        weights = pairs.dequantize(q, scale, axis)
         new_q, new_scale = pairs.requantize(weights, scale, layout)
         replace(w_dq.input[0], new_q)
         replace(w_dq.input[1], new_scale)

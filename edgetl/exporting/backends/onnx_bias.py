@@ -74,13 +74,9 @@ def correct_biases(qdq_path: Path, pre_path: Path, calib: CalibrationSet, input_
     means = input_means(pre_path, {node.name for node, _ in candidates}, calib, input_dtype)
     shifts, biases = [], []
     for node, w_dq in candidates:
-        q, scale = array(w_dq.input[0]).astype(np.float64), array(w_dq.input[1]).astype(np.float64)
         zero = array(w_dq.input[2]) if len(w_dq.input) > 2 else None
         axis = next((a.i for a in w_dq.attribute if a.name == "axis"), 1)
-        shape = [1] * q.ndim
-        if scale.size > 1:
-            shape[axis] = -1
-        dequantized = (q - (0 if zero is None else zero.astype(np.float64).reshape(shape))) * scale.reshape(shape)
+        dequantized = pairs.dequantize(array(w_dq.input[0]), array(w_dq.input[1]), axis, zero)
         delta = dequantized - float_weights[node.name]
         transposed = any(a.name == "transB" and a.i for a in node.attribute)
         layout = pairs.weight_layout(node.op_type == "Conv", transposed)
@@ -90,7 +86,7 @@ def correct_biases(qdq_path: Path, pre_path: Path, calib: CalibrationSet, input_
         if bias_dq is not None and bias_dq.op_type == "DequantizeLinear" and array(bias_dq.input[0]) is not None:
             bias_q, bias_scale = array(bias_dq.input[0]), array(bias_dq.input[1]).astype(np.float64)
             bias = bias_q.astype(np.float64) * bias_scale
-            corrected = np.clip(np.round((bias - shift) / bias_scale), -2**31, 2**31 - 1).astype(bias_q.dtype)
+            corrected = bias_correction.quantize_bias(bias - shift, bias_scale).astype(bias_q.dtype)
             initializers[bias_dq.input[0]].CopyFrom(numpy_helper.from_array(corrected, bias_dq.input[0]))
         elif node.input[2] in initializers:
             bias = array(node.input[2]).astype(np.float64)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import bias_correction
+from .. import bias_correction, pairs
 from ..calibration import CalibrationSet
 
 LAYERS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -36,14 +36,20 @@ def _as_conv_layout(op_name: str, weights: np.ndarray) -> tuple[np.ndarray, str,
     return weights, "nk", 1  # FULLY_CONNECTED [N, K]
 
 
-def input_means(fp32_path: Path, calib: CalibrationSet, calib_input: str) -> list[np.ndarray]:
-    """Channel means (last axis) of each layer's activation input in the float model, in op order."""
+def _float_interpreter(fp32_path: Path):
+    """The float model with every inner tensor kept readable after ``invoke`` (the layers' inputs)."""
     from ai_edge_litert.interpreter import Interpreter
 
     with warnings.catch_warnings():  # "for debugging purposes only": here it is how inner tensors are read
         warnings.simplefilter("ignore", UserWarning)
         interpreter = Interpreter(model_path=str(fp32_path), experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
+    return interpreter
+
+
+def input_means(interpreter, calib: CalibrationSet, calib_input: str) -> list[np.ndarray]:
+    """Channel means (last axis) of each layer's activation input in the float model (``_float_interpreter``),
+    in op order."""
     layers = _layers(interpreter)
     index = interpreter.get_input_details()[0]["index"]
     running = bias_correction.RunningMean()
@@ -60,12 +66,12 @@ def correct_biases(int8_path: Path, fp32_path: Path, calib: CalibrationSet, cali
     from ai_edge_litert.interpreter import Interpreter
     from tensorflow.lite.python import schema_py_generated as schema
 
-    float_interpreter = Interpreter(model_path=str(fp32_path))
+    float_interpreter = _float_interpreter(fp32_path)  # its weights, and its layers' inputs when run
     int8_interpreter = Interpreter(model_path=str(int8_path))
     float_layers, int8_layers = _layers(float_interpreter), _layers(int8_interpreter)
     if [op["op_name"] for op in float_layers] != [op["op_name"] for op in int8_layers]:
         return {"skipped": "the float and int8 models have different layers"}
-    means = input_means(fp32_path, calib, calib_input)
+    means = input_means(float_interpreter, calib, calib_input)
     data = bytearray(int8_path.read_bytes())
     model = schema.Model.GetRootAsModel(data, 0)
     graph = model.Subgraphs(0)
@@ -85,11 +91,9 @@ def correct_biases(int8_path: Path, fp32_path: Path, calib: CalibrationSet, cali
         scales, axis = quant["scales"].astype(np.float64), quant["quantized_dimension"]
         if float_weights.shape != q.shape or scales.size not in (1, q.shape[axis]):
             continue
-        shape = [1] * q.ndim
-        if scales.size > 1:
-            shape[axis] = -1
-        dequantized = q.astype(np.float64) * scales.reshape(shape)
-        if np.max(np.abs(dequantized - float_weights) / scales.reshape(shape)) > 1.01:
+        step = pairs.per_channel(scales, q.ndim, axis)
+        dequantized = q.astype(np.float64) * step
+        if np.max(np.abs(dequantized - float_weights) / step) > 1.01:
             continue  # not the same layer: int8 weights are the float ones rounded
         delta, layout, groups = _as_conv_layout(op["op_name"], dequantized - float_weights)
         shift = bias_correction.output_shift(delta, mean, layout, mean.size if groups == -1 else groups)
@@ -103,7 +107,7 @@ def correct_biases(int8_path: Path, fp32_path: Path, calib: CalibrationSet, cali
         view = model.Buffers(buffer_index).DataAsNumpy()  # a writable view into ``data``
         if not isinstance(view, np.ndarray) or view.size != bias_q.nbytes:
             continue  # stored outside the flatbuffer (models over 2 GB): not these
-        corrected = np.clip(np.round((bias - shift) / bias_scales), -2**31, 2**31 - 1).astype("<i4")
+        corrected = bias_correction.quantize_bias(bias - shift, bias_scales)
         view[:] = np.frombuffer(corrected.tobytes(), dtype=np.uint8)
         shifts.append(shift)
         biases.append(bias)
