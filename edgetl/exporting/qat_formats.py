@@ -137,16 +137,14 @@ def qat_qdq(job, path: Path, input_dtype: str, int8_weights: str) -> dict[str, A
 
 # -- TFLite --------------------------------------------------------------------------------------------
 def qat_tflite(job, path: Path, input_dtype: str) -> dict[str, Any]:
-    import tensorflow as tf
-
-    from .backends.tflite import full_integer, named_output, write_converted
+    from .backends.tflite import CONVERTER, converter_for, full_integer, write_converted
 
     _check_input(input_dtype)
     graph, info = qat_graph(job)
-    converter = tf.lite.TFLiteConverter.from_keras_model(named_output(graph.model, job.source.output_kind))
+    converter = converter_for(graph.model, job.source.output_kind)
     full_integer(converter, job.calib, "float32")
     write_converted(converter, path)
-    return {"converter": "TFLiteConverter.from_keras_model (fake-quant graph)", "weights": "int8 per-channel",
+    return {"converter": f"{CONVERTER} (fake-quant graph)", "weights": "int8 per-channel",
             "activations": "int8 per-tensor", "io": {"input": "float32", "output": "float32"},
             "qat": {**info, "carried": {"activation_ranges": len(graph.quantizers),
                                         "how": "FakeQuant ops in the converted graph"}}}

@@ -5,8 +5,8 @@ that runs the converter for each mode.
 with TF 2.21/Keras 3.15. ``from_keras_model`` is Keras' own SavedModel export followed by
 ``from_saved_model``, and it redoes that export on every call (lite0 at 96 px: 2.6 of its 5.4 s); an
 export converts one graph for up to four modes and a float reference, so the graph's SavedModel is
-exported once (``_converter``, in the export's scratch) and each mode converts from it. The graph is wrapped so its
-output is a dict ``{output_name: tensor}``: the signature's output key is then ``logits`` (or
+exported once (``converter_for``, in the export's scratch) and each mode converts from it. The graph
+is wrapped so its output is a dict ``{output_name: tensor}``: the signature's output key is then ``logits`` (or
 ``probabilities``), what the sidecar says, instead of the converter's ``output_0``; the input key is the
 Keras input's name, ``image``. ``io_names`` reads back what a client sees.
 
@@ -41,7 +41,7 @@ CONVERTER = "TFLiteConverter.from_saved_model (Keras export, once per graph)"
 _SAVED_MODELS: "weakref.WeakKeyDictionary[Any, dict[str, Path]]" = weakref.WeakKeyDictionary()
 
 
-def _converter(model, output_name: str):
+def converter_for(model, output_name: str):
     """``TFLiteConverter.from_saved_model`` of ``named_output(model, output_name)``, exported once per
     graph object (what ``from_keras_model`` does on every call)."""
     import keras
@@ -78,7 +78,7 @@ def convert(model, path: Path, mode: str, calib: CalibrationSet | None = None,
 
     if float_nodes or float_ops:
         return _convert_selective(model, path, calib, calib_input, list(float_nodes or []), float_ops, output_name)
-    converter = _converter(model, output_name)
+    converter = converter_for(model, output_name)
     details: dict[str, Any] = {"converter": CONVERTER}
     if mode == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -174,7 +174,7 @@ def _debugger(model, calib: CalibrationSet, calib_input: str, debug_images: int,
               float_ops=(), output_name: str = "logits"):
     import tensorflow as tf
 
-    converter = _converter(model, output_name)
+    converter = converter_for(model, output_name)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = _representative(calib, calib_input)
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_nodes or []),
