@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -88,3 +89,29 @@ def environment_os_error(failures: Iterable[BaseException], where: str | Path | 
                     return OSError(code, os.strerror(code), str(where) if where is not None else None)
         pending += [exc.__cause__, exc.__context__]
     return None
+
+
+# Less free space than this, right after a native writer failed there, means the disk filled up.
+FULL_DISK_BYTES = 1 << 20
+
+
+def full_disk_error(failure: BaseException, place: str | Path, where: str | Path | None = None) -> OSError | None:
+    """ENOSPC (naming ``where``) when ``failure`` is not one of edgetl's own errors and the file
+    system holding ``place`` has less than FULL_DISK_BYTES free; else None.
+
+    For the C++ writers that lose errno on the way to Python: OpenVINO's ``save_model`` raises
+    ``RuntimeError("basic_ios::clear: iostream error")``, ONNX Runtime's optimiser writes a truncated
+    model that the next reader rejects as corrupt protobuf. Call it while the failed write's partial
+    files are still in place, so the disk is still as full as the writer found it.
+    """
+    from .errors import EdgetlError
+
+    if isinstance(failure, (EdgetlError, OSError)):
+        return None
+    try:
+        free = shutil.disk_usage(place).free
+    except OSError:
+        return None
+    if free >= FULL_DISK_BYTES:
+        return None
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where if where is not None else place))

@@ -375,6 +375,30 @@ def test_full_disk_inside_the_tflite_converter_is_one_line(runtime_model_dir, sm
     assert err[-1] == "[]"  # what was left on that disk, seen from inside the namespace: nothing
 
 
+@pytest.mark.parametrize("fmt, modes, size", [("openvino", "fp32", "64k"), ("onnx", "fp32,int8", "100k")])
+def test_full_disk_inside_native_writers_is_one_line(runtime_model_dir, small_data, tmp_path, fmt, modes, size):
+    """OpenVINO's save_model (``RuntimeError: basic_ios::clear``) and ONNX Runtime's optimiser (a
+    truncated model, then a protobuf error) lose errno: a full disk there is still one line."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    prefix = _tmpfs_prefix(disk, size)
+    if prefix is None:
+        pytest.skip("cannot mount a tmpfs here (no unprivileged user namespaces)")
+    out = disk / "artifacts"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "DISK": str(disk)}
+    script = ("import os, sys; from edgetl.cli import main; code = main(sys.argv[1:]); "
+              "print(sorted(os.listdir(os.environ['DISK'])), file=sys.stderr); sys.exit(code)")
+    done = subprocess.run([*prefix, sys.executable, "-c", script, "export", str(runtime_model_dir), "--out", str(out),
+                           "-f", fmt, "-q", modes, "--calib", str(small_data), "--calib-size", "8",
+                           "--check", str(small_data)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "ERROR" not in done.stderr
+    err = done.stderr.strip().splitlines()
+    assert err[-2] == f"edgetl: error: {out}: No space left on device (the disk is full)"
+    assert err[-1] == "[]"
+
+
 def test_file_size_limit_inside_the_converter_is_one_line(runtime_model_dir, small_data, tmp_path, capfd):
     """The same hidden failure from a file-size limit (EFBIG, ``ulimit -f``), in this process."""
     out = tmp_path / "artifacts"

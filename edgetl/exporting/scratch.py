@@ -13,7 +13,9 @@ reported for the place the user chose.
 TensorFlow's ``TFLiteConverter.from_keras_model`` catches the failure of its own SavedModel write (a
 full disk, a file-size limit) and falls back to a Keras 2 path that fails with an unrelated
 ``TypeError``. ``scratch_folder`` records that write's error, so the export ends in one line saying what
-happened (``writable.environment_os_error``; the CLI prints it like any other full disk).
+happened (``writable.environment_os_error``; the CLI prints it like any other full disk). OpenVINO's
+and ONNX Runtime's C++ writers drop errno altogether; a failure while the output's disk has no room
+left is reported as that full disk (``writable.full_disk_error``).
 
 Both are process-wide settings for the time of one export: exports in one process run one at a time
 (the CLI, a search worker's stage), never from several threads at once.
@@ -28,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..writable import environment_os_error
+from ..writable import environment_os_error, full_disk_error
 
 SCRATCH_DIR = ".edgetl-scratch"
 
@@ -47,7 +49,7 @@ def scratch_folder(staging: Path, out: str | Path) -> Iterator[Path]:
     try:
         yield scratch
     except Exception as exc:
-        cause = environment_os_error([exc, *hidden], where=out)
+        cause = environment_os_error([exc, *hidden], where=out) or full_disk_error(exc, scratch, out)
         if cause is None:
             raise
         raise cause from None

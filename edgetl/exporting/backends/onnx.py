@@ -105,7 +105,28 @@ def preprocess(fp32_path: Path, out_path: Path) -> None:
 
     # Symbolic shape inference needs sympy (not a dependency) and only matters for dynamic-shape
     # transformer graphs; ONNX shape inference + ORT's optimiser (BN folding, fusions) is what CNNs need.
-    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    with _held_records("onnxruntime.quantization.shape_inference") as held:
+        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    if held:  # ORT logs its optimiser's failure with a traceback and goes on without the optimiser
+        log.warning("ONNX Runtime's graph optimiser failed (%s); the INT8 model is made from the "
+                    "unoptimised graph", held[-1].getMessage().strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def _held_records(logger_name: str):
+    """The WARNING+ records of one third-party logger, kept from the console while the block runs
+    (a failure in the block then ends in edgetl's one line, not a logged traceback before it)."""
+    logger, records = logging.getLogger(logger_name), []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    previous = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = previous
 
 
 class _DropOrtQuantizationInfo(logging.Filter):
