@@ -182,6 +182,14 @@ def test_qnn_bench_simulated_is_labelled_and_never_device_latency(qnn_export, sm
     markdown = (out / "report.md").read_text()
     assert "(simulated)" in markdown and "not device latency" in markdown
     assert "simulated" in (out / "report.html").read_text()
+    mine = tmp_path / "mine"  # the same output-folder rule as a plain bench: a folder edgetl did not write stays
+    (mine / "notes.txt").parent.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    for extra in ([], ["--overwrite"]):
+        assert main(["bench", str(qnn_export.out), "--target", "npu:qnn-htp", "--simulate", "--data",
+                     str(small_data), "--out", str(mine), *extra]) == 2
+        assert "not written by edgetl" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 # -- Arm Ethos-U (Vela) ------------------------------------------------------------------------------

@@ -31,8 +31,9 @@ from ..benchmark.machine import PeakRss, machine_info, thread_settings
 from ..benchmark.reference import (accuracy_entry, check_reference, compare_with_reference, default_reference,
                                    reference_entry, reference_outputs)
 from ..benchmark.rows import artifact_entry, artifact_row, reference_rows, timing_columns, write_csv
+from ..benchmark.run import bench_inputs
 from ..errors import CheckFailed, DeviceUnavailable, UsageError
-from ..metadata import atomic_directory, software_versions, write_json
+from ..metadata import atomic_directory, check_output_dir, software_versions, write_json
 
 EVIDENCE = ("measured", "simulated", "estimated")
 LEGEND = {"measured": "timed or computed on this machine's real device",
@@ -81,9 +82,7 @@ def _plan(config: TargetBenchConfig) -> _Plan:
     reference = Path(config.reference) if config.reference else default_reference(artifacts)
     if reference:
         check_reference(reference)
-    out = Path(config.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
-        raise UsageError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+    check_output_dir(config.out, bench_inputs(config, artifacts, reference), config.overwrite)
     if not Path(config.data).is_dir():
         raise UsageError(f"data folder {config.data} does not exist")
     if target.vela_config and level == "hardware":
