@@ -270,9 +270,9 @@ def test_openvino_vnni_full_weights_take_activation_ranges_from_the_calibration_
         return float(np.max(fq.input_value(2).get_node().get_data())), details
 
     high, details = input_high("full", PtqFixes(exact_target=True))
-    assert details["activation_ranges"].startswith("minmax")
+    assert details["activation_range_estimator"].startswith("minmax")
     assert high == pytest.approx(per_image_max.max(), abs=0.02)  # symmetric grid: max|x| of all images
     for weights, fixes in (("pair-safe", PtqFixes()), ("full", PtqFixes(exact_target=True, bias_correction=False))):
         high, details = input_high(weights, fixes)
-        assert "activation_ranges" not in details
+        assert "activation_range_estimator" not in details
         assert high < per_image_max.max() - 0.03, (weights, high, per_image_max)

@@ -109,7 +109,7 @@ def _quantization_arguments(calib: CalibrationSet, calib_input: str, ignored: li
                "int8_weights": int8_weights, "weights": "int8 per-channel symmetric",
                "activations": "int8/uint8 per-tensor"}
     if ranges:
-        details["activation_ranges"] = "minmax (calibration extremes)"
+        details["activation_range_estimator"] = "minmax (calibration extremes)"
     return dataset, kwargs, advanced, details
 
 
