@@ -275,8 +275,9 @@ class TfliteBackend(ExportBackend):
         if mode == Mode.INT8 and job.config.bias_correction:
             details["bias_correction"] = self.correct_biases(job, graph, path, calib_input)
             if not float_ops:
-                # A large head keeps its int8 weights but computes in float (tflite_head): lite0
-                # zero-shot 120 -> 121/121 at 5.3 MB (tools/RESULTS-accuracy.md, "A3").
+                # A head not kept float (a large one, or any behind a uint8 input) keeps its int8 weights
+                # but computes in float (tflite_head): lite0 zero-shot 120 -> 121/121 at 5.3 MB, latency
+                # unchanged (tools/RESULTS-accuracy.md, "A3").
                 from .tflite_head import hybrid_head
 
                 hybrid = hybrid_head(path)
