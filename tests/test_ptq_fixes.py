@@ -243,3 +243,36 @@ def test_openvino_vnni_targets_keep_the_first_layer_at_8_bits():
     assert details("7-bit", PtqFixes(exact_target=True))["overflow_fix"] == "enable"
     assert details("pair-safe", PtqFixes())["fast_bias_correction"] is False
     assert details("pair-safe", PtqFixes(bias_correction=False))["fast_bias_correction"] is True
+
+
+def test_openvino_vnni_full_weights_take_activation_ranges_from_the_calibration_extremes():
+    """A VNNI target with full weights (and the PTQ fixes) quantizes activations over the calibration
+    set's min/max; otherwise NNCF's default, the mean of each image's min/max, which clips the
+    brightest images' inputs."""
+    import keras
+
+    from edgetl.exporting.backends import openvino as openvino_export
+    from edgetl.exporting.backends.openvino_bias import PtqFixes
+
+    keras.utils.set_random_seed(6)
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    model = keras.Model(inputs, keras.layers.Conv2D(8, 3, name="conv")(inputs))
+    calib = _calibration(8)
+    images = np.concatenate(list(calib.batches(chunk=8)))
+    per_image_max = images.reshape(len(images), -1).max(1)
+    assert per_image_max.max() > per_image_max.mean() + 0.05  # the images' extremes differ
+
+    def input_high(weights, fixes):
+        ov_model, _ = openvino_export.convert(model, "float32", "logits")
+        quantized, details = openvino_export.quantize_int8(ov_model, calib, "float32", None, weights, fixes)
+        (fq,) = [op for op in quantized.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+                 and op.input_value(0).get_node().get_type_name() == "Parameter"]
+        return float(np.max(fq.input_value(2).get_node().get_data())), details
+
+    high, details = input_high("full", PtqFixes(exact_target=True))
+    assert details["activation_range_estimator"].startswith("minmax")
+    assert high == pytest.approx(per_image_max.max(), abs=0.02)  # symmetric grid: max|x| of all images
+    for weights, fixes in (("pair-safe", PtqFixes()), ("full", PtqFixes(exact_target=True, bias_correction=False))):
+        high, details = input_high(weights, fixes)
+        assert "activation_range_estimator" not in details
+        assert high < per_image_max.max() - 0.03, (weights, high, per_image_max)

@@ -258,7 +258,7 @@ class TfliteBackend(ExportBackend):
         # QuantizationDebugger path) and it is small: its int8 output rounds the logits to 1/256 of
         # their range. lite0 zero-shot with bias correction 120 -> 121/121, but its 1000-class head is
         # 28% of the weights (5.3 -> 9.1 MB, over the 0.30x-of-FP32 size bound), so only small heads
-        # (tools/RESULTS-accuracy.md, "A2. PTQ fixes").
+        # (tools/RESULTS-accuracy.md, "A2. PTQ fixes"); a larger head becomes hybrid below.
         float_ops = (FLOAT_HEAD if mode == Mode.INT8 and not int8_pixels and job.config.bias_correction
                      and dense_share(graph) <= FLOAT_HEAD_MAX_SHARE else ())
         details = convert(graph, path, mode, job.calib, calib_input, uint8_input=int8_pixels,
@@ -274,6 +274,15 @@ class TfliteBackend(ExportBackend):
             job.cached(("tflite float reference", "float32"), keep)
         if mode == Mode.INT8 and job.config.bias_correction:
             details["bias_correction"] = self.correct_biases(job, graph, path, calib_input)
+            if not float_ops:
+                # A head not kept float (a large one, or any behind a uint8 input) keeps its int8 weights
+                # but computes in float (tflite_head): lite0 zero-shot 120 -> 121/121 at 5.3 MB, latency
+                # unchanged (tools/RESULTS-accuracy.md, "A3").
+                from .tflite_head import hybrid_head
+
+                hybrid = hybrid_head(path)
+                if hybrid["ops"]:
+                    details.update(hybrid_ops=hybrid["ops"], activations="int8 per-tensor, float in the hybrid head")
         return details
 
     def correct_biases(self, job, graph, path: Path, calib_input: str) -> dict[str, Any]:
