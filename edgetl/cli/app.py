@@ -61,9 +61,9 @@ def finetune(
     teacher: Optional[Path] = typer.Option(None, help="strategy distill: the teacher, any edgetl model directory (a stack too)."),
     temperature: float = typer.Option(2.0, help="strategy distill: softening temperature."),
     distill_weight: float = typer.Option(0.5, help="strategy distill: weight of the teacher term (the rest: labels)."),
-    student: str = typer.Option("features", help="strategy distill: features (head) | freeze (head, then the top --unfreeze-top layers)."),
-    teacher_view: str = typer.Option("fixed", help="strategy distill: fixed (teacher once per photo) | same (teacher sees each augmented view; pure KL)."),
-    mixup: float = typer.Option(0.0, help="strategy distill, --teacher-view same: mixup Beta(a, a) of the shared views (0 = off)."),
+    student: str = typer.Option("freeze", help="strategy distill: freeze (head, then the top --unfreeze-top layers) | features (head only)."),
+    teacher_view: str = typer.Option("same", help="strategy distill: same (teacher sees each augmented view; pure KL) | fixed (teacher once per photo; KL + labels)."),
+    mixup: float = typer.Option(1.0, help="strategy distill, --teacher-view same: mixup Beta(a, a) of the shared views (0 = off)."),
 ):
     """Fine-tune a backbone with a new classification head on an image folder."""
     from ..training import FinetuneConfig

@@ -8,6 +8,8 @@ one teacher forward pass on top of the student's (a three-backbone stack: about 
 serves both models at their own resolution: the crop is taken at the teacher's input size from its
 training canvas (its own ``resize_shorter``) and resized to the student's input size, so with equal
 crop ratios (224/256 = 260/297) the student sees the field of view its usual augmentation gives it.
+keras.distillation.Distiller would feed both models one input tensor, hence the small Model below with
+its own training step (each model gets its own size and normalisation of the view).
 """
 
 from __future__ import annotations
