@@ -202,8 +202,13 @@ def test_function_matching_student_sees_the_teachers_view_and_tunes_only_its_top
     teacher_x, student_x = next(iter(shared_views(pixels, recipe, recipe, 4, 0, mixup=0.0)))
     np.testing.assert_allclose(teacher_x.numpy(), student_x.numpy(), atol=1e-5)
     assert teacher_x.shape == (4, *recipe.input_size, 3)
-    mixed_t, _ = next(iter(shared_views(pixels, recipe, recipe, 4, 0, mixup=1.0)))
-    assert float(np.abs(mixed_t.numpy()).max()) < float(np.abs(teacher_x.numpy()).max())  # convex mixes
+    # Flat images (0, 85, 170, 255): each mixed view is one flat convex mix, the same for both models.
+    flat = np.repeat(np.array([0, 85, 170, 255], np.uint8), pixels[0].size).reshape(pixels.shape)
+    mixed_t, mixed_s = (x.numpy() for x in next(iter(shared_views(flat, recipe, recipe, 4, 0, mixup=1.0))))
+    np.testing.assert_allclose(mixed_t, mixed_s, atol=1e-5)
+    raw = (mixed_t.reshape(4, -1) - recipe.scale_shift[1][0]) / recipe.scale_shift[0][0]
+    assert np.ptp(raw, axis=1).max() < 1e-3 and raw.min() > -1e-3 and raw.max() < 255 + 1e-3
+    assert not np.isin(np.round(raw[:, 0]), [0, 85, 170, 255]).all()
 
     student = finetune(FinetuneConfig(data=sample_dir, out=tmp_path / "student", strategy="distill",
                                       teacher=tiny_model_dir, teacher_view="same", student="freeze",

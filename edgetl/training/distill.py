@@ -1,11 +1,17 @@
-"""Strategy ``distill``: ``features`` trained on the soft predictions of a teacher (any edgetl model
-directory, a stack included) as well as on the labels (Hinton et al.'s loss, ``distill_loss``).
+"""Strategy ``distill``: one backbone trained to follow a teacher (any edgetl model directory, a stack
+included). Two ways to show it the teacher (``--teacher-view``), each with a features head or, with
+``--student freeze``, strategy freeze's second phase after it:
 
-A plain KD loss rather than keras.distillation.Distiller (Keras 3.15 has it): the Distiller runs the
-teacher on the student's input batch, but an edgetl teacher has its own input size and normalisation
-(a stack takes raw pixels at its largest backbone's size). So the teacher runs once, on its own
-preprocessing of every image, and the dataset's label becomes the image's row in a table of
-(label, teacher probabilities); the model stays the plain classifier with its ``logits`` layer.
+* ``same`` (the default; ``matching.py``): function matching, the teacher runs in every training step on
+  the student's own augmented view, pure KL (Beyer et al. 2022).
+* ``fixed``: the teacher runs once, on its own preprocessing of every image, and the dataset's label
+  becomes the image's row in a table of (label, teacher probabilities), trained with Hinton et al.'s
+  loss (``distill_loss``, also prune's recovery loss). A plain KD loss rather than
+  keras.distillation.Distiller (Keras 3.15 has it): the Distiller runs the teacher on the student's input
+  batch, but an edgetl teacher has its own input size and normalisation (a stack takes raw pixels at
+  its largest backbone's size).
+
+Either way the model stays the plain classifier with its ``logits`` layer.
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ..choices import Strategy
 from ..console import say
 from ..data import ImageSet, load_pixels, make_dataset
 from ..errors import UsageError
 from ..metadata import read_model_card
 from ..metrics import softmax
-from ..choices import Strategy
 from ..preprocess import Preprocessing
 from .builders import unfreeze
 from .config import BACKBONE_LAYER, FinetuneConfig

@@ -7,9 +7,10 @@ Strategies (TFLite Model Maker / Keras transfer-learning guide semantics):
 * ``full``: head first, then the whole network at a low rate.
 * ``stack``: frozen features of several backbones, each with its own small classifier, probabilities
   averaged; one Keras model taking raw 0..255 pixels (each branch normalises/resizes in-graph).
-* ``distill``: ``features`` trained on the soft predictions of a teacher (``--teacher``: any edgetl
-  model directory, a stack included) as well as on the labels (Hinton et al.'s loss, ``distill_loss``);
-  the result is an ordinary one-backbone classifier, exported like any other.
+* ``distill``: one backbone taught by a teacher (``--teacher``: any edgetl model directory, a stack
+  included): by default the teacher sees each of the student's augmented views (function matching)
+  and the student trains its head, then its top layers as ``freeze`` does (``distill.py``); the result
+  is an ordinary one-backbone classifier, exported like any other.
 
 The package: ``config.py`` (FinetuneConfig, TrainedModel), ``builders.py`` (the Keras models and which
 layers train), ``fit.py`` (one training phase), ``distill.py``, ``io.py`` (model directories on disk)
