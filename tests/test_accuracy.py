@@ -180,7 +180,49 @@ def test_distilled_student_is_an_ordinary_exportable_model(tiny_model_dir, sampl
     assert student.model.get_layer("logits") is not None
     # 12 val images: within two images of the teacher, and far above chance
     assert student.val_accuracy >= min(meta["teacher"]["val_accuracy"] - 0.17, 0.75), meta["teacher"]
-    assert [h["phase"] for h in student.history] == ["distill"] * 3
-    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(student.history[-1])
+    assert [h["phase"] for h in student.history] == ["distill"] * 3 + ["freeze"] * 3  # the defaults
+    assert {"loss", "val_loss", "val_accuracy"} <= set(student.history[-1])
     result = export(ExportConfig(model=student.model_dir, out=tmp_path / "x", formats=("onnx",), verbose=False))
     assert result.get("onnx", "fp32").parity["top1_agreement"] == 1.0
+
+
+def test_function_matching_student_sees_the_teachers_view_and_tunes_only_its_top_layers(tiny_model_dir, sample_dir,
+                                                                                        tmp_path):
+    """``--teacher-view same --student freeze``: both models get one view (same crop at equal sizes),
+    the loss is the KL to the teacher, and the second phase changes exactly the unfrozen top layers
+    (BatchNorm statistics untouched), like strategy freeze."""
+    from edgetl.metadata import read_model_metadata
+    from edgetl.preprocess import Preprocessing
+    from edgetl.training import FinetuneConfig, finetune, load_trained
+    from edgetl.training.builders import tunable_layers
+    from edgetl.training.matching import shared_views
+
+    recipe = Preprocessing.from_dict(read_model_metadata(tiny_model_dir)["preprocessing"])
+    pixels = np.random.default_rng(0).integers(0, 256, (4, recipe.resize_shorter, recipe.resize_shorter, 3), np.uint8)
+    teacher_x, student_x = next(iter(shared_views(pixels, recipe, recipe, 4, 0, mixup=0.0)))
+    np.testing.assert_allclose(teacher_x.numpy(), student_x.numpy(), atol=1e-5)
+    assert teacher_x.shape == (4, *recipe.input_size, 3)
+    # Flat images (0, 85, 170, 255): each mixed view is one flat convex mix, the same for both models.
+    flat = np.repeat(np.array([0, 85, 170, 255], np.uint8), pixels[0].size).reshape(pixels.shape)
+    mixed_t, mixed_s = (x.numpy() for x in next(iter(shared_views(flat, recipe, recipe, 4, 0, mixup=1.0))))
+    np.testing.assert_allclose(mixed_t, mixed_s, atol=1e-5)
+    raw = (mixed_t.reshape(4, -1) - recipe.scale_shift[1][0]) / recipe.scale_shift[0][0]
+    assert np.ptp(raw, axis=1).max() < 1e-3 and raw.min() > -1e-3 and raw.max() < 255 + 1e-3
+    assert not np.isin(np.round(raw[:, 0]), [0, 85, 170, 255]).all()
+
+    student = finetune(FinetuneConfig(data=sample_dir, out=tmp_path / "student", strategy="distill",
+                                      teacher=tiny_model_dir, teacher_view="same", student="freeze",
+                                      unfreeze_top=3, mixup=1.0, epochs=3, fine_tune_epochs=1, lr=3e-3,
+                                      input_size=96, verbose=False))
+    meta = student.metadata
+    assert [h["phase"] for h in student.history] == ["distill"] * 3 + ["freeze"]
+    assert {"loss", "agreement", "val_loss", "val_accuracy"} <= set(student.history[-1])
+    assert meta["teacher"]["teacher_view"] == "same" and meta["teacher"]["loss"] == "kl"
+    assert len(meta["unfrozen_layers"]) == 3
+    teacher, _ = load_trained(tiny_model_dir)  # its backbone is the untouched ImageNet lite0
+    before = {layer.name: layer for layer in teacher.get_layer("backbone").layers}
+    for layer in student.model.get_layer("backbone").layers:
+        same = all(np.array_equal(a, b) for a, b in zip(layer.get_weights(), before[layer.name].get_weights()))
+        assert same == (layer.name not in meta["unfrozen_layers"]), layer.name
+    assert len(tunable_layers(student.model.get_layer("backbone"))) > 3
+    assert student.val_accuracy >= 0.75, student.history[-1]

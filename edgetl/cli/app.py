@@ -61,6 +61,9 @@ def finetune(
     teacher: Optional[Path] = typer.Option(None, help="strategy distill: the teacher, any edgetl model directory (a stack too)."),
     temperature: float = typer.Option(2.0, help="strategy distill: softening temperature."),
     distill_weight: float = typer.Option(0.5, help="strategy distill: weight of the teacher term (the rest: labels)."),
+    student: str = typer.Option("freeze", help="strategy distill: freeze (head, then the top --unfreeze-top layers) | features (head only)."),
+    teacher_view: str = typer.Option("same", help="strategy distill: same (teacher sees each augmented view; pure KL) | fixed (teacher once per photo; KL + labels)."),
+    mixup: float = typer.Option(1.0, help="strategy distill, --teacher-view same: mixup Beta(a, a) of the shared views (0 = off)."),
 ):
     """Fine-tune a backbone with a new classification head on an image folder."""
     from ..training import FinetuneConfig
@@ -71,7 +74,8 @@ def finetune(
                             fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, lr=lr,
                             fine_tune_lr=fine_tune_lr, dropout=dropout, val_split=val_split, seed=seed,
                             input_size=input_size, teacher=teacher, temperature=temperature,
-                            distill_weight=distill_weight)
+                            distill_weight=distill_weight, student=student, teacher_view=teacher_view,
+                            mixup=mixup)
     config.validate()  # bad arguments, a forbidden or unwritable --out: before TensorFlow and training
     load_tensorflow()
     from ..training import finetune as run_finetune

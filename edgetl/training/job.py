@@ -7,9 +7,10 @@ Strategies (TFLite Model Maker / Keras transfer-learning guide semantics):
 * ``full``: head first, then the whole network at a low rate.
 * ``stack``: frozen features of several backbones, each with its own small classifier, probabilities
   averaged; one Keras model taking raw 0..255 pixels (each branch normalises/resizes in-graph).
-* ``distill``: ``features`` trained on the soft predictions of a teacher (``--teacher``: any edgetl
-  model directory, a stack included) as well as on the labels (Hinton et al.'s loss, ``distill_loss``);
-  the result is an ordinary one-backbone classifier, exported like any other.
+* ``distill``: one backbone taught by a teacher (``--teacher``: any edgetl model directory, a stack
+  included): by default the teacher sees each of the student's augmented views (function matching)
+  and the student trains its head, then its top layers as ``freeze`` does (``distill.py``); the result
+  is an ordinary one-backbone classifier, exported like any other.
 
 The package: ``config.py`` (FinetuneConfig, TrainedModel), ``builders.py`` (the Keras models and which
 layers train), ``fit.py`` (one training phase), ``distill.py``, ``io.py`` (model directories on disk)
@@ -70,22 +71,15 @@ def finetune(config: FinetuneConfig) -> TrainedModel:
 
     history: list[dict[str, float]] = []
     teacher_info = None
+    unfrozen: list[str] = []
     if config.strategy == Strategy.DISTILL:
-        teacher_info = train_distilled(config, model, train_set, val_set, recipe, history)
+        teacher_info, unfrozen = train_distilled(config, model, train_set, val_set, recipe, history)
     else:
         train_phase(model, train_ds, val_ds, config.epochs, config.lr, "head", config.verbose, history)
-    unfrozen: list[str] = []
     if config.strategy in (Strategy.FREEZE, Strategy.FULL):
-        if config.strategy == Strategy.FREEZE:
-            unfrozen = unfreeze(base, config.unfreeze_top)
-            # lr/30, not lr/10: at lr/10 the unfrozen layers memorised the 195 ant/bee photos in 2
-            # epochs (train acc 1.000, val loss up to 0.26); lr/30: mean val loss over 5 seeds 0.141 -> 0.101.
-            default_lr = config.lr / 30
-        else:
-            unfrozen = unfreeze(base)
-            default_lr = config.lr / 100
-        train_phase(model, train_ds, val_ds, config.fine_tune_epochs or config.epochs,
-                    config.fine_tune_lr or default_lr, str(config.strategy), config.verbose, history)
+        top, epochs, rate = config.second_phase(config.strategy)
+        unfrozen = unfreeze(base, top)
+        train_phase(model, train_ds, val_ds, epochs, rate, str(config.strategy), config.verbose, history)
 
     metrics = evaluate(model, val_ds) if val_ds is not None else {}
     card = model_card(config, train_set, val_set, recipe, history, metrics, unfrozen,
