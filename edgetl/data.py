@@ -191,15 +191,21 @@ def make_dataset(images: ImageSet, recipe: Preprocessing, batch_size: int, train
             image = image[..., ::-1]
         return image * scale + shift
 
-    def augment(image, label):
-        image = tf.image.random_crop(image, (height, width, 3), seed=seed)
-        image = tf.image.random_flip_left_right(image, seed=seed)
+    def augment(image, label, pair):
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(pair, 2))
+        image = tf.image.stateless_random_crop(image, (height, width, 3), seed=crop_seed)
+        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
         return normalise(image), label
 
     ds = tf.data.Dataset.from_tensor_slices((pixels, np.asarray(images.labels, np.int32))).cache()
     if training:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        # Stateless ops with one seed pair per image, drawn in order after the shuffle: stateful random
+        # ops in a parallel map draw in thread order, so two runs with the same --seed trained on different
+        # crops (measured: seed-0 freeze gave 47/49 in one run, 48/49 in the next).
+        pairs = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, pairs).map(lambda item, pair: augment(*item, pair),
+                                                num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = ds.map(lambda image, label: (normalise(image), label), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

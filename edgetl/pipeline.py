@@ -31,7 +31,7 @@ class RunConfig:
     data: Path | None = None  # None: the embedded ant/bee sample
     backbone: str = zoo.DEFAULT_BACKBONE
     weights: str = "imagenet"
-    strategy: str = "features"
+    strategy: str = "freeze"  # FinetuneConfig's default (tests/test_finetune.py keeps them equal)
     epochs: int = 5
     batch_size: int = 16
     lr: float = 1e-3
