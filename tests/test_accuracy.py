@@ -209,6 +209,8 @@ def test_function_matching_student_sees_the_teachers_view_and_tunes_only_its_top
     raw = (mixed_t.reshape(4, -1) - recipe.scale_shift[1][0]) / recipe.scale_shift[0][0]
     assert np.ptp(raw, axis=1).max() < 1e-3 and raw.min() > -1e-3 and raw.max() < 255 + 1e-3
     assert not np.isin(np.round(raw[:, 0]), [0, 85, 170, 255]).all()
+    again = next(iter(shared_views(flat, recipe, recipe, 4, 0, mixup=1.0)))[0].numpy()
+    np.testing.assert_array_equal(again, mixed_t)  # the same seed draws the same views and mixes
 
     student = finetune(FinetuneConfig(data=sample_dir, out=tmp_path / "student", strategy="distill",
                                       teacher=tiny_model_dir, teacher_view="same", student="freeze",

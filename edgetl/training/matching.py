@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..console import say
-from ..data import ImageSet, load_pixels, make_dataset
+from ..data import ImageSet, load_pixels, make_dataset, random_crop_flip, seed_pairs
 from ..preprocess import Preprocessing
 from .config import FinetuneConfig
 from .fit import train_phase
@@ -39,15 +39,15 @@ def shared_views(pixels, teacher_recipe: Preprocessing, student_recipe: Preproce
 
     for_teacher, for_student = normaliser(teacher_recipe), normaliser(student_recipe)
 
-    def crop(image):
-        image = tf.image.random_crop(image, (height, width, 3), seed=seed)
-        return tf.cast(tf.image.random_flip_left_right(image, seed=seed), tf.float32)
+    def crop(image, seeds):
+        return tf.cast(random_crop_flip(image, (height, width), seeds), tf.float32)
 
-    def pair(views):
+    def pair(views, seeds):
         if mixup > 0:
             # The batch is already shuffled, so its reverse is a random partner for each view.
-            a = tf.random.gamma(tf.shape(views)[:1], mixup, seed=seed)
-            b = tf.random.gamma(tf.shape(views)[:1], mixup, seed=seed + 1)
+            a_seed, b_seed = tf.unstack(tf.random.experimental.stateless_split(seeds, 2))
+            a = tf.random.stateless_gamma(tf.shape(views)[:1], a_seed, alpha=mixup)
+            b = tf.random.stateless_gamma(tf.shape(views)[:1], b_seed, alpha=mixup)
             lam = tf.reshape(a / (a + b), (-1, 1, 1, 1))
             views = lam * views + (1.0 - lam) * views[::-1]
         student = tf.image.resize(views, student_recipe.input_size, "bilinear", antialias=True)
@@ -55,8 +55,10 @@ def shared_views(pixels, teacher_recipe: Preprocessing, student_recipe: Preproce
 
     ds = tf.data.Dataset.from_tensor_slices(pixels).cache()
     ds = ds.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(crop, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-    return ds.map(pair, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    # Stateless draws seeded in order (data.seed_pairs), so the same --seed gives the same views.
+    ds = tf.data.Dataset.zip(ds, seed_pairs(seed)).map(crop, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    ds = tf.data.Dataset.zip(ds, seed_pairs(seed + 1)).map(pair, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _matcher(student, teacher, temperature: float, teacher_logits: bool):
