@@ -12,7 +12,7 @@ which `edgetl search` shares).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -100,7 +100,11 @@ def run(config: RunConfig) -> RunResult:
     ft_options = dict(backbone=config.backbone, weights=config.weights, strategy=config.strategy,
                       epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                       input_size=config.input_size, seed=config.seed)
-    model_dir = _stage("finetune", out / "model", content_key({"splits": split_key, **ft_options}), config, result,
+    # Keyed on the whole training recipe, defaults included (unfreeze_top, second-phase epochs and rate...),
+    # so a changed default retrains instead of reusing a model made by the old one.
+    recipe = {k: v for k, v in asdict(FinetuneConfig(data=splits, out=out, **ft_options)).items()
+              if k not in ("data", "out", "verbose")}
+    model_dir = _stage("finetune", out / "model", content_key({"splits": split_key, **recipe}), config, result,
                        lambda d: finetune(FinetuneConfig(data=splits, out=d, verbose=config.verbose,
                                                          **ft_options)))
     model_sha = read_model_card(model_dir).model_sha256
