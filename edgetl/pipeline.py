@@ -102,8 +102,9 @@ def run(config: RunConfig) -> RunResult:
                       input_size=config.input_size, seed=config.seed)
     # Keyed on the whole training recipe, defaults included (unfreeze_top, second-phase epochs and rate...),
     # so a changed default retrains instead of reusing a model made by the old one.
-    recipe = {k: v for k, v in asdict(FinetuneConfig(data=splits, out=out, **ft_options)).items()
-              if k not in ("data", "out", "verbose")}
+    training = FinetuneConfig(data=splits, out=out, **ft_options)
+    recipe = {k: v for k, v in asdict(training).items() if k not in ("data", "out", "verbose")}
+    recipe["second_phase"] = training.second_phase(training.strategy)  # the layer count that None resolves to
     model_dir = _stage("finetune", out / "model", content_key({"splits": split_key, **recipe}), config, result,
                        lambda d: finetune(FinetuneConfig(data=splits, out=d, verbose=config.verbose,
                                                          **ft_options)))

@@ -102,6 +102,10 @@ def test_freeze_second_phase_defaults_to_lr_over_30_and_cli_repeats_the_defaults
     cli = {p.name: p.default for p in commands["finetune"].params if p.name in defaults}
     assert cli == {k: (str(v) if k == "strategy" else v) for k, v in defaults.items() if k in cli}
     assert len(cli) >= 15, cli
+    # --unfreeze-top unset: 40 layers for freeze, 20 for a distilled freeze student (RESULTS-accuracy C3)
+    assert _config(sample_dir, tmp_path / "x").second_phase("freeze")[0] == 40
+    assert _config(sample_dir, tmp_path / "x", strategy="distill").second_phase("freeze")[0] == 20
+    assert _config(sample_dir, tmp_path / "x", strategy="distill", unfreeze_top=7).second_phase("freeze")[0] == 7
     run_strategy = next(p.default for p in commands["run"].params if p.name == "strategy")
     assert run_strategy == RunConfig.strategy == FinetuneConfig.strategy == "freeze"
 

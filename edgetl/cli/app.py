@@ -48,7 +48,7 @@ def finetune(
     backbones: Optional[str] = typer.Option(None, help="Comma-separated backbones for --strategy stack."),
     weights: str = typer.Option("imagenet", help="imagenet | none | PATH to a .weights.h5 file."),
     strategy: str = typer.Option("freeze", help="features | freeze | full | stack | distill (--teacher)."),
-    unfreeze_top: int = typer.Option(40, help="Weighted backbone layers to unfreeze (strategy freeze)."),
+    unfreeze_top: Optional[int] = typer.Option(None, help="Weighted backbone layers to unfreeze (strategy freeze: 40; a distill --student freeze: 20)."),
     epochs: int = typer.Option(5, help="Epochs of head training."),
     fine_tune_epochs: Optional[int] = typer.Option(None, help="Epochs of the second phase (freeze/full)."),
     batch_size: int = typer.Option(16),
