@@ -48,8 +48,9 @@ class FinetuneConfig:
     temperature: float = 2.0  # distill: softens teacher and student alike
     distill_weight: float = 0.5  # distill: share of the soft (teacher) term; the rest is the label loss
     # distill defaults: function matching (the teacher on each augmented view, pure KL, mixup) into a
-    # freeze student: the one variant of 4 that matched the stack's mean val accuracy over 3 seeds
-    # (0.959 each; the old fixed-targets features head 0.946). tools/RESULTS-accuracy.md C2.
+    # freeze student: the best of 4 variants over 3 seeds before training was reproducible (C2: 0.959 and
+    # 0.952 in two runs vs 0.946 for the old fixed-targets features head); 0.946 on today's reproducible
+    # training, 1.4 points under the stack (tools/RESULTS-accuracy.md C3).
     student: str = Strategy.FREEZE  # distill: features (head only) or freeze (then the top layers, as freeze)
     teacher_view: str = "same"  # distill: same (the student's augmented view) | fixed (teacher once per photo)
     mixup: float = 1.0  # distill with teacher_view same: Beta(a, a) mixup of the shared views; 0 = off
