@@ -351,13 +351,12 @@ def _tmpfs_prefix(mount_point: Path, size: str) -> list[str] | None:
     return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", size, str(mount_point)]
 
 
-def test_full_disk_inside_the_tflite_converter_is_one_line(runtime_model_dir, small_data, tmp_path):
-    """TensorFlow's converter writes a SavedModel first and swallows that write's error (then fails with
-    an unrelated TypeError): a real full disk (a 64 KiB tmpfs holding --out, the converter's scratch
-    with it) gives one line naming --out and nothing left there."""
+def _export_on_a_full_disk(tmp_path: Path, size: str, model: Path, *args: str):
+    """``edgetl export MODEL --out DISK/artifacts ARGS`` with a ``size`` tmpfs on DISK (skips where no tmpfs
+    can be mounted); (the finished process, its --out). Its stderr ends with what was left on DISK."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    prefix = _tmpfs_prefix(disk, "64k")
+    prefix = _tmpfs_prefix(disk, size)
     if prefix is None:
         pytest.skip("cannot mount a tmpfs here (no unprivileged user namespaces)")
     out = disk / "artifacts"
@@ -365,9 +364,16 @@ def test_full_disk_inside_the_tflite_converter_is_one_line(runtime_model_dir, sm
            "DISK": str(disk)}
     script = ("import os, sys; from edgetl.cli import main; code = main(sys.argv[1:]); "
               "print(sorted(os.listdir(os.environ['DISK'])), file=sys.stderr); sys.exit(code)")
-    done = subprocess.run([*prefix, sys.executable, "-c", script, "export", str(runtime_model_dir), "--out", str(out),
-                           "-f", "tflite", "--check", str(small_data)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([*prefix, sys.executable, "-c", script, "export", str(model), "--out", str(out), *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+    return done, out
+
+
+def test_full_disk_inside_the_tflite_converter_is_one_line(runtime_model_dir, small_data, tmp_path):
+    """TensorFlow's converter writes a SavedModel first and swallows that write's error (then fails with
+    an unrelated TypeError): a real full disk (a 64 KiB tmpfs holding --out, the converter's scratch
+    with it) gives one line naming --out and nothing left there."""
+    done, out = _export_on_a_full_disk(tmp_path, "64k", runtime_model_dir, "-f", "tflite", "--check", str(small_data))
     err = [line for line in done.stderr.strip().splitlines() if not line.startswith("parity images:")]
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
@@ -379,19 +385,8 @@ def test_full_disk_inside_the_tflite_converter_is_one_line(runtime_model_dir, sm
 def test_full_disk_inside_native_writers_is_one_line(runtime_model_dir, small_data, tmp_path, fmt, modes, size):
     """OpenVINO's save_model (``RuntimeError: basic_ios::clear``) and ONNX Runtime's optimiser (a
     truncated model, then a protobuf error) lose errno: a full disk there is still one line."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    prefix = _tmpfs_prefix(disk, size)
-    if prefix is None:
-        pytest.skip("cannot mount a tmpfs here (no unprivileged user namespaces)")
-    out = disk / "artifacts"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "DISK": str(disk)}
-    script = ("import os, sys; from edgetl.cli import main; code = main(sys.argv[1:]); "
-              "print(sorted(os.listdir(os.environ['DISK'])), file=sys.stderr); sys.exit(code)")
-    done = subprocess.run([*prefix, sys.executable, "-c", script, "export", str(runtime_model_dir), "--out", str(out),
-                           "-f", fmt, "-q", modes, "--calib", str(small_data), "--calib-size", "8",
-                           "--check", str(small_data)], env=env, capture_output=True, text=True, timeout=300)
+    done, out = _export_on_a_full_disk(tmp_path, size, runtime_model_dir, "-f", fmt, "-q", modes, "--calib",
+                                       str(small_data), "--calib-size", "8", "--check", str(small_data))
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "ERROR" not in done.stderr
     err = done.stderr.strip().splitlines()
