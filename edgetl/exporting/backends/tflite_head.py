@@ -25,19 +25,18 @@ import numpy as np
 HYBRID_FC_VERSION = 12
 
 
-def _builtin(model, op) -> int:
-    code = model.operatorCodes[op.opcodeIndex]
-    return max(code.builtinCode, code.deprecatedBuiltinCode)
-
-
 def hybrid_head(path: Path) -> dict[str, Any]:
     """Make every int8 FULLY_CONNECTED whose output is only dequantized hybrid, in place; what changed."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+    from ai_edge_litert.tools import flatbuffer_utils
 
+    schema = flatbuffer_utils.schema_fb
     ops = schema.BuiltinOperator
     types = schema.TensorType
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+
+    def opcode(op) -> int:
+        return flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
+
     graph = model.subgraphs[0]
     readers: dict[int, list] = {}
     buffer_users: dict[int, int] = {}
@@ -49,13 +48,13 @@ def hybrid_head(path: Path) -> dict[str, Any]:
     outputs = {int(i) for i in graph.outputs}
     changed = []
     for op in list(graph.operators):
-        if _builtin(model, op) != ops.FULLY_CONNECTED or len(op.inputs) < 2:
+        if opcode(op) != ops.FULLY_CONNECTED or len(op.inputs) < 2:
             continue
         source, weights, out = int(op.inputs[0]), int(op.inputs[1]), int(op.outputs[0])
         bias = int(op.inputs[2]) if len(op.inputs) > 2 else -1
         after = readers.get(out, [])
         if ([graph.tensors[i].type for i in (source, weights, out)] != [types.INT8] * 3 or out in outputs
-                or len(after) != 1 or _builtin(model, after[0]) != ops.DEQUANTIZE):
+                or len(after) != 1 or opcode(after[0]) != ops.DEQUANTIZE):
             continue
         if bias >= 0 and (graph.tensors[bias].type != types.INT32 or buffer_users[graph.tensors[bias].buffer] != 1):
             continue
