@@ -12,7 +12,7 @@ which `edgetl search` shares).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -106,8 +106,7 @@ def run(config: RunConfig) -> RunResult:
     recipe = {k: v for k, v in asdict(training).items() if k not in ("data", "out", "verbose")}
     recipe["second_phase"] = training.second_phase(training.strategy)  # the layer count that None resolves to
     model_dir = _stage("finetune", out / "model", content_key({"splits": split_key, **recipe}), config, result,
-                       lambda d: finetune(FinetuneConfig(data=splits, out=d, verbose=config.verbose,
-                                                         **ft_options)))
+                       lambda d: finetune(replace(training, out=d, verbose=config.verbose)))
     model_sha = read_model_card(model_dir).model_sha256
 
     # 3. Export FP32 and each quantized mode of every format (calibrated on train, checked on val).
