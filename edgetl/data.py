@@ -194,6 +194,20 @@ def random_crop_flip(image, size: tuple[int, int], pair):
     return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
 
 
+def tf_normaliser(recipe: Preprocessing):
+    """``recipe.normalize`` as a TensorFlow function of a pixel tensor (any shape ending in channels)."""
+    import tensorflow as tf
+
+    scale, shift = (tf.constant(v, tf.float32) for v in recipe.scale_shift)
+    bgr = recipe.channel_order == "BGR"
+
+    def normalise(image):
+        image = tf.cast(image, tf.float32)
+        return (image[..., ::-1] if bgr else image) * scale + shift
+
+    return normalise
+
+
 def make_dataset(images: ImageSet, recipe: Preprocessing, batch_size: int, training: bool, seed: int = 0,
                  pixels: np.ndarray | None = None):
     """A cached, prefetched tf.data pipeline of (normalised image, label)."""
@@ -202,14 +216,7 @@ def make_dataset(images: ImageSet, recipe: Preprocessing, batch_size: int, train
     if pixels is None:
         pixels = load_pixels(images.paths, recipe, training)
     height, width = recipe.input_size
-    scale, shift = (tf.constant(v, tf.float32) for v in recipe.scale_shift)
-    bgr = recipe.channel_order == "BGR"
-
-    def normalise(image):
-        image = tf.cast(image, tf.float32)
-        if bgr:
-            image = image[..., ::-1]
-        return image * scale + shift
+    normalise = tf_normaliser(recipe)
 
     def augment(image, label, pair):
         return normalise(random_crop_flip(image, (height, width), pair)), label

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..console import say
-from ..data import ImageSet, load_pixels, make_dataset, random_crop_flip, seed_pairs
+from ..data import ImageSet, load_pixels, make_dataset, random_crop_flip, seed_pairs, tf_normaliser
 from ..preprocess import Preprocessing
 from .config import FinetuneConfig
 from .fit import train_phase
@@ -32,12 +32,7 @@ def shared_views(pixels, teacher_recipe: Preprocessing, student_recipe: Preproce
 
     height, width = teacher_recipe.input_size
 
-    def normaliser(recipe: Preprocessing):
-        scale, shift = (tf.constant(v, tf.float32) for v in recipe.scale_shift)
-        bgr = recipe.channel_order == "BGR"
-        return lambda x: (x[..., ::-1] if bgr else x) * scale + shift
-
-    for_teacher, for_student = normaliser(teacher_recipe), normaliser(student_recipe)
+    for_teacher, for_student = tf_normaliser(teacher_recipe), tf_normaliser(student_recipe)
 
     def crop(image, seeds):
         return tf.cast(random_crop_flip(image, (height, width), seeds), tf.float32)
