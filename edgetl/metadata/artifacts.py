@@ -5,21 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..artifact_layout import artifact_files
 from ..errors import CheckFailed, UsageError
 from .cards import ARTIFACT_SCHEMA
 from .files import read_json, sha256_file
-
-# -- artifact files ---------------------------------------------------------------------------------
-
-
-def artifact_files(artifact: str | Path) -> list[Path]:
-    """Every file of an artifact, main file first (OpenVINO: the .xml and its .bin weights)."""
-    from ..runtime.backends import BACKENDS, FORMAT_BY_SUFFIX  # its runtime backend knows (numpy only, no runtime)
-
-    artifact = Path(artifact)
-    fmt = FORMAT_BY_SUFFIX.get(artifact.suffix.lower())
-    return [artifact, *(BACKENDS[fmt].companion_files(artifact) if fmt else [])]
-
 
 def hash_artifact(artifact: str | Path) -> dict[str, str]:
     """``{file name relative to the artifact's folder: sha256}`` of every file of the artifact: the

@@ -19,9 +19,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from ..artifact_layout import EMBEDDED_KEY, TFLITE_FILE  # noqa: F401  (export writes them from here)
+
 EMBEDDED_SCHEMA = "edgetl.embedded/1"
-EMBEDDED_KEY = "edgetl"  # ONNX metadata_props key; OpenVINO rt_info section
-TFLITE_FILE = "edgetl.json"  # associated file inside a .tflite
 
 
 def read_embedded(path: str | Path) -> dict[str, Any] | None:

@@ -3,7 +3,8 @@
 A backend takes a batch already in the artifact's input dtype/layout (float32, or uint8 for uint8-input
 artifacts) and returns float32 outputs, dequantizing integer outputs itself. Each format is one sibling
 module (``onnx``, ``tflite``, ``openvino``; ``qnn`` is ONNX on Qualcomm's HTP) and one line of the
-registry in ``backends/registry.py``; ``open_backend`` (``registry``) picks the class from the suffix.
+registry in ``backends/registry.py``; ``open_backend`` (``registry``) picks the class from the suffix
+(``edgetl.artifact_layout``: which suffix names which format, which files an artifact is).
 
 A runtime that loaded an artifact can still fail on a batch (an op refusing a shape, a kernel it lacks):
 every subclass's ``run`` (and ``node_placement``, which may run the graph) reports that as one
@@ -22,6 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ...artifact_layout import companion_files
 from ...errors import CheckFailed, EdgetlError, UsageError
 
 DEVICES = ("cpu", "gpu", "npu")
@@ -46,7 +48,6 @@ class Backend(ABC):
 
     format: ClassVar[str]  # the sidecar's "format"
     runtime: ClassVar[str]  # the runtime's name in bench.json and messages
-    suffix: ClassVar[str]  # the artifact file's suffix
     pip_extra: ClassVar[str]  # what to install when the runtime is missing
     # keyword options of __init__ beyond (path, device, threads)
     options: ClassVar[frozenset[str]] = frozenset()
@@ -131,8 +132,8 @@ class Backend(ABC):
 
     @classmethod
     def companion_files(cls, path: Path) -> list[Path]:
-        """Files the artifact cannot load without (beside ``path`` itself)."""
-        return []
+        """Files the artifact cannot load without (beside ``path`` itself): ``artifact_layout``'s."""
+        return companion_files(path, cls.format)
 
     @classmethod
     def embedded_text(cls, path: Path) -> str | None:

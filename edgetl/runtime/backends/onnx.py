@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ...artifact_layout import EMBEDDED_KEY
 from ...errors import CheckFailed, DeviceUnavailable
 from ...metadata import read_json, sidecar_path
 from .. import cpu
@@ -71,7 +72,7 @@ def ort_session_options(threads: int | None = None, exact_int8: bool = True, art
 
 
 class OnnxBackend(Backend):
-    format, runtime, suffix, pip_extra = "onnx", "onnxruntime", ".onnx", "edgetl[runtime-onnx]"
+    format, runtime, pip_extra = "onnx", "onnxruntime", "edgetl[runtime-onnx]"
     options = frozenset({"exact_int8"})
     providers = ORT_PROVIDERS
     reentrant = True  # InferenceSession.run is documented thread-safe
@@ -156,8 +157,6 @@ class OnnxBackend(Backend):
     @classmethod
     def embedded_text(cls, path: Path) -> str | None:
         """``metadata_props`` key ``edgetl``."""
-        from ..embedded import EMBEDDED_KEY
-
         try:
             import onnx
         except ImportError:  # device installs have onnxruntime only

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ...artifact_layout import EMBEDDED_KEY
 from ...errors import CheckFailed, DeviceUnavailable
 from .base import Backend, Placement, first_line
 
@@ -19,7 +20,7 @@ def openvino_core():
 
 
 class OpenVinoBackend(Backend):
-    format, runtime, suffix, pip_extra = "openvino", "openvino", ".xml", "edgetl[runtime-openvino]"
+    format, runtime, pip_extra = "openvino", "openvino", "edgetl[runtime-openvino]"
     options = frozenset({"precision"})
     # reentrant: no, one InferRequest holds per-call state
     device_names = OPENVINO_DEVICE
@@ -106,16 +107,9 @@ class OpenVinoBackend(Backend):
         return [d for d in cls._reported(available) if d == name or d.startswith(name + ".")]
 
     @classmethod
-    def companion_files(cls, path: Path) -> list[Path]:
-        """The weights file beside the .xml."""
-        return [Path(path).with_suffix(".bin")]
-
-    @classmethod
     def embedded_text(cls, path: Path) -> str | None:
         """``rt_info`` ``edgetl/metadata``: the IR is plain XML, no need to read the model and its weights."""
         import xml.etree.ElementTree as ElementTree
-
-        from ..embedded import EMBEDDED_KEY
 
         rt_info = ElementTree.parse(path).getroot().find("rt_info")
         node = rt_info.find(f"{EMBEDDED_KEY}/metadata") if rt_info is not None else None

@@ -1,13 +1,15 @@
 """Which backend runs an artifact: the registry {format: backend class} and the functions that pick one.
 
-Adding a format is one backend module (a ``Backend`` subclass) and one line in ``BACKENDS``; every
-per-format table below is read off the classes.
+Adding a format is one backend module (a ``Backend`` subclass), one line in ``BACKENDS`` and its file
+layout in ``edgetl.artifact_layout`` (suffix, companion files); every per-format table below is read off
+the classes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ...artifact_layout import FORMAT_BY_SUFFIX, artifact_format
 from ...errors import CheckFailed, UsageError
 from .base import DEVICES, Backend
 from .onnx import OnnxBackend
@@ -17,20 +19,11 @@ from .tflite import TfliteBackend
 # The order is the order of every per-format listing (available_devices, target_devices, bench.json).
 BACKENDS: dict[str, type[Backend]] = {"onnx": OnnxBackend, "openvino": OpenVinoBackend, "tflite": TfliteBackend}
 
-FORMAT_BY_SUFFIX = {cls.suffix: fmt for fmt, cls in BACKENDS.items()}
 RUNTIME_BY_FORMAT = {fmt: cls.runtime for fmt, cls in BACKENDS.items()}
 PIP_EXTRA = {fmt: cls.pip_extra for fmt, cls in BACKENDS.items()}
 # Options an app may pass for any artifact: a backend without such a switch ignores them (any other
 # option a backend does not take is a TypeError, as a typo should be).
 SHARED_OPTIONS = frozenset({"exact_int8", "soc", "allow_cpu_fallback"})
-
-
-def artifact_format(path: str | Path) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix not in FORMAT_BY_SUFFIX:
-        *first, last = sorted(FORMAT_BY_SUFFIX)
-        raise UsageError(f"{path}: unknown artifact type {suffix or '(none)'}; expected {', '.join(first)} or {last}")
-    return FORMAT_BY_SUFFIX[suffix]
 
 
 def backend_class(fmt: str) -> type[Backend]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ...artifact_layout import TFLITE_FILE
 from ...errors import CheckFailed, DeviceUnavailable
 from .base import Backend, Placement, first_line
 
@@ -28,7 +29,7 @@ def _delegate_library(name: str) -> str:
 
 
 class TfliteBackend(Backend):
-    format, runtime, suffix, pip_extra = "tflite", "litert", ".tflite", "edgetl[runtime-tflite]"
+    format, runtime, pip_extra = "tflite", "litert", "edgetl[runtime-tflite]"
     # reentrant: no, an interpreter holds per-call state (input tensors, resized shapes)
 
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
@@ -130,8 +131,6 @@ class TfliteBackend(Backend):
         """``edgetl.json`` among the associated files: a .tflite with associated files is a flatbuffer
         followed by a zip archive, which zipfile finds from its end-of-central-directory record."""
         import zipfile
-
-        from ..embedded import TFLITE_FILE
 
         if not zipfile.is_zipfile(path):
             return None
