@@ -3,9 +3,9 @@ Keras FP32 model, cosine, top-1, and batch-1 latency of FP32 / PTQ / QAT in one 
 ``write`` puts the tables of every setting's JSON into tools/RESULTS-accuracy.md, between the markers of
 section "D. QAT" (the prose around them is written by hand).
 
-    .venv/bin/python tools/bench_qat.py zero-shot --epochs 3 --work /tmp/qat/bench
-    .venv/bin/python tools/bench_qat.py finetuned --model /tmp/qat/model --epochs 3 --work /tmp/qat/bench
-    .venv/bin/python tools/bench_qat.py write --work /tmp/qat/bench
+    .venv/bin/python tools/bench_qat.py zero-shot --epochs 3 --work runs/qat/bench
+    .venv/bin/python tools/bench_qat.py finetuned --model runs/qat/model --epochs 3 --work runs/qat/bench
+    .venv/bin/python tools/bench_qat.py write --work runs/qat/bench
 
 Settings (the issue's): ``zero-shot``: the 1000-class ImageNet model on the ant/bee photos, 120
 calibration (even-indexed) / 121 disjoint evaluation (odd-indexed) photos, an ant correct when top-1 is
@@ -160,7 +160,7 @@ def write(work: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("setting", choices=("zero-shot", "finetuned", "write"))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/qat/bench"))
+    parser.add_argument("--work", type=Path, default=Path("runs/qat/bench"))
     parser.add_argument("--model", type=Path, help="finetuned: the edgetl finetune model directory")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--calib-size", type=int, default=300)

@@ -1,7 +1,7 @@
 """The same `edgetl search` on a Ray cluster of 1 and then 2 worker nodes (1 CPU each, each offering
 target:cpu; the head takes no task), from an empty --out each time: wall time and the ratio.
 
-    PYTHONPATH=. python tools/bench_search.py [--nodes 1,2] [--out /tmp/bench-search]
+    PYTHONPATH=. python tools/bench_search.py [--nodes 1,2] [--out runs/bench-search]
 
 Writes tools/RESULTS-search.md and tools/RESULTS-search.json. The nodes are processes of this machine,
 so the ratio says how well the search spreads its stages over nodes, bounded by this machine's cores
@@ -13,7 +13,7 @@ times every finished artifact again in interleaved rounds at one thread (edgetl.
 speed-up of a pruned INT8 over the unpruned one comes from one shared stretch of machine time:
 
     PYTHONPATH=. nice -n 10 python tools/bench_search.py --target-search ../shared/data/hymenoptera/train \
-        --out /tmp/target-search --sparsity 0,0.5 --prune-epochs 10 [--prune-lr 3e-4] [--prune-importance bn]
+        --out runs/target-search --sparsity 0,0.5 --prune-epochs 10 [--prune-lr 3e-4] [--prune-importance bn]
         [--input-sizes 224,176]
 
 With ``--input-sizes`` the reference is the fastest unpruned INT8 at the backbone's own size (224 px):
@@ -41,7 +41,7 @@ from results_section import write_section  # noqa: E402  (tools/ is the script's
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="1,2")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/bench-search"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-search"))
     parser.add_argument("--data", type=Path, default=None, help="default: the embedded ant/bee sample")
     parser.add_argument("--note", default="", help="a line about the machine's load during the run")
     parser.add_argument("--render", action="store_true", help="only rewrite the Markdown from RESULTS-search.json")
