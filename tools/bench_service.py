@@ -29,36 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edgetl.timing import machine_summary  # noqa: E402
-from results_section import write_section  # noqa: E402  (tools/ is the script's own folder)
+from bench_verify import build  # noqa: E402  (tools/ is the script's own folder)
+from results_section import write_section  # noqa: E402
 
 BEGIN, END = "<!-- bench_service -->", "<!-- /bench_service -->"
 PHOTO = min((REPO / "edgetl" / "samples" / "hymenoptera" / "bees").iterdir(), key=lambda p: p.stat().st_size)
-MAKE = """
-import sys
-from pathlib import Path
-sys.path.insert(0, {repo!r})
-sys.path.insert(0, {tools!r})
-from bench_runtime import _imagenet_model_dir
-from edgetl.data import sample_dataset
-from edgetl.exporting import ExportConfig, export
-work = Path({work!r})
-_imagenet_model_dir("efficientnet_lite0", work / "model")
-result = export(ExportConfig(model=work / "model", out=work / "artifacts", formats=("onnx",), modes=("int8",),
-                             calib=sample_dataset(), check=sample_dataset(), min_agreement=0.5, verbose=False))
-print("\\n".join(str(a.path) for a in result.artifacts))
-"""
-
-
-def build(work: Path) -> list[Path]:
-    """efficientnet_lite0 (ImageNet head, 224 px) ONNX INT8, built in a child process (TensorFlow there)."""
-    code = MAKE.format(repo=str(REPO), tools=str(REPO / "tools"), work=str(work))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    if result.returncode not in (0, 1):  # 1: under the (loose) agreement gate, still written
-        sys.exit(f"bench_service: building the artifact failed:\n{result.stderr[-3000:]}")
-    return [Path(line) for line in result.stdout.split() if line.strip()]
-
-
 def start_service(artifact: Path, workers: int) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "http_service.py"), str(artifact),
                              "--port", "0", "--threads", "1", "--workers", str(workers), "--queue", "64"],
@@ -155,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(n) for n in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="edgetl-bench-service-") as work:
-        paths = args.artifacts or build(Path(work))
+        paths = args.artifacts or build(Path(work), formats=("onnx",), modes=("int8",))
         before = Path("/proc/loadavg").read_text().split()[0]
         rows = [row for path in paths for row in measure(path, counts, args.rounds, args.seconds, args.workers)]
         after = Path("/proc/loadavg").read_text().split()[0]

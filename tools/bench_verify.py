@@ -39,20 +39,22 @@ from edgetl.data import sample_dataset
 from edgetl.exporting import ExportConfig, export
 work = Path({work!r})
 _imagenet_model_dir("efficientnet_lite0", work / "model")
-result = export(ExportConfig(model=work / "model", out=work / "artifacts", formats=("onnx", "tflite", "openvino"),
-                             modes=("fp32", "int8"), calib=sample_dataset(), check=sample_dataset(),
+result = export(ExportConfig(model=work / "model", out=work / "artifacts", formats={formats!r},
+                             modes={modes!r}, calib=sample_dataset(), check=sample_dataset(),
                              min_agreement=0.5, verbose=False))
 print("\\n".join(str(a.path) for a in result.artifacts))
 """
 
 
-def build(work: Path) -> list[Path]:
-    """efficientnet_lite0 (ImageNet head, 224 px) FP32 + INT8 of each format, built in a child process."""
-    code = MAKE.format(repo=str(REPO), tools=str(REPO / "tools"), work=str(work))
+def build(work: Path, formats: tuple[str, ...] = ("onnx", "tflite", "openvino"),
+          modes: tuple[str, ...] = ("fp32", "int8")) -> list[Path]:
+    """efficientnet_lite0 (ImageNet head, 224 px) artifacts (FP32 + INT8 of each format unless told),
+    built in a child process: TensorFlow never enters the measuring one."""
+    code = MAKE.format(repo=str(REPO), tools=str(REPO / "tools"), work=str(work), formats=formats, modes=modes)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if result.returncode not in (0, 1):  # 1: an INT8 artifact under the (loose) gate, still written
-        sys.exit(f"bench_verify: building artifacts failed:\n{result.stderr[-3000:]}")
+        sys.exit(f"{Path(sys.argv[0]).stem}: building artifacts failed:\n{result.stderr[-3000:]}")
     paths = [Path(line) for line in result.stdout.split() if line.strip()]
     return paths or sorted(p for p in (work / "artifacts").iterdir() if p.suffix in (".onnx", ".tflite", ".xml"))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...artifact_layout import FORMAT_BY_SUFFIX, artifact_format
+from ...artifact_layout import FORMAT_BY_SUFFIX, artifact_format  # noqa: F401  (part of the registry API)
 from ...errors import CheckFailed, UsageError
 from .base import DEVICES, Backend
 from .onnx import OnnxBackend
