@@ -27,6 +27,27 @@ SHARED_PHOTOS = REPO.parent / "shared" / "data" / "hymenoptera" / "train"
 TINY_SIZE = 96
 
 
+# -- order of the files ------------------------------------------------------------------------------
+# `pytest -n 2 --dist loadfile` hands whole files to the two workers; by default xdist queues them by
+# their NUMBER of tests, so files of a few long end-to-end tests (test_pipeline's two) started last while
+# the other worker sat idle. Files start longest first instead (the longest-processing-time rule), by
+# their time alone in one process on 2 loaded cores (`pytest tests/test_x.py --durations=15`); files not
+# listed are short and follow in name order. Re-measure when a file grows past a few minutes.
+LONGEST_FIRST = ("test_search.py", "test_pipeline.py", "test_export.py", "test_hardening.py", "test_safety.py",
+                 "test_bench.py", "test_prune.py", "test_accuracy.py", "test_targets.py", "test_metadata.py",
+                 "test_qat.py")
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # xdist's controller: keep the collected order
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), str(item.path)))  # stable within a file
+
+
 SUBSET_PER_CLASS = 30
 
 
