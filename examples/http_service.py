@@ -246,6 +246,8 @@ class Service:
                 raise HttpError(400, "a chunk-size or trailer line too long") from None
             status, payload = await self._answer(request)
         except HttpError as exc:  # the stream's state is unknown: answer and close
+            self.budget.give(held[0])  # before lingering: the bytes are dropped now, not when the client goes
+            held[0] = 0
             self._log_request(peer, request, exc.status)
             await self._finish(writer, reader, exc.status, {"error": str(exc)}, request)
             return False
