@@ -267,6 +267,9 @@ def export(
                           target=target, soc=soc, qnn_scheme=qnn_scheme, system_config=system_config,
                           memory_mode=memory_mode, allow_cpu_fallback=allow_cpu_fallback)
     config.validate()  # bad arguments fail before TensorFlow's start-up cost
+    from ..targets.options import check_export_options
+
+    check_export_options(config)  # --soc / Vela options: unknown values fail, ignored ones warn
     if target:
         from ..targets import preflight_export
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckFailed, DeviceUnavailable
+from ..errors import CheckFailed, DeviceUnavailable, UsageError
 from .calibration import CalibrationSet
 
 VELA_EXTRA = ".[ethos-u]"
@@ -97,9 +97,46 @@ def compile(tflite: Path, out_dir: Path, config: str, system_config: str | None 
 
 
 def _default_ini() -> str:
-    import ethosu
+    """Arm's ``vela.ini`` shipped inside the ``ethosu`` package. ``ethosu`` is a namespace package
+    (no ``__init__.py``: ``__file__`` is None), so the file is found through its ``__path__``."""
+    try:
+        import ethosu
+    except ImportError:
+        raise DeviceUnavailable(f"Ethos-U targets need Vela: pip install '{VELA_EXTRA}'") from None
+    for root in getattr(ethosu, "__path__", []):
+        ini = Path(root) / "config_files" / "Arm" / "vela.ini"
+        if ini.is_file():
+            return str(ini)
+    raise DeviceUnavailable(f"Vela's config_files/Arm/vela.ini is missing from the ethosu package; "
+                            f"reinstall it: pip install '{VELA_EXTRA}'")
 
-    return str(Path(ethosu.__file__).parent / "config_files" / "Arm" / "vela.ini")
+
+def ini_choices() -> dict[str, tuple[str, ...]]:
+    """``{"system_config": names, "memory_mode": names}``: the sections of Arm's ``vela.ini``, what
+    ``--system-config`` / ``--memory-mode`` may name."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read(_default_ini())
+    found: dict[str, list[str]] = {"system_config": [], "memory_mode": []}
+    for section in parser.sections():
+        kind, _, name = section.partition(".")
+        key = {"System_Config": "system_config", "Memory_Mode": "memory_mode"}.get(kind)
+        if key and name:
+            found[key].append(name)
+    return {key: tuple(names) for key, names in found.items()}
+
+
+def check_options(system_config: str | None, memory_mode: str | None) -> None:
+    """A ``--system-config`` / ``--memory-mode`` that Arm's vela.ini does not define: one UsageError line
+    listing the ones it does, before TensorFlow loads (Vela itself would fail after the conversion)."""
+    if not system_config and not memory_mode:
+        return
+    choices = ini_choices()
+    for option, key, value in (("--system-config", "system_config", system_config),
+                               ("--memory-mode", "memory_mode", memory_mode)):
+        if value and value not in choices[key]:
+            raise UsageError(f"unknown {option} {value!r}; Vela's vela.ini defines: {', '.join(choices[key])}")
 
 
 def parse_placement(stdout: str) -> dict[str, Any]:
@@ -186,5 +223,5 @@ def dequantize(values: np.ndarray, scale: float, zero: int) -> np.ndarray:
     return (values.astype(np.float32) - zero) * scale
 
 
-__all__ = ["convert_int8_io", "compile", "read_summary", "reference_kernel_outputs", "parse_placement",
+__all__ = ["check_options", "convert_int8_io", "compile", "ini_choices", "read_summary", "reference_kernel_outputs", "parse_placement",
            "VELA_EXTRA"]

@@ -8,6 +8,7 @@ from typing import Any
 from ..errors import CheckFailed, UsageError
 from .cards import ARTIFACT_SCHEMA
 from .files import read_json, sha256_file
+from .validate import check_description
 
 # -- artifact files ---------------------------------------------------------------------------------
 
@@ -81,5 +82,6 @@ def read_sidecar(artifact: str | Path) -> dict[str, Any]:
         raise UsageError(f"{side}: not an edgetl artifact sidecar (a JSON {type(data).__name__}, not an object)")
     if data.get("schema") != ARTIFACT_SCHEMA:
         raise UsageError(f"{side}: not an edgetl artifact sidecar (schema {data.get('schema')!r})")
+    check_description(data, side)
     return data
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import CheckFailed, UsageError
-from ..metadata import read_sidecar, verify_artifact
+from ..metadata import check_description, read_sidecar, verify_artifact
 from ..metrics import softmax
 from ..preprocess import IMAGE_SUFFIXES, DecodeRules, ImageDecodeError, Preprocessing, to_pil
 from .backends import Backend, artifact_format, open_backend
@@ -195,6 +195,7 @@ def _sidecar_or_embedded(path: Path) -> dict[str, Any]:
     if path.exists() and not sidecar_path(path).exists():
         embedded = read_embedded(path)
         if embedded is not None:
+            check_description(embedded, f"{path} (its embedded metadata)")
             return embedded
     return read_sidecar(path)  # raises the usual one-line errors (no artifact, no sidecar)
 
