@@ -55,7 +55,7 @@ def validate_soc(soc: str) -> str:
     name = str(soc).strip().upper()
     if name not in SOCS:
         raise UsageError(f"unknown SoC --soc {soc!r}; known: "
-                         + ", ".join(f"{chip} ({title})" for chip, title in SOCS.items()))
+                         + ", ".join(title if title.startswith(chip) else f"{chip} ({title})" for chip, title in SOCS.items()))
     return name
 
 

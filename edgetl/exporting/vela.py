@@ -69,6 +69,7 @@ def compile(tflite: Path, out_dir: Path, config: str, system_config: str | None 
     CSV. Returns placement, the estimate and the compile time; ops left for the CPU are an error
     unless ``allow_cpu_fallback``."""
     version = vela_version()
+    system_config, memory_mode = resolve_options(config, system_config, memory_mode)
     command = [sys.executable, "-m", "ethosu.vela", str(tflite), "--accelerator-config", config,
                "--output-dir", str(out_dir), "--show-cpu-operations"]
     if system_config:
@@ -111,32 +112,63 @@ def _default_ini() -> str:
                             f"reinstall it: pip install '{VELA_EXTRA}'")
 
 
-def ini_choices() -> dict[str, tuple[str, ...]]:
-    """``{"system_config": names, "memory_mode": names}``: the sections of Arm's ``vela.ini``, what
-    ``--system-config`` / ``--memory-mode`` may name."""
+# Arm's pairs per NPU family (Vela's docs): used for the one of --system-config / --memory-mode not given,
+# since Vela takes both from vela.ini or neither.
+FAMILY_DEFAULTS = {"ethos-u55": ("Ethos_U55_High_End_Embedded", "Shared_Sram"),
+                   "ethos-u65": ("Ethos_U65_High_End", "Dedicated_Sram"),
+                   "ethos-u85": ("Ethos_U85_SYS_DRAM_Mid", "Dedicated_Sram")}
+_KINDS = {"System_Config": "system_config", "Memory_Mode": "memory_mode"}
+
+
+def _read_ini():
     import configparser
 
     parser = configparser.ConfigParser()
     parser.read(_default_ini())
+    return parser
+
+
+def ini_choices() -> dict[str, tuple[str, ...]]:
+    """``{"system_config": names, "memory_mode": names}``: the sections of Arm's ``vela.ini``, what
+    ``--system-config`` / ``--memory-mode`` may name."""
     found: dict[str, list[str]] = {"system_config": [], "memory_mode": []}
-    for section in parser.sections():
+    for section in _read_ini().sections():
         kind, _, name = section.partition(".")
-        key = {"System_Config": "system_config", "Memory_Mode": "memory_mode"}.get(kind)
-        if key and name:
-            found[key].append(name)
+        if kind in _KINDS and name:
+            found[_KINDS[kind]].append(name)
     return {key: tuple(names) for key, names in found.items()}
 
 
-def check_options(system_config: str | None, memory_mode: str | None) -> None:
-    """A ``--system-config`` / ``--memory-mode`` that Arm's vela.ini does not define: one UsageError line
-    listing the ones it does, before TensorFlow loads (Vela itself would fail after the conversion)."""
+def _setting(parser, section: str, key: str) -> str | None:
+    while parser.has_section(section):  # follow Vela's ``inherit=``
+        if parser.has_option(section, key):
+            return parser.get(section, key)
+        section = parser.get(section, "inherit", fallback="")
+    return None
+
+
+def resolve_options(config: str, system_config: str | None, memory_mode: str | None) -> tuple[str | None, str | None]:
+    """(system config, memory mode) Vela compiles ``config`` with: both None (Vela's internal defaults)
+    or both named, the missing one Arm's for that NPU family. A name vela.ini does not define, or a pair
+    Vela refuses (a memory mode whose arena lives on a port the system config wires to flash), is one
+    UsageError line, before TensorFlow loads (Vela itself would fail after the conversion)."""
     if not system_config and not memory_mode:
-        return
+        return None, None
     choices = ini_choices()
     for option, key, value in (("--system-config", "system_config", system_config),
                                ("--memory-mode", "memory_mode", memory_mode)):
         if value and value not in choices[key]:
             raise UsageError(f"unknown {option} {value!r}; Vela's vela.ini defines: {', '.join(choices[key])}")
+    family = FAMILY_DEFAULTS.get(config.rsplit("-", 1)[0], FAMILY_DEFAULTS["ethos-u55"])
+    system_config, memory_mode = system_config or family[0], memory_mode or family[1]
+    parser = _read_ini()
+    arena = (_setting(parser, f"Memory_Mode.{memory_mode}", "arena_mem_area") or "").lower()
+    port = _setting(parser, f"System_Config.{system_config}", f"{arena}_port") if arena else None
+    if port and port.lower() not in ("sram", "dram"):
+        raise UsageError(f"--memory-mode {memory_mode} puts the tensor arena on {arena.upper()}, which "
+                         f"--system-config {system_config} wires to {port}; Vela needs SRAM or DRAM there "
+                         f"(choose Sram_Only or Shared_Sram, or a system config with DRAM)")
+    return system_config, memory_mode
 
 
 def parse_placement(stdout: str) -> dict[str, Any]:
@@ -223,5 +255,5 @@ def dequantize(values: np.ndarray, scale: float, zero: int) -> np.ndarray:
     return (values.astype(np.float32) - zero) * scale
 
 
-__all__ = ["check_options", "convert_int8_io", "compile", "ini_choices", "read_summary", "reference_kernel_outputs", "parse_placement",
+__all__ = ["resolve_options", "convert_int8_io", "compile", "ini_choices", "read_summary", "reference_kernel_outputs", "parse_placement",
            "VELA_EXTRA"]

@@ -24,24 +24,24 @@ def check_export_options(config) -> None:
             from ..exporting.qnn import validate_soc
 
             validate_soc(config.soc)
-    if qnn:
-        from ..exporting.qnn import QNN_SCHEMES
-        from ..errors import UsageError
-
-        if config.qnn_scheme not in QNN_SCHEMES:
-            raise UsageError(f"unknown --qnn-scheme {config.qnn_scheme!r}; choose from {', '.join(QNN_SCHEMES)}")
         else:
             _warn(f"--soc {config.soc} is ignored: only --target {QNN_HTP} compiles for a Snapdragon SoC "
                   f"(target here: {target})")
+    if qnn:
+        from ..errors import UsageError
+        from ..exporting.qnn import QNN_SCHEMES
+
+        if config.qnn_scheme not in QNN_SCHEMES:
+            raise UsageError(f"unknown --qnn-scheme {config.qnn_scheme!r}; choose from {', '.join(QNN_SCHEMES)}")
     if config.qnn_scheme != "edgetl" and not qnn:
         _warn(f"--qnn-scheme {config.qnn_scheme} is ignored: it is for --target {QNN_HTP} (target here: {target})")
     vela_options = [f"{flag} {value}" for flag, value in (("--system-config", config.system_config),
                                                          ("--memory-mode", config.memory_mode)) if value]
     if vela_options:
         if ethos:
-            from ..exporting.vela import check_options
+            from ..exporting.vela import resolve_options
 
-            check_options(config.system_config, config.memory_mode)
+            resolve_options(config.target.split(":", 1)[1], config.system_config, config.memory_mode)
         else:
             _warn(f"{' and '.join(vela_options)} ignored: Vela options are for --target npu:ethos-u* "
                   f"(target here: {target})")
