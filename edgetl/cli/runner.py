@@ -12,6 +12,7 @@ import typer
 from ..errors import EdgetlError, Terminated
 from .app import app
 from .frameworks import quiet_frameworks
+from .numbers import finite_floats
 from .signals import _drop_interrupted_finalizers, _sigterm_as_exception
 
 
@@ -33,6 +34,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _main(argv: Optional[list[str]] = None) -> int:
     quiet_frameworks()
     command = typer.main.get_command(app)
+    finite_floats(command)  # NaN and infinities refused by every float option
     try:
         result = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgetl",
                               standalone_mode=False)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,9 +247,12 @@ def _read_space(path: Path) -> tuple[dict[str, list], list[Point]]:
 
 def _number(value: Any, path: Path) -> float:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise UsageError(f"--space {path}: sparsity {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise UsageError(f"--space {path}: sparsity {value!r} is not a finite number")
+    return number
 
 
 def _size(value: Any, path: Path) -> int:
