@@ -26,7 +26,7 @@ from ..errors import DeviceUnavailable, UsageError
 from ..metadata import OUTPUT_MARKER, atomic_directory, output_marker, write_json
 from ..pruning.structured import CHANNEL_MULTIPLE
 from ..stages import content_key, materialise_split, reuse_or_build
-from .joining import join_failure, probe_gcs, use_token
+from .joining import join_failure, probe_gcs, check_token, use_token
 from .pareto import halving
 from .progress import Progress
 from .space import Point, SearchConfig, registered
@@ -333,24 +333,27 @@ class Placement:
 def ray_session(config: SearchConfig) -> Iterator[Placement]:
     """Ray for the search: joined at ``--address``, already initialised by the caller, or started
     in-process on this machine's cores (quiet, no dashboard); yields where stages go."""
-    try:
-        import ray
-    except ImportError:
-        raise UsageError("edgetl search runs on Ray: pip install 'edgetl[search]'") from None
-    owned = not ray.is_initialized()
     with contextlib.ExitStack() as stack:
+        # Ray reads RAY_AUTH_MODE once, when it is imported: the token mode is set before that.
+        token = stack.enter_context(use_token()) if config.address else None
+        try:
+            import ray
+        except ImportError:
+            raise UsageError("edgetl search runs on Ray: pip install 'edgetl[search]'") from None
+        owned = not ray.is_initialized()
         if owned:
-            _init(ray, config, stack)
+            _init(ray, config, token)
         yield from _placement(ray, config, owned)
 
 
-def _init(ray, config: SearchConfig, stack: contextlib.ExitStack) -> None:
+def _init(ray, config: SearchConfig, token: str | None) -> None:
     common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                   runtime_env={"env_vars": WORKER_ENV})
     sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with a silent sys.exit
     if config.address:
-        host = probe_gcs(config.address)  # nothing there, or not a Ray head: one line in seconds
-        token = stack.enter_context(use_token())
+        host, needs_token = probe_gcs(config.address)  # nothing there, or not a Ray head: one line in seconds
+        if needs_token:
+            check_token(config.address, token)
         # Ray rewrites 127.0.0.1 to the network address; other loopback addresses stay as given.
         local_ip = {"_node_ip_address": host} if host.startswith("127.") and host != "127.0.0.1" else {}
         try:

@@ -22,6 +22,7 @@ TOKEN_VARIABLE = "RAY_AUTH_TOKEN"
 TOKEN_PATH_VARIABLE = "RAY_AUTH_TOKEN_PATH"
 MODE_VARIABLE = "RAY_AUTH_MODE"
 DEFAULT_TOKEN_FILE = Path("~/.ray/auth_token")
+GCS_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"  # what every driver asks a head first
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -31,9 +32,10 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def probe_gcs(address: str, timeout: float = 5.0) -> str:
-    """A one-line UsageError within ``timeout`` seconds unless a gRPC server (a Ray head's GCS) answers at
-    ``address``; returns the host."""
+def probe_gcs(address: str, timeout: float = 5.0) -> tuple[str, bool]:
+    """(host, whether the head asks for an auth token). A one-line UsageError within ``timeout`` seconds
+    unless a Ray head's GCS answers at ``address``: nothing listening, a server that never completes a
+    gRPC (HTTP/2) handshake, or a gRPC server without the GCS service."""
     import socket
 
     host, port = split_address(address)
@@ -46,12 +48,19 @@ def probe_gcs(address: str, timeout: float = 5.0) -> str:
     channel = grpc.insecure_channel(f"{host}:{port}")
     try:  # READY only after the HTTP/2 handshake: another kind of server never gets there
         grpc.channel_ready_future(channel).result(timeout=timeout)
+        channel.unary_unary(GCS_METHOD)(b"", timeout=timeout)  # an empty request is a valid protobuf
     except grpc.FutureTimeoutError:
         raise UsageError(f"--address {address}: a server answers there but it is not a Ray head (no gRPC "
                          f"handshake in {timeout:g} s); give the head's GCS port (6379 by default)") from None
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            return host, True
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            raise UsageError(f"--address {address}: a gRPC server answers there but not a Ray head's GCS; give "
+                             f"the head's GCS port (6379 by default)") from None
     finally:
         channel.close()
-    return host
+    return host, False
 
 
 def find_token(environ: Mapping[str, str] | None = None, home: Path | None = None) -> str | None:
@@ -80,7 +89,8 @@ def _token_in(path: Path) -> bool:
 @contextlib.contextmanager
 def use_token() -> Iterator[str | None]:
     """While joining a cluster: ``RAY_AUTH_MODE=token`` for this driver when a token is found and no mode
-    is set; yields where the token is (or None). The environment is restored afterwards."""
+    is set; yields where the token is (or None). Ray reads the mode when it is imported, so this runs
+    before ``import ray``. The environment is restored afterwards."""
     source = find_token()
     saved = os.environ.get(MODE_VARIABLE)
     if source and saved is None:
@@ -95,22 +105,52 @@ def use_token() -> Iterator[str | None]:
 
 
 def _forget_cached_token() -> None:
-    from .cluster import _forget_token
+    import sys
 
-    _forget_token()
+    if "ray" in sys.modules:  # a token this process loaded before (tests run many searches in one process)
+        from .cluster import _forget_token
+
+        _forget_token()
+
+
+def _token_value(source: str) -> str:
+    if source == TOKEN_VARIABLE:
+        return os.environ[TOKEN_VARIABLE].strip()
+    path = os.environ[TOKEN_PATH_VARIABLE] if source.startswith(TOKEN_PATH_VARIABLE) else source
+    return Path(path).expanduser().read_text().strip()
+
+
+def check_token(address: str, token: str | None, timeout: float = 5.0) -> None:
+    """The head asks for a token (``probe_gcs``): one line naming the variables when none was found, or
+    naming where it came from when the head refuses it (Ray itself retries for 20 s, then says only
+    "Failed to connect")."""
+    if token is None:
+        raise UsageError(f"--address {address}: the Ray cluster requires an auth token and none was found: set "
+                         f"{TOKEN_VARIABLE} or {TOKEN_PATH_VARIABLE} (the head's machine has it in ~/.ray/auth_token)")
+    if os.environ.get(MODE_VARIABLE, "token").lower() != "token":
+        raise UsageError(f"--address {address}: the Ray cluster requires an auth token but {MODE_VARIABLE} is "
+                         f"{os.environ[MODE_VARIABLE]!r} here; unset it or set it to token")
+    import grpc
+
+    host, port = split_address(address)
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        try:
+            channel.unary_unary(GCS_METHOD)(b"", timeout=timeout,
+                                            metadata=(("authorization", f"Bearer {_token_value(token)}"),))
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise UsageError(f"--address {address}: the Ray cluster refused the auth token from {token}; "
+                                 f"use the head's (its machine has it in ~/.ray/auth_token)") from None
 
 
 def join_failure(address: str, exc: BaseException, token: str | None) -> UsageError:
-    """The one line for a failed ``ray.init(address=...)``: the token variables when the head asks for
-    a token this driver does not have, else Ray's first line."""
+    """The one line for a failed ``ray.init(address=...)``: the token's source when the head refused
+    it, else Ray's first line."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if type(exc).__name__ == "AuthenticationError" or any(w in str(exc).lower() for w in ("token", "unauthenticated")):
-        if token is None:
-            return UsageError(f"--address {address}: the Ray cluster requires an auth token and none was found: "
-                              f"set {TOKEN_VARIABLE} or {TOKEN_PATH_VARIABLE} (the head's machine has it in "
-                              f"~/.ray/auth_token)")
+    if token and (type(exc).__name__ == "AuthenticationError"
+                  or any(w in str(exc).lower() for w in ("token", "unauthenticated"))):
         return UsageError(f"--address {address}: the Ray cluster refused the token from {token} ({text[:200]})")
     return UsageError(f"--address {address}: cannot join a Ray cluster there ({text[:300]})")
 
 
-__all__ = ["find_token", "join_failure", "probe_gcs", "split_address", "use_token"]
+__all__ = ["find_token", "join_failure", "probe_gcs", "check_token", "split_address", "use_token"]
