@@ -147,6 +147,14 @@ def _setting(parser, section: str, key: str) -> str | None:
     return None
 
 
+def _arena_port(parser, system_config: str, memory_mode: str) -> str | None:
+    """What the system config wires the memory mode's tensor-arena port to, when Vela refuses it (not
+    SRAM or DRAM: flash); None when the pair is fine."""
+    arena = (_setting(parser, f"Memory_Mode.{memory_mode}", "arena_mem_area") or "").lower()
+    port = _setting(parser, f"System_Config.{system_config}", f"{arena}_port") if arena else None
+    return port if port and port.lower() not in ("sram", "dram") else None
+
+
 def resolve_options(config: str, system_config: str | None, memory_mode: str | None) -> tuple[str | None, str | None]:
     """(system config, memory mode) Vela compiles ``config`` with: both None (Vela's internal defaults)
     or both named, the missing one Arm's for that NPU family. A name vela.ini does not define, or a pair
@@ -160,11 +168,13 @@ def resolve_options(config: str, system_config: str | None, memory_mode: str | N
         if value and value not in choices[key]:
             raise UsageError(f"unknown {option} {value!r}; Vela's vela.ini defines: {', '.join(choices[key])}")
     family = FAMILY_DEFAULTS.get(config.rsplit("-", 1)[0], FAMILY_DEFAULTS["ethos-u55"])
-    system_config, memory_mode = system_config or family[0], memory_mode or family[1]
     parser = _read_ini()
-    arena = (_setting(parser, f"Memory_Mode.{memory_mode}", "arena_mem_area") or "").lower()
-    port = _setting(parser, f"System_Config.{system_config}", f"{arena}_port") if arena else None
-    if port and port.lower() not in ("sram", "dram"):
+    if not memory_mode:  # the family's, unless this system config wires its arena port to flash
+        memory_mode = family[1] if _arena_port(parser, system_config, family[1]) is None else "Shared_Sram"
+    system_config = system_config or family[0]
+    port = _arena_port(parser, system_config, memory_mode)
+    if port:
+        arena = _setting(parser, f"Memory_Mode.{memory_mode}", "arena_mem_area").lower()
         raise UsageError(f"--memory-mode {memory_mode} puts the tensor arena on {arena.upper()}, which "
                          f"--system-config {system_config} wires to {port}; Vela needs SRAM or DRAM there "
                          f"(choose Sram_Only or Shared_Sram, or a system config with DRAM)")

@@ -226,7 +226,10 @@ def _check_search_output(out: Path) -> None:
         return  # check_output_dir said why already, or the folder is gone
     verb = (read_output_marker(out) or {}).get("verb")
     if not empty and verb != "search":
-        what = f"the output of `edgetl {verb}`" if verb else "edgetl output of another command"
+        from ..metadata import MODEL_METADATA
+
+        what = (f"the output of `edgetl {verb}`" if verb else "a model (edgetl.json)"
+                if (out / MODEL_METADATA).is_file() else "edgetl output of another command")
         raise UsageError(f"--out {out} holds {what}, not a search's; a search resumes only its own folder: "
                          f"choose a new or empty folder")
 
