@@ -72,7 +72,7 @@ BAD_FIELDS = [
     ("labels", ["ants", "bee\ns"], "field 'labels[1]' holds a control character or line break"),
     ("labels", ["ants", ""], "field 'labels[1]' must be a non-empty string"),
     ("labels", ["ants", "ants"], "field 'labels' names 'ants' twice"),
-    ("labels", "ants,bees", "field 'labels' must be a non-empty list of class names"),
+    ("labels", "ants,bees", "field 'labels' is invalid (a non-empty list of class names)"),
     ("input.dtype", "float64x", "field 'input.dtype' is 'float64x'"),
     ("input.shape", [1, 96, 96], "field 'input.shape' must be 4 positive integers"),
     ("input.layout", "HWCN", "field 'input.layout' is 'HWCN'"),
@@ -239,3 +239,27 @@ def test_numeric_options_refuse_nan_and_infinities(args, sample_subset, runtime_
     flag, value = args[-2], args[-1].split(",")[-1]
     assert flag in err and "finite number" in err and value.lower() in err.lower(), err
     assert not (tmp_path / "out").exists()
+
+
+def test_embedded_metadata_is_validated_like_a_sidecar(cnn_artifacts, tmp_path):
+    """An artifact that travelled without its sidecar is described by what export embedded in it (ONNX
+    metadata_props here): the same field checks, the line naming the artifact's embedded metadata."""
+    import onnx
+
+    from edgetl.runtime import EdgeModel
+
+    source = cnn_artifacts.paths["onnx"]
+    model = onnx.load(str(source))
+    prop = next(p for p in model.metadata_props if p.key == "edgetl")
+    described = json.loads(prop.value)
+    assert described["preprocessing"]["std"]  # the real description passes as written
+    described["preprocessing"]["std"] = [0.0]
+    prop.value = json.dumps(described)
+    alone = tmp_path / "model.onnx"
+    onnx.save(model, str(alone))
+    with pytest.raises(UsageError) as raised:
+        EdgeModel.load(alone)
+    assert str(raised.value) == (f"{alone} (its embedded metadata): field 'preprocessing.std' must be > 0 (it "
+                                 f"divides the pixels), got [0.0]")
+    shutil.copy(source, tmp_path / "intact.onnx")  # untouched, it loads and runs without a sidecar
+    assert len(EdgeModel.load(tmp_path / "intact.onnx").predict(cnn_artifacts.images[0], top_k=1)) == 1

@@ -48,7 +48,7 @@ def _is_number(value: Any) -> bool:
 def check_labels(labels: Any, where: str | Path, name: str = "labels") -> None:
     """A non-empty list of distinct, non-empty strings without control characters or line breaks."""
     if not isinstance(labels, (list, tuple)) or not labels:
-        raise _fail(where, name, "must be a non-empty list of class names")
+        raise _fail(where, name, "is invalid (a non-empty list of class names)")
     for i, label in enumerate(labels):
         if not isinstance(label, str) or not label.strip():
             raise _fail(where, f"{name}[{i}]", f"must be a non-empty string, got {label!r}")
@@ -75,7 +75,7 @@ def _choice(data: dict, key: str, choices: tuple[str, ...], where, prefix: str) 
 def check_recipe(recipe: Any, where: str | Path, name: str = "preprocessing") -> None:
     """A ``Preprocessing`` dict: every field present is of the right type and range (absent ones take
     the recipe's defaults, as for sidecars written before they were recorded)."""
-    from ..preprocess import _RESAMPLE, DecodeRules
+    from ..preprocess import INTERPOLATIONS, DecodeRules
 
     if not isinstance(recipe, dict):
         raise _fail(where, name, f"must be an object (the preprocessing recipe), got {type(recipe).__name__}")
@@ -87,7 +87,7 @@ def check_recipe(recipe: Any, where: str | Path, name: str = "preprocessing") ->
     shorter = recipe.get("resize_shorter")
     if shorter is not None and not (_is_int(shorter) and 0 < shorter <= 65536):
         raise _fail(where, prefix + "resize_shorter", f"must be a positive integer or null, got {shorter!r}")
-    _choice(recipe, "interpolation", tuple(_RESAMPLE), where, prefix)
+    _choice(recipe, "interpolation", INTERPOLATIONS, where, prefix)
     for key, positive in (("mean", False), ("std", True)):
         if key in recipe:
             _numbers(recipe[key], where, prefix + key, positive)
