@@ -286,3 +286,27 @@ def test_ctrl_c_exits_130_with_one_line(cnn_artifacts):
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert _one_line(err) == "edgetl: interrupted; nothing half-written was left"
+
+
+def test_qat_graph_keeps_ops_called_with_constants():
+    """`export --qat-epochs` on mobilenet_v3_small died in ``Add.compute_output_spec``: the QAT rebuild
+    called ``x + 3.0`` with x alone, and Keras marks ``x * (1 / 6)`` sparse, which the fake-quant op
+    cannot trace. The hard-swish and squeeze-excite pattern of MobileNetV3, in a model of a few layers:
+    rebuilt with its constants, it computes what the float model computes, to 8-bit precision."""
+    import keras
+    import numpy as np
+
+    from edgetl.exporting.qat import build_qat_graph
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs))
+    x = x * (keras.layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0))  # hard swish
+    squeeze = keras.layers.Conv2D(8, 1)(keras.layers.GlobalAveragePooling2D(keepdims=True)(x))
+    x = keras.layers.Multiply()([x, keras.layers.ReLU(6.0)(squeeze + 3.0) * (1.0 / 6.0)])  # squeeze-excite
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    calib = np.random.default_rng(0).normal(size=(8, 16, 16, 3)).astype(np.float32)
+    graph = build_qat_graph(model, calib, batch=4)
+    assert graph.folded == 1 and len(graph.quantizers) >= 6
+    expected, got = model.predict_on_batch(calib), graph.model.predict_on_batch(calib)
+    cosine = (expected * got).sum(1) / np.linalg.norm(expected, axis=1) / np.linalg.norm(got, axis=1)
+    assert cosine.min() > 0.99 and (expected.argmax(1) == got.argmax(1)).mean() >= 0.75
