@@ -40,6 +40,7 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+INTERPOLATIONS = tuple(_RESAMPLE)  # what a recipe's ``interpolation`` may name
 
 # 40 MP: a 48/50 MP phone photo (JPEG) still decodes, at half size; a PNG whose header claims
 # 30000x30000 is refused before any memory is spent. A decode within the cap peaks at about 4 bytes

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UsageError
-from ..metadata import ArtifactSidecar, check_model_metadata, read_sidecar, sidecar_path, verify_artifact
+from ..metadata import (ArtifactSidecar, check_model_metadata, compiled_for_npu, read_sidecar, sidecar_path,
+                        verify_artifact)
 from ..preprocess import Preprocessing
 from ..runtime import backends
 
@@ -83,6 +84,7 @@ class Artifact:
     name: str = ""  # how reports name it: the file name, or parent/file when file names collide
     options: dict[str, Any] = field(default_factory=dict)  # backend options of this variant (precision)
     problem: str | None = None  # why it cannot be benched (an unreadable sidecar): a failed row, one line
+    elsewhere: str | None = None  # compiled for an NPU, asked to run on a CPU: listed as not benched, why
 
     @property
     def format(self) -> str:
@@ -112,16 +114,6 @@ class Artifact:
         return list(dict.fromkeys([self.path, *[p for p in listed + extra if p.exists()]]))
 
 
-def _cpu_runnable(path: Path) -> bool:
-    """Compiled NPU artifacts (Vela's ethos-u op, QNN EPContext) load only with their device's runtime;
-    a folder listing skips them (``edgetl bench --target npu:...`` picks them up). An unreadable
-    sidecar is kept: reading it again says why."""
-    try:
-        return (read_sidecar(path).get("target") or {}).get("cpu_runnable", True) is not False
-    except UsageError:
-        return True
-
-
 def read_bench_sidecar(path: Path) -> dict[str, Any]:
     """The sidecar of ``path`` with what a bench reads checked: readable JSON of the artifact schema,
     field types (``ArtifactSidecar``), ``labels``, ``preprocessing.input_size`` and ``input``. One
@@ -147,8 +139,7 @@ def expand_artifacts(paths: Sequence[str | Path], runtime: str = "auto", compile
         if path.is_dir():
             inside = sorted(p for p in path.iterdir() if p.suffix.lower() in backends.FORMAT_BY_SUFFIX
                             and sidecar_path(p).exists())
-            inside = [p for p in inside if wanted_format in (None, backends.artifact_format(p))
-                      and (compiled_too or _cpu_runnable(p))]
+            inside = [p for p in inside if wanted_format in (None, backends.artifact_format(p))]
             if not inside:
                 what = f"{runtime} " if wanted_format else ""
                 raise UsageError(f"{path}: no {what}artifact (*.onnx, *.tflite, *.xml with a .json sidecar) in it")
@@ -166,12 +157,15 @@ def expand_artifacts(paths: Sequence[str | Path], runtime: str = "auto", compile
     for path in unique:
         name = path.name if names.count(path.name) == 1 else f"{path.parent.name}/{path.name}"
         if not unreadable_as_failed:
-            artifacts.append(Artifact(path, read_sidecar(path), name))
-            continue
-        try:
-            artifacts.append(Artifact(path, read_bench_sidecar(path), name))
-        except UsageError as exc:
-            artifacts.append(Artifact(path, {}, name, problem=str(exc)))
+            artifact = Artifact(path, read_sidecar(path), name)
+        else:
+            try:
+                artifact = Artifact(path, read_bench_sidecar(path), name)
+            except UsageError as exc:
+                artifact = Artifact(path, {}, name, problem=str(exc))
+        if not compiled_too and not artifact.problem:
+            artifact.elsewhere = compiled_for_npu(path, artifact.sidecar)
+        artifacts.append(artifact)
     return artifacts
 
 

@@ -72,7 +72,9 @@ def preflight(config: BenchConfig) -> Plan:
     arguments, artifacts and sidecars, target devices (exit 3), reference dir, --out refusal."""
     config.validate()
     artifacts = expand_artifacts(config.artifacts, config.runtime, unreadable_as_failed=True)
-    usable = [a for a in artifacts if not a.problem]  # the others become failed rows (bench)
+    usable = [a for a in artifacts if not a.problem and not a.elsewhere]  # others: failed / not benched rows
+    if artifacts and all(a.elsewhere for a in artifacts):  # only NPU-compiled models: nothing runs here
+        raise UsageError(artifacts[0].elsewhere)
     devices = check_target(config.target, {a.format for a in usable})
     reference = Path(config.reference) if config.reference else default_reference(usable)
     if reference and reference.suffix == ".keras":  # a .keras file stands for its model directory
@@ -101,6 +103,11 @@ def bench(config: BenchConfig) -> BenchResult:
     raised with the written result attached as ``.result``. When none can be used nothing is written."""
     plan = preflight(config)
     artifacts, devices, reference_dir = plan.artifacts, plan.devices, plan.reference
+    elsewhere = [{"path": str(a.path), "name": a.name, "format": a.format, "reason": a.elsewhere}
+                 for a in artifacts if a.elsewhere]  # compiled for an NPU: listed, with why, never run here
+    for entry in elsewhere:
+        log.warning("%s: not benched: %s", entry["name"], entry["reason"])
+    artifacts = [a for a in artifacts if not a.elsewhere]
     artifacts = artifacts + _native_precision_variants(artifacts, config)
     images = scan_images(config.data)
     batch_sizes = cap_batch_sizes(config.batch_sizes, len(images))
@@ -151,6 +158,7 @@ def bench(config: BenchConfig) -> BenchResult:
         overhead = _overhead(artifacts[0], config, cache, batch_sizes[0]) if config.measure_overhead else None
         report = _assemble(config, artifacts, results, reference, images, cache, devices, overhead, batch_sizes)
         report["failed"] = failed
+        report["not_benched"] = elsewhere
         report["settings"]["batch_sizes_requested"] = [int(b) for b in config.batch_sizes]
         from .. import report as reporting
 

@@ -14,6 +14,7 @@ import typer
 
 from ..errors import EdgetlError
 from .frameworks import load_tensorflow
+from .numbers import finite
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
@@ -148,10 +149,7 @@ def search(
     from ..errors import UsageError
     from ..search import SearchConfig
 
-    try:
-        sparsities = tuple(float(v) for v in _split([sparsity]))
-    except ValueError:
-        raise UsageError(f"--sparsity takes comma-separated numbers, got {sparsity!r}") from None
+    sparsities = tuple(finite(v, "--sparsity") for v in _split([sparsity]))
     try:
         sizes = tuple(int(v) for v in _split([input_sizes])) if input_sizes else ()
     except ValueError:
@@ -195,10 +193,7 @@ def prune(
     sweep: Optional[str] = typer.Option(None, help="Comma-separated sparsities, e.g. 0.25,0.5,0.75: one report."),
 ):
     """Prune a fine-tuned model (magnitude or structured), fine-tune to recover, write a plain Keras model."""
-    try:
-        sweep_values = tuple(float(v) for v in _split([sweep])) if sweep else ()
-    except ValueError:
-        raise typer.BadParameter(f"--sweep expects comma-separated numbers, got {sweep!r}") from None
+    sweep_values = tuple(finite(v, "--sweep") for v in _split([sweep])) if sweep else ()
     from ..pruning import PruneConfig
 
     config = PruneConfig(model_dir=model_dir, out=out, method=method, sparsity=sparsity, schedule=schedule,
@@ -267,6 +262,9 @@ def export(
                           target=target, soc=soc, qnn_scheme=qnn_scheme, system_config=system_config,
                           memory_mode=memory_mode, allow_cpu_fallback=allow_cpu_fallback)
     config.validate()  # bad arguments fail before TensorFlow's start-up cost
+    from ..targets.options import check_export_options
+
+    check_export_options(config)  # --soc / Vela options: unknown values fail, ignored ones warn
     if target:
         from ..targets import preflight_export
 

@@ -12,6 +12,7 @@ import typer
 from ..errors import EdgetlError, Terminated
 from .app import app
 from .frameworks import quiet_frameworks
+from .numbers import finite_floats
 from .signals import _drop_interrupted_finalizers, _sigterm_as_exception
 
 
@@ -33,9 +34,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _main(argv: Optional[list[str]] = None) -> int:
     quiet_frameworks()
     command = typer.main.get_command(app)
+    finite_floats(command)  # NaN and infinities refused by every float option
     try:
-        result = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgetl",
-                              standalone_mode=False)
+        result = _invoke(command, argv if argv is not None else sys.argv[1:])
+        if result == 130:  # Ctrl-C: typer raises Exit(130), which click returns in non-standalone mode
+            _drop_interrupted_finalizers()
+            typer.echo("edgetl: interrupted; nothing half-written was left", err=True)
         return result if isinstance(result, int) else 0
     except Terminated:
         _drop_interrupted_finalizers()
@@ -67,6 +71,18 @@ def _main(argv: Optional[list[str]] = None) -> int:
             raise
         typer.echo(f"edgetl: error: {message}", err=True)
         return 2
+
+
+def _invoke(command, args: list[str]):
+    try:
+        return command.main(args=args, prog_name="edgetl", standalone_mode=False)
+    except SystemError as exc:
+        # A signal's exception raised inside a native extension's own signal check (Ray's ray.wait
+        # runs PyErr_CheckSignals) comes out wrapped: "returned a result with an exception set".
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, (Terminated, KeyboardInterrupt)):
+            raise cause from None
+        raise
 
 
 def entry() -> None:

@@ -65,6 +65,11 @@ def _fake_quant_layers():
                 return x
             return tf.quantization.fake_quant_with_min_max_vars(x, self.low.value, self.high.value, num_bits=8)
 
+        def compute_output_spec(self, x):
+            # Dense, as the op computes it: Keras marks ``tensor * constant`` (MobileNetV3's hard sigmoid)
+            # sparse, and tracing call() on a sparse placeholder fails inside the TF op.
+            return keras.KerasTensor(x.shape, x.dtype)
+
         def range(self) -> tuple[float, float]:
             return float(self.low.numpy()), float(self.high.numpy())
 
@@ -127,6 +132,14 @@ class _Step:
     layer: Any
     inputs: list[int]
     outputs: list[int]
+    node: Any = None  # the Keras node: how the layer was called (constants, keyword arguments)
+
+    def call(self, tensors: dict[int, Any]):
+        """The layer called as in the source graph, its input tensors replaced: an op called with a
+        constant (MobileNetV3's ``x + 3``, ``x * (1 / 6)``) keeps it."""
+        originals = self.node.input_tensors
+        args, kwargs = self.node.arguments.fill_in({id(t): tensors[k] for t, k in zip(originals, self.inputs)})
+        return self.layer(*args, **kwargs)
 
 
 def _flat_steps(model, feed: dict[int, int]) -> tuple[list[_Step], list[int]]:
@@ -144,7 +157,7 @@ def _flat_steps(model, feed: dict[int, int]) -> tuple[list[_Step], list[int]]:
                 steps += inner
                 alias.update({id(t): k for t, k in zip(node.outputs, outputs)})
             else:
-                steps.append(_Step(op, inputs, [id(t) for t in node.outputs]))
+                steps.append(_Step(op, inputs, [id(t) for t in node.outputs], node))
     return steps, [alias.get(id(t), id(t)) for t in model.outputs]
 
 
@@ -293,7 +306,7 @@ def build_qat_graph(float_model, calib_inputs: np.ndarray, batch: int = QAT_BATC
         elif kind(step) == "BatchNormalization":
             out = layer(args[0], training=False)
         else:
-            out = layer(args if len(args) > 1 else args[0])
+            out = step.call(tensors)
         if not isinstance(out, (list, tuple)) and not fused_into_next(step):
             out = quantize(step.outputs[0], out, f"{name}_fq")
         tensors.update({key: out for key in step.outputs})

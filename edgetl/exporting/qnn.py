@@ -50,9 +50,12 @@ DEFAULT_SCHEME = "edgetl"
 
 
 def validate_soc(soc: str) -> str:
-    name = str(soc).upper()
-    if name not in SOCS and not name.isdigit():
-        raise UsageError(f"unknown --soc {soc!r}; known: {', '.join(SOCS)} (or a QNN numeric soc_model id)")
+    """A chip name edgetl knows. Numeric QNN ``soc_model`` ids are refused: an unknown one is not an
+    error for the QNN EP, which then places every node on the CPU ("N node(s) cannot run on the HTP")."""
+    name = str(soc).strip().upper()
+    if name not in SOCS:
+        raise UsageError(f"unknown SoC --soc {soc!r}; known: "
+                         + ", ".join(title if title.startswith(chip) else f"{chip} ({title})" for chip, title in SOCS.items()))
     return name
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckFailed, DeviceUnavailable
+from ..errors import CheckFailed, DeviceUnavailable, UsageError
 from .calibration import CalibrationSet
 
 VELA_EXTRA = ".[ethos-u]"
@@ -69,6 +69,7 @@ def compile(tflite: Path, out_dir: Path, config: str, system_config: str | None 
     CSV. Returns placement, the estimate and the compile time; ops left for the CPU are an error
     unless ``allow_cpu_fallback``."""
     version = vela_version()
+    system_config, memory_mode = resolve_options(config, system_config, memory_mode)
     command = [sys.executable, "-m", "ethosu.vela", str(tflite), "--accelerator-config", config,
                "--output-dir", str(out_dir), "--show-cpu-operations"]
     if system_config:
@@ -97,9 +98,87 @@ def compile(tflite: Path, out_dir: Path, config: str, system_config: str | None 
 
 
 def _default_ini() -> str:
-    import ethosu
+    """Arm's ``vela.ini`` shipped inside the ``ethosu`` package. ``ethosu`` is a namespace package
+    (no ``__init__.py``: ``__file__`` is None), so the file is found through its ``__path__``."""
+    try:
+        import ethosu
+    except ImportError:
+        raise DeviceUnavailable(f"Ethos-U targets need Vela: pip install '{VELA_EXTRA}'") from None
+    for root in getattr(ethosu, "__path__", []):
+        ini = Path(root) / "config_files" / "Arm" / "vela.ini"
+        if ini.is_file():
+            return str(ini)
+    raise DeviceUnavailable(f"Vela's config_files/Arm/vela.ini is missing from the ethosu package; "
+                            f"reinstall it: pip install '{VELA_EXTRA}'")
 
-    return str(Path(ethosu.__file__).parent / "config_files" / "Arm" / "vela.ini")
+
+# Arm's pairs per NPU family (Vela's docs): used for the one of --system-config / --memory-mode not given,
+# since Vela takes both from vela.ini or neither.
+FAMILY_DEFAULTS = {"ethos-u55": ("Ethos_U55_High_End_Embedded", "Shared_Sram"),
+                   "ethos-u65": ("Ethos_U65_High_End", "Dedicated_Sram"),
+                   "ethos-u85": ("Ethos_U85_SYS_DRAM_Mid", "Dedicated_Sram")}
+_KINDS = {"System_Config": "system_config", "Memory_Mode": "memory_mode"}
+
+
+def _read_ini():
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read(_default_ini())
+    return parser
+
+
+def ini_choices() -> dict[str, tuple[str, ...]]:
+    """``{"system_config": names, "memory_mode": names}``: the sections of Arm's ``vela.ini``, what
+    ``--system-config`` / ``--memory-mode`` may name."""
+    found: dict[str, list[str]] = {"system_config": [], "memory_mode": []}
+    for section in _read_ini().sections():
+        kind, _, name = section.partition(".")
+        if kind in _KINDS and name:
+            found[_KINDS[kind]].append(name)
+    return {key: tuple(names) for key, names in found.items()}
+
+
+def _setting(parser, section: str, key: str) -> str | None:
+    while parser.has_section(section):  # follow Vela's ``inherit=``
+        if parser.has_option(section, key):
+            return parser.get(section, key)
+        section = parser.get(section, "inherit", fallback="")
+    return None
+
+
+def _arena_port(parser, system_config: str, memory_mode: str) -> str | None:
+    """What the system config wires the memory mode's tensor-arena port to, when Vela refuses it (not
+    SRAM or DRAM: flash); None when the pair is fine."""
+    arena = (_setting(parser, f"Memory_Mode.{memory_mode}", "arena_mem_area") or "").lower()
+    port = _setting(parser, f"System_Config.{system_config}", f"{arena}_port") if arena else None
+    return port if port and port.lower() not in ("sram", "dram") else None
+
+
+def resolve_options(config: str, system_config: str | None, memory_mode: str | None) -> tuple[str | None, str | None]:
+    """(system config, memory mode) Vela compiles ``config`` with: both None (Vela's internal defaults)
+    or both named, the missing one Arm's for that NPU family. A name vela.ini does not define, or a pair
+    Vela refuses (a memory mode whose arena lives on a port the system config wires to flash), is one
+    UsageError line, before TensorFlow loads (Vela itself would fail after the conversion)."""
+    if not system_config and not memory_mode:
+        return None, None
+    choices = ini_choices()
+    for option, key, value in (("--system-config", "system_config", system_config),
+                               ("--memory-mode", "memory_mode", memory_mode)):
+        if value and value not in choices[key]:
+            raise UsageError(f"unknown {option} {value!r}; Vela's vela.ini defines: {', '.join(choices[key])}")
+    family = FAMILY_DEFAULTS.get(config.rsplit("-", 1)[0], FAMILY_DEFAULTS["ethos-u55"])
+    parser = _read_ini()
+    if not memory_mode:  # the family's, unless this system config wires its arena port to flash
+        memory_mode = family[1] if _arena_port(parser, system_config, family[1]) is None else "Shared_Sram"
+    system_config = system_config or family[0]
+    port = _arena_port(parser, system_config, memory_mode)
+    if port:
+        arena = _setting(parser, f"Memory_Mode.{memory_mode}", "arena_mem_area").lower()
+        raise UsageError(f"--memory-mode {memory_mode} puts the tensor arena on {arena.upper()}, which "
+                         f"--system-config {system_config} wires to {port}; Vela needs SRAM or DRAM there "
+                         f"(choose Sram_Only or Shared_Sram, or a system config with DRAM)")
+    return system_config, memory_mode
 
 
 def parse_placement(stdout: str) -> dict[str, Any]:
@@ -186,5 +265,5 @@ def dequantize(values: np.ndarray, scale: float, zero: int) -> np.ndarray:
     return (values.astype(np.float32) - zero) * scale
 
 
-__all__ = ["convert_int8_io", "compile", "read_summary", "reference_kernel_outputs", "parse_placement",
+__all__ = ["resolve_options", "convert_int8_io", "compile", "ini_choices", "read_summary", "reference_kernel_outputs", "parse_placement",
            "VELA_EXTRA"]

@@ -9,6 +9,7 @@ from ..artifact_layout import artifact_files
 from ..errors import CheckFailed, UsageError
 from .cards import ARTIFACT_SCHEMA
 from .files import read_json, sha256_file
+from .validate import check_description
 
 def hash_artifact(artifact: str | Path) -> dict[str, str]:
     """``{file name relative to the artifact's folder: sha256}`` of every file of the artifact: the
@@ -70,5 +71,19 @@ def read_sidecar(artifact: str | Path) -> dict[str, Any]:
         raise UsageError(f"{side}: not an edgetl artifact sidecar (a JSON {type(data).__name__}, not an object)")
     if data.get("schema") != ARTIFACT_SCHEMA:
         raise UsageError(f"{side}: not an edgetl artifact sidecar (schema {data.get('schema')!r})")
+    check_description(data, side)
     return data
 
+
+
+def compiled_for_npu(artifact: str | Path, sidecar: dict[str, Any]) -> str | None:
+    """One line saying why ``artifact`` cannot run on a CPU when it was compiled ahead for an NPU (a
+    Vela ``*_vela.tflite``, a QNN EPContext model: ``target.cpu_runnable`` false in its sidecar), else
+    None. Runtime, predict and bench say the same thing."""
+    block = sidecar.get("target") if isinstance(sidecar.get("target"), dict) else {}
+    if block.get("cpu_runnable") is not False:
+        return None
+    name = block.get("name") or "an NPU"
+    uncompiled = f" its uncompiled model {block['uncompiled']} runs on a CPU;" if block.get("uncompiled") else ""
+    return (f"{Path(artifact).name} is compiled for {name} ({block.get('compiled_by') or 'its NPU compiler'}) and "
+            f"runs only there, not on a CPU:{uncompiled} `edgetl bench --target {name} --simulate` estimates it")

@@ -93,16 +93,19 @@ def check_model_metadata(data: Any, path: str | Path) -> None:
     positive integers); ``output`` and ``dataset`` must be objects when present."""
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    from .validate import check_labels, check_recipe
+
     labels = data.get("labels")
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise UsageError(f"{path}: field 'labels' is {'missing' if labels is None else 'invalid'} "
-                         f"(a non-empty list of class names)")
+    if labels is None:
+        raise UsageError(f"{path}: field 'labels' is missing (a non-empty list of class names)")
+    check_labels(labels, path)
     recipe = data.get("preprocessing")
     size = recipe.get("input_size") if isinstance(recipe, dict) else None
     if not (isinstance(size, list) and len(size) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
         field = "preprocessing" if not isinstance(recipe, dict) else "preprocessing.input_size"
         raise UsageError(f"{path}: field '{field}' is missing or invalid (the recipe with input_size [H, W])")
+    check_recipe(recipe, path)
     for field in ("output", "dataset"):
         if field in data and data[field] is not None and not isinstance(data[field], dict):
             raise UsageError(f"{path}: field '{field}' must be an object")
@@ -227,9 +230,9 @@ class ArtifactSidecar(_Document):
         if data.get("format") is not None and data["format"] not in values(Format):
             raise UsageError(f"{path}: field 'format' is {data['format']!r}; expected one of "
                              f"{', '.join(values(Format))}")
-        labels = data.get("labels")
-        if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
-            raise UsageError(f"{path}: field 'labels' is invalid (a list of class names)")
+        from .validate import check_description
+
+        check_description(data, path)
         for name in ("file", "sha256"):
             _expect(data, name, (str,), "a string", path)
         _expect(data, "files", (dict, list), "an object of {name: sha256}", path)

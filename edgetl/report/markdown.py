@@ -80,11 +80,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(markdown_table(mine, ARTIFACT_COLUMNS))
         lines.append("")
         lines += _extra_artifact_lines(entry, mine)
-    failed = report.get("failed") or []
-    if failed:
+    failed, elsewhere = report.get("failed") or [], report.get("not_benched") or []
+    if failed or elsewhere:
         lines.append("## Not benched")
         lines.append("")
         lines += [f"- **{f['name']}** ({f['format']}): FAILED: {f['reason']}" for f in failed]
+        lines += [f"- **{f['name']}** ({f['format']}): not run here: {f['reason']}" for f in elsewhere]
         lines.append("")
     lines += profile_summary_lines(report)
     lines.append("## Summary")

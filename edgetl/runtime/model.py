@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import CheckFailed, UsageError
-from ..metadata import read_sidecar, verify_artifact
+from ..metadata import check_description, compiled_for_npu, read_sidecar, verify_artifact
 from ..metrics import softmax
 from ..preprocess import IMAGE_SUFFIXES, DecodeRules, ImageDecodeError, Preprocessing, to_pil
 from .backends import Backend, artifact_format, open_backend
@@ -84,11 +84,15 @@ class EdgeModel:
         (``CheckFailed`` on a mismatch); ``verify=False`` skips that (costs are in
         tools/RESULTS-runtime.md).
         """
+        _check_load_arguments(artifact, device, threads, verify)
         path = Path(artifact)
         fmt = artifact_format(path)
         metadata = _sidecar_or_embedded(path)
         if metadata.get("format") not in (None, fmt):
             raise UsageError(f"{path}: its sidecar describes a {metadata['format']} artifact, not {fmt}")
+        npu_only = compiled_for_npu(path, metadata) if device != "npu" else None
+        if npu_only:
+            raise UsageError(npu_only)
         if verify:
             verify_artifact(path, metadata)
         return cls(open_backend(path, device=device, threads=threads, **backend_options), metadata, path)
@@ -114,6 +118,7 @@ class EdgeModel:
         height, width = self.input_size
         pixels = np.empty((len(items), height, width, 3), np.uint8)
         for i, image in enumerate(items):
+            _check_array(image)
             if _is_cropped_pixels(image, (height, width)):
                 pixels[i] = image  # already resized and cropped (e.g. a camera pipeline's crop)
             else:
@@ -133,6 +138,7 @@ class EdgeModel:
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         """Raw outputs (float32, N x classes) for a batch already in the artifact's input format."""
+        self._check_batch(inputs)
         with self._lock:
             outputs = self.backend.run(inputs)
         outputs = outputs.reshape(outputs.shape[0], -1)
@@ -150,6 +156,9 @@ class EdgeModel:
     def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5):
         """Top-k ``(label, score)`` pairs: a list for one image, a list of such lists for several."""
         items, single = _as_list(images)
+        if not items:
+            raise UsageError("predict: no images given")
+        _check_top_k(top_k)
         results = [self._top_k(self._probabilities(self.prepare([image]))[0], top_k) for image in items]
         return results[0] if single else results
 
@@ -158,6 +167,9 @@ class EdgeModel:
         """Like ``predict`` on a list, in batches of ``batch_size`` when the artifact's batch dimension
         is dynamic (one image per call otherwise). Always returns one list per image."""
         items = _as_list(images)[0]
+        _check_top_k(top_k)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
         step = max(1, int(batch_size)) if self.backend.dynamic_batch else 1
         results: list[Prediction] = []
         for start in range(0, len(items), step):
@@ -170,8 +182,7 @@ class EdgeModel:
         return softmax(outputs) if self.output_kind == "logits" else outputs
 
     def _top_k(self, scores: np.ndarray, top_k: int) -> Prediction:
-        if int(top_k) < 1:
-            raise UsageError(f"top_k must be at least 1, got {top_k}")
+        _check_top_k(top_k)
         k = min(int(top_k), len(scores))
         # Stable sort: ties keep label order, so results are deterministic.
         order = np.argsort(-scores, kind="stable")[:k]
@@ -187,6 +198,59 @@ class EdgeModel:
                               f"recipe crops to {self.input_size}")
 
 
+    def _check_batch(self, inputs: Any) -> None:
+        """``run``'s input: a non-empty 4-D array of the artifact's input dtype, finite, of its size."""
+        if not isinstance(inputs, np.ndarray):
+            raise UsageError(f"run takes a numpy array (see prepare()), got {type(inputs).__name__}")
+        if inputs.ndim != 4 or not inputs.shape[0]:
+            raise UsageError(f"run takes a non-empty N x H x W x C batch (see prepare()), got shape {inputs.shape}")
+        if inputs.dtype != self.input_dtype:
+            raise UsageError(f"{self.path.name} takes {self.input_dtype} input, got {inputs.dtype} (see prepare())")
+        expected = self.prepare_shape
+        if tuple(inputs.shape[1:]) != expected:
+            raise UsageError(f"{self.path.name} takes {expected} images, got {tuple(inputs.shape[1:])}")
+        if inputs.dtype.kind == "f" and not np.isfinite(inputs).all():
+            raise UsageError("run: the batch holds NaN or infinite values")
+
+    @property
+    def prepare_shape(self) -> tuple[int, int, int]:
+        """One image as ``prepare`` makes it: (H, W, 3), or (3, H, W) for NCHW artifacts."""
+        height, width = self.input_size
+        return (3, height, width) if self.layout == "NCHW" else (height, width, 3)
+
+
+def _check_load_arguments(artifact, device, threads, verify) -> None:
+    if not isinstance(artifact, (str, Path)) or not str(artifact).strip():
+        raise UsageError(f"EdgeModel.load takes the artifact's path, got {artifact!r}"[:200])
+    if not isinstance(device, str):
+        raise UsageError(f"device must be cpu, gpu or npu, got {device!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                or threads < 1):
+        raise UsageError(f"threads must be a positive integer or None, got {threads!r}")
+    if not isinstance(verify, bool):
+        raise UsageError(f"verify must be True or False, got {verify!r}")
+
+
+def _check_top_k(top_k) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise UsageError(f"top_k must be a positive integer, got {top_k!r}")
+
+
+def _check_array(image) -> None:
+    """An image given as an array: numbers (unsigned/signed integers or floats), HxW or HxWxC with
+    C in 1, 3, 4, not empty, no NaN or infinities (they would turn into arbitrary pixels)."""
+    if not isinstance(image, np.ndarray):
+        return
+    if image.dtype.kind not in "uif":
+        raise UsageError(f"an image array must hold integers or floats, got dtype {image.dtype}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4)):
+        raise UsageError(f"an image array is HxW or HxWx1/3/4, got shape {image.shape}")
+    if image.size == 0:
+        raise UsageError(f"an image array is empty (shape {image.shape})")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise UsageError("an image array holds NaN or infinite values")
+
+
 def _sidecar_or_embedded(path: Path) -> dict[str, Any]:
     """The sidecar; without one, the description export embedded in the artifact (``runtime.embedded``)."""
     from ..metadata import sidecar_path
@@ -195,6 +259,7 @@ def _sidecar_or_embedded(path: Path) -> dict[str, Any]:
     if path.exists() and not sidecar_path(path).exists():
         embedded = read_embedded(path)
         if embedded is not None:
+            check_description(embedded, f"{path} (its embedded metadata)")
             return embedded
     return read_sidecar(path)  # raises the usual one-line errors (no artifact, no sidecar)
 

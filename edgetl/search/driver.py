@@ -15,15 +15,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import UsageError
+from ..errors import DeviceUnavailable, UsageError
 from ..metadata import OUTPUT_MARKER, atomic_directory, output_marker, write_json
 from ..pruning.structured import CHANNEL_MULTIPLE
 from ..stages import content_key, materialise_split, reuse_or_build
+from .joining import join_failure, probe_gcs, check_token, use_token
 from .pareto import halving
 from .progress import Progress
 from .space import Point, SearchConfig, registered
@@ -83,16 +86,20 @@ def search(config: SearchConfig) -> SearchResult:
         if problem:
             trial.status, trial.reason = "failed", f"bad config: {problem}"
     if not config.address:  # in-process Ray: this machine is the node every bench lands on
-        for target, reason in unavailable_targets(config.targets).items():
+        missing = unavailable_targets(config.targets)
+        if set(missing) == set(config.targets):  # nothing could be benched: say so before Ray starts
+            raise DeviceUnavailable(missing[config.targets[0]].removeprefix("target: DeviceUnavailable: "))
+        for target, reason in missing.items():
             for trial in trials:
                 if trial.target == target and trial.status == "pending":
                     trial.status, trial.reason = "failed", reason
+    train, val = _load_splits(config)  # unusable images, one class: before Ray and before --out exists
     with ray_session(config) as placement:  # a cluster that is not there fails before --out is written
         out = config.out
         out.mkdir(parents=True, exist_ok=True)
         if not (out / OUTPUT_MARKER).exists():
             write_json(out / OUTPUT_MARKER, output_marker("search"))
-        splits, split_key = _splits(config)
+        splits, split_key = _splits(config, train, val)
         runner = _Runner(config, trials)
         try:
             _search(config, trials, runner, splits, split_key, placement)
@@ -102,13 +109,17 @@ def search(config: SearchConfig) -> SearchResult:
                          len(runner.reused_dirs))
 
 
-def _splits(config: SearchConfig) -> tuple[Path, str]:
-    """The train/val split, materialised once in the driver, keyed like `edgetl run`'s."""
+def _load_splits(config: SearchConfig):
     from ..data import load_splits
 
     train, val = load_splits(config.data, config.val_split, config.seed)
     if not len(val):
         raise UsageError("the validation split is empty; raise the validation fraction or add images")
+    return train, val
+
+
+def _splits(config: SearchConfig, train, val) -> tuple[Path, str]:
+    """The train/val split, materialised once in the driver, keyed like `edgetl run`'s."""
     key = content_key({"train": train.fingerprint()["fingerprint"], "val": val.fingerprint()["fingerprint"],
                        "classes": train.classes})
     directory = config.out / "stages" / "data" / key[:16]
@@ -310,21 +321,6 @@ def _remote():
     return _REMOTE
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> str:
-    """A one-line UsageError at once when nothing listens at HOST:PORT (Ray itself retries for
-    minutes); returns the host."""
-    import socket
-
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--address takes HOST:PORT (the head's GCS port, 6379 by default), got {address!r}")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise UsageError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
-    return host
-
-
 @dataclass
 class Placement:
     gpus: float  # what a fine-tune or prune asks for: 1 when the cluster has GPUs
@@ -337,27 +333,42 @@ class Placement:
 def ray_session(config: SearchConfig) -> Iterator[Placement]:
     """Ray for the search: joined at ``--address``, already initialised by the caller, or started
     in-process on this machine's cores (quiet, no dashboard); yields where stages go."""
-    try:
-        import ray
-    except ImportError:
-        raise UsageError("edgetl search runs on Ray: pip install 'edgetl[search]'") from None
-    owned = not ray.is_initialized()
-    if owned:
-        common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                      runtime_env={"env_vars": WORKER_ENV})
-        if config.address:
-            host = _check_reachable(config.address)
-            # Ray rewrites 127.0.0.1 to the network address; other loopback addresses stay as given.
-            local_ip = {"_node_ip_address": host} if host.startswith("127.") and host != "127.0.0.1" else {}
-            try:
-                ray.init(address=config.address, **local_ip, **common)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise UsageError(f"--address {config.address}: cannot join a Ray cluster there "
-                                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-        else:
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(num_cpus=config.cores(), object_store_memory=OBJECT_STORE_BYTES,
-                     resources={target_resource(t): 1 for t in config.targets}, **common)
+    with contextlib.ExitStack() as stack:
+        # Ray reads RAY_AUTH_MODE once, when it is imported: the token mode is set before that.
+        token = stack.enter_context(use_token()) if config.address else None
+        try:
+            import ray
+        except ImportError:
+            raise UsageError("edgetl search runs on Ray: pip install 'edgetl[search]'") from None
+        owned = not ray.is_initialized()
+        if owned:
+            _init(ray, config, token)
+        yield from _placement(ray, config, owned)
+
+
+def _init(ray, config: SearchConfig, token: str | None) -> None:
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                  runtime_env={"env_vars": WORKER_ENV})
+    sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with a silent sys.exit
+    if config.address:
+        host, needs_token = probe_gcs(config.address)  # nothing there, or not a Ray head: one line in seconds
+        if needs_token:
+            check_token(config.address, token)
+        # Ray rewrites 127.0.0.1 to the network address; other loopback addresses stay as given.
+        local_ip = {"_node_ip_address": host} if host.startswith("127.") and host != "127.0.0.1" else {}
+        try:
+            ray.init(address=config.address, **local_ip, **common)
+        except Exception as exc:  # ConnectionError, RuntimeError, ray.exceptions.AuthenticationError, ...
+            raise join_failure(config.address, exc, token) from None
+    else:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(num_cpus=config.cores(), object_store_memory=OBJECT_STORE_BYTES,
+                 resources={target_resource(t): 1 for t in config.targets}, **common)
+    if threading.current_thread() is threading.main_thread() and sigterm is not None:
+        signal.signal(signal.SIGTERM, sigterm)  # edgetl's: exit 143 with its one line, clean-up first
+
+
+def _placement(ray, config: SearchConfig, owned: bool) -> Iterator[Placement]:
     try:
         resources = ray.cluster_resources()
         missing = [t for t in config.targets if resources.get(target_resource(t), 0) <= 0]

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ AXES = ("backbones", "strategies", "input_sizes", "sparsity", "quantize", "forma
 # A search point has one backbone: no stack; distill needs a teacher the search does not train.
 STRATEGIES = (Strategy.FEATURES, Strategy.FREEZE, Strategy.FULL)
 PRUNE_METHODS = values(PruneMethod)
+SPACE_MAX_BYTES = 1 << 20  # a space lists axes and points: kilobytes; anything larger is a mistake
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,11 @@ class SearchConfig:
         for name in self.targets:
             _check_target(name)
         check_output_dir(self.out, inputs=(self.data, self.space))
+        _check_search_output(self.out)
         points = self.points()
+        if "backbones" not in (_read_space(self.space)[0] if self.space else {}):
+            for backbone in self.backbones:  # named on the command line: a typo is an error, not a trial
+                zoo.get(backbone)
         if not any(p.problem() is None for p in points):
             raise UsageError(f"no point of the search space can run: {points[0].name}: {points[0].problem()}"
                              if points else "the search space is empty")
@@ -208,6 +215,25 @@ def for_target(point: Point, target: str) -> Point:
     return dataclasses.replace(point, format=spec.artifact.format, quantize=quantize)
 
 
+def _check_search_output(out: Path) -> None:
+    """A search resumes only its own folder: any other non-empty edgetl output (a model folder, a bench
+    report) is refused as every verb refuses an output that is not its own."""
+    from ..metadata import read_output_marker
+
+    try:
+        empty = not out.is_dir() or not any(out.iterdir())
+    except OSError:
+        return  # check_output_dir said why already, or the folder is gone
+    verb = (read_output_marker(out) or {}).get("verb")
+    if not empty and verb != "search":
+        from ..metadata import MODEL_METADATA
+
+        what = (f"the output of `edgetl {verb}`" if verb else "a model (edgetl.json)"
+                if (out / MODEL_METADATA).is_file() else "edgetl output of another command")
+        raise UsageError(f"--out {out} holds {what}, not a search's; a search resumes only its own folder: "
+                         f"choose a new or empty folder")
+
+
 def _check_target(name: str) -> None:
     if not registered(name):
         return
@@ -222,11 +248,13 @@ def _check_target(name: str) -> None:
 def _read_space(path: Path) -> tuple[dict[str, list], list[Point]]:
     """Axes and extra points of a --space JSON file (one-line UsageError when it is malformed)."""
     try:
-        document = json.loads(Path(path).read_text())
+        document = json.loads(_read_capped(Path(path)))
     except OSError as exc:
         raise UsageError(f"--space {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise UsageError(f"--space {path} is not valid JSON ({exc})") from None
+    except RecursionError:  # thousands of nested brackets: Python's parser gives up, no space nests so
+        raise UsageError(f"--space {path} is not valid JSON (nested too deeply)") from None
     if not isinstance(document, dict):
         raise UsageError(f"--space {path} must hold a JSON object with {', '.join(AXES)} and/or points")
     unknown = set(document) - {*AXES, "points"}
@@ -244,11 +272,30 @@ def _read_space(path: Path) -> tuple[dict[str, list], list[Point]]:
     return axes, points
 
 
+def _read_capped(path: Path) -> str:
+    """The text of a regular file of at most SPACE_MAX_BYTES: a FIFO, a device (/dev/zero) or a huge
+    file is refused from its stat, before anything is read (open() of a FIFO alone would block)."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"--space {path} is not a regular file (a FIFO, device or folder); give a JSON file")
+    if info.st_size > SPACE_MAX_BYTES:
+        raise UsageError(f"--space {path} is {info.st_size} bytes; a search space file is at most "
+                         f"{SPACE_MAX_BYTES // 1024} KiB")
+    with open(path, "rb") as handle:
+        data = handle.read(SPACE_MAX_BYTES + 1)  # the file may have grown since its stat
+    if len(data) > SPACE_MAX_BYTES:
+        raise UsageError(f"--space {path} is over {SPACE_MAX_BYTES // 1024} KiB; a search space file is not")
+    return data.decode("utf-8")
+
+
 def _number(value: Any, path: Path) -> float:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise UsageError(f"--space {path}: sparsity {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise UsageError(f"--space {path}: sparsity {value!r} is not a finite number")
+    return number
 
 
 def _size(value: Any, path: Path) -> int:
