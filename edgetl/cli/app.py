@@ -225,7 +225,7 @@ def prune(
 
 @app.command()
 def export(
-    model: Path = typer.Argument(..., help="Model directory (model.keras + edgetl.json) or a .keras file."),
+    model: Path = typer.Argument(..., help="Model directory (model.keras + edgetl.json), a .keras file, a SavedModel directory or an .onnx file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for artifacts (written atomically)."),
     format: Optional[List[str]] = typer.Option(None, "--format", "-f", help="onnx | tflite | openvino (repeat or comma-separate; default onnx)."),
     quantize: Optional[List[str]] = typer.Option(None, "--quantize", "-q", help="fp32 | fp16 | dynamic | int8 (repeat or comma-separate; default fp32)."),
@@ -243,7 +243,16 @@ def export(
     opset: int = typer.Option(17, help="ONNX opset (tf2onnx supports <= 18)."),
     static_batch: Optional[int] = typer.Option(None, "--static-batch", help="Fixed batch size N in the artifacts' input (benchmark_app, NPU compilers; default dynamic)."),
     input_size: Optional[int] = typer.Option(None, help="Input size, for a model without edgetl.json."),
-    labels: Optional[str] = typer.Option(None, help="Comma-separated class names, for a model without edgetl.json."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated class names or a labels file (one a line), for a model without edgetl.json."),
+    preprocess: Optional[str] = typer.Option(None, help="Model without edgetl.json: a preset (torchvision: ImageNet mean/std on 0..1 | keras-inception: -1..1 | raw: 0..255) or a recipe JSON file (the sidecar's preprocessing form)."),
+    mean: Optional[str] = typer.Option(None, help="Per-channel mean, 1 or 3 numbers on the --scale'd range (e.g. 0.485,0.456,0.406)."),
+    std: Optional[str] = typer.Option(None, help="Per-channel std, 1 or 3 numbers on the --scale'd range."),
+    scale: Optional[str] = typer.Option(None, help="Pixels (0..255) times this first, e.g. 1/255 for a model taking 0..1."),
+    resize: Optional[int] = typer.Option(None, help="Resize the shorter side to N before the centre crop (0: straight to the input size)."),
+    crop: Optional[int] = typer.Option(None, help="Centre crop S x S: the model's input size when it is not fixed."),
+    channel_order: Optional[str] = typer.Option(None, help="RGB | BGR."),
+    interpolation: Optional[str] = typer.Option(None, help="bilinear | bicubic | nearest."),
+    output_kind: Optional[str] = typer.Option(None, help="logits | probabilities: checked against what is detected (trailing softmax, rows summing to 1)."),
     overwrite: bool = typer.Option(True, help="Replace an existing --out folder."),
     target: Optional[str] = typer.Option(None, help="Export what one target runs (see `edgetl targets`), e.g. npu:qnn-htp, npu:ethos-u55-256, gpu:cuda; replaces --format/--quantize."),
     soc: Optional[str] = typer.Option(None, help="npu:qnn-htp: Snapdragon to compile for (default SM8850, Snapdragon 8 Elite Gen 5), e.g. SM8750, SM8650, SC8380XP."),
@@ -252,11 +261,13 @@ def export(
     memory_mode: Optional[str] = typer.Option(None, help="npu:ethos-u*: Vela memory mode (default: Vela's)."),
     allow_cpu_fallback: bool = typer.Option(False, "--allow-cpu-fallback", help="NPU targets: accept ops left for the CPU instead of failing."),
 ):
-    """Export a trained model to ONNX / TFLite / OpenVINO, FP32 or quantized, with parity checks."""
+    """Export a trained model (edgetl's, a .keras/SavedModel or an ONNX file) to ONNX / TFLite / OpenVINO, FP32 or quantized, with parity checks."""
     from ..exporting import ExportConfig
     from ..exporting import export as run_export
+    from ..preprocess_presets import StatedPreprocessing
 
-    config = ExportConfig(model=model, out=out, formats=tuple(_split(format) or ["onnx"]),
+    stated = StatedPreprocessing(preprocess, mean, std, scale, resize, crop, channel_order, interpolation)
+    config = ExportConfig(model=model, preprocessing=stated, output_kind=output_kind, out=out, formats=tuple(_split(format) or ["onnx"]),
                           modes=tuple(_split(quantize) or ["fp32"]),
                           input_dtypes=tuple(_split(input_dtype) or ["float32"]), calib=calib,
                           calib_size=calib_size, calib_method=calib_method, check=check,
