@@ -317,7 +317,7 @@ def bench_command(
     target: str = typer.Option("cpu", help="cpu | gpu | npu, or a registered target such as npu:qnn-htp, npu:ethos-u55-256, gpu:cuda (`edgetl targets`); exit 3 when this machine has no such device."),
     data: Path = typer.Option(..., "--data", help="Labelled image folder DATA/<class>/* for accuracy."),
     out: Path = typer.Option(..., "--out", "-o", help="Report directory (bench.json, bench.csv, report.md/.html)."),
-    reference: Optional[Path] = typer.Option(None, help="FP32 Keras model dir (default: the sidecars' source model)."),
+    reference: Optional[Path] = typer.Option(None, help="FP32 reference: a Keras model dir or an .onnx file (default: the sidecars' source model)."),
     runs: int = typer.Option(50, help="Timed runs per artifact and batch size."),
     warmup: int = typer.Option(5, help="Untimed warm-up runs before timing."),
     batch_sizes: str = typer.Option("1,8", help="Comma-separated batch sizes."),
