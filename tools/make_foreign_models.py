@@ -102,14 +102,19 @@ def tensors(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(RECIPE.normalize(pixels).transpose(0, 3, 1, 2)))
 
 
+EPOCHS = 80  # from scratch on 244 photos: confident enough that INT8 rounding rarely flips a photo
+
+
 def main() -> None:
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # deterministic, and kind to a shared machine
     paths, labels = photos()
     pixels = np.stack([RECIPE.resize_and_crop(open_image(p, RECIPE.decode)) for p in paths])
     model = MobileNetV2()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     x, y = tensors(pixels), torch.from_numpy(labels)
-    for epoch in range(40):
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, EPOCHS)
+    for epoch in range(EPOCHS):
         model.train()
         order = torch.randperm(len(x))
         for start in range(0, len(x), 16):
@@ -119,16 +124,18 @@ def main() -> None:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        schedule.step()
+        print(f"epoch {epoch + 1}/{EPOCHS}: last batch loss {loss.item():.3f}", flush=True)
     model.eval()
     with torch.no_grad():
         logits = model(x).numpy()
-    print(f"train accuracy after 40 epochs: {(logits.argmax(1) == labels).mean():.3f}")
+    print(f"train accuracy after {EPOCHS} epochs: {(logits.argmax(1) == labels).mean():.3f}")
     OUT.mkdir(parents=True, exist_ok=True)
     onnx_path = OUT / f"{NAME}.onnx"
     torch.onnx.export(model, x[:1], str(onnx_path), input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
                       dynamo=False)
-    keep = list(range(0, len(paths), 6))  # 10 photos, both classes
+    keep = list(range(0, len(paths), 6))  # 41 of the 244 photos, both classes
     np.savez_compressed(OUT / f"{NAME}.npz", paths=np.asarray([str(paths[i].relative_to(ROOT)) for i in keep]),
                         pixels=pixels[keep], logits=logits[keep].astype(np.float32), labels=labels[keep],
                         torch_version=np.asarray(torch.__version__))
