@@ -135,9 +135,12 @@ def test_torch_predict_and_bench_against_the_onnx_file(torch_export, sample_subs
     assert code == 0, err
     report = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert report["reference"]["device"] == "CPU (ONNX Runtime FP32)"
-    for row in report["artifacts"] if "artifacts" in report else report["results"]:
-        versus = row["vs_reference"]
-        assert versus["space"] == "logits" and versus["top1_agreement"] >= 0.9, row
+    assert [r["artifact"] for r in report["rows"] if r["kind"] == "reference"] == ["reference (onnx)"]
+    for entry in report["artifacts"]:
+        versus = entry["vs_reference"]
+        assert versus["space"] == "logits" and versus["n_images"] == 10, entry["name"]
+        if entry["quantization"] == "none":
+            assert versus["max_abs_diff"] < 1e-4 and versus["top1_agreement"] == 1.0, entry["name"]
 
 
 def test_foreign_keras_model_through_every_format(keras_export, foreign_keras):

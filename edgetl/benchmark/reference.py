@@ -110,16 +110,15 @@ def onnx_reference_outputs(path: Path, cache: InputCache, runs: int, warmup: int
     an artifact exported from it (the file itself records none of them)."""
     import onnxruntime
 
-    from ..exporting.sources.onnx_source import to_layout
+    from ..exporting.sources.onnx_source import _check, _load, to_layout
     from ..runtime.backends import open_backend
 
     made = [a for a in artifacts if source_model_dir(a) == path.resolve()] or list(artifacts)
     if not made:
         raise UsageError(f"--reference {path}: no artifact to read its preprocessing and labels from")
     sidecar = made[0].sidecar
-    recipe = Preprocessing.from_dict(sidecar["preprocessing"])
-    layout = "NCHW" if len(sidecar["input"]["shape"]) == 4 and sidecar["input"]["shape"][1] == 3 \
-        and sidecar["input"].get("layout") == "NCHW" else "NHWC"
+    recipe = Preprocessing.from_dict({**sidecar["preprocessing"], "layout": "NHWC"})
+    layout = "NCHW" if _check(_load(path), path)[0][1] == 3 else "NHWC"  # the file's own, whatever the artifact's
     backend = open_backend(path, "cpu")
     inputs = to_layout(cache.floats(recipe), layout)
     raw = np.concatenate([backend.run(inputs[i:i + 32]) for i in range(0, len(inputs), 32)]).astype(np.float32)
