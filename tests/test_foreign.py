@@ -170,7 +170,8 @@ def test_foreign_keras_predictions_equal_keras_own(keras_export, foreign_keras, 
 def _refused(args, capsys, out: Path, *needles: str) -> str:
     code, stdout, err = _cli(args, capsys)
     assert code == 2, (stdout, err)
-    lines = [line for line in err.strip().splitlines() if line.strip()]
+    # (progress lines such as "parity images: ..." may come first on stderr; the error is one line)
+    lines = [line for line in err.strip().splitlines() if line.startswith("edgetl: error")]
     assert len(lines) == 1 and "Traceback" not in err, err
     for needle in needles:
         assert needle in lines[0], lines[0]
