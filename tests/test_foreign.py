@@ -166,6 +166,32 @@ def test_foreign_keras_predictions_equal_keras_own(keras_export, foreign_keras, 
         assert np.abs(probs - expected).max() < 1e-4, name
 
 
+def test_savedmodel_goes_through_the_keras_path(foreign_keras, sample_subset, tmp_path, capsys):
+    import keras
+
+    saved = tmp_path / "saved"
+    keras.models.load_model(foreign_keras).export(str(saved), verbose=False)
+    out = tmp_path / "out"
+    code, _, err = _cli(["export", saved, "-o", out, "--scale", "1/255", "--resize", "0", "--labels", "ants,bees",
+                         "--check", sample_subset(5)], capsys)
+    assert code == 0, err
+    sidecar = _sidecar(out, "model_onnx_fp32.onnx")
+    assert sidecar["source_model"]["kind"] == "savedmodel" and sidecar["parity"]["max_abs_diff"] < 1e-5
+    assert sidecar["output"]["kind"] == "logits" and sidecar["labels"] == ["ants", "bees"]
+
+
+def test_edgetl_model_refuses_stated_preprocessing(foreign_keras, tmp_path, capsys):
+    import shutil
+
+    model_dir = tmp_path / "model"  # edgetl.json present: its recipe is the one, flags are refused first
+    model_dir.mkdir()
+    shutil.copyfile(foreign_keras, model_dir / "model.keras")
+    (model_dir / "edgetl.json").write_text("{}")
+    out = tmp_path / "out"
+    _refused(["export", model_dir, "-o", out, "--preprocess", "torchvision"], capsys, out,
+             "already states its preprocessing")
+
+
 # -- bad input: one line, exit 2, nothing written -------------------------------------------------
 def _refused(args, capsys, out: Path, *needles: str) -> str:
     code, stdout, err = _cli(args, capsys)
