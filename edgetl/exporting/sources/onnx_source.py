@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,6 @@ from ...errors import UsageError
 from . import foreign
 from .foreign import ModelFacts
 
-log = logging.getLogger("edgetl")
 # Highest default-domain opset the converters here read (onnx2tf and OpenVINO 2026 lag ORT a little).
 MAX_OPSET = 21
 
@@ -139,8 +138,6 @@ def tf_graph(source):
     import keras
 
     folder = Path(tempfile.mkdtemp(prefix="edgetl-onnx2tf-"))
-    import weakref
-
     weakref.finalize(source, shutil.rmtree, str(folder), True)
     saved = folder / "saved_model"
     try:
