@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import EdgetlError
+from . import given_model
 from .frameworks import load_tensorflow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -143,8 +144,13 @@ def search(
     eta: int = typer.Option(2, help="Successive halving: keep the top 1/eta of each stage (plus every non-dominated branch); 1 keeps all."),
     space: Optional[Path] = typer.Option(None, help="JSON file overriding the axes and/or listing extra points."),
     address: Optional[str] = typer.Option(None, help="Join this Ray cluster (HOST:PORT); default: Ray started in-process here."),
+    model: Optional[Path] = given_model.MODEL, preprocess: Optional[str] = given_model.PREPROCESS,
+    mean: Optional[str] = given_model.MEAN, std: Optional[str] = given_model.STD, scale: Optional[str] = given_model.SCALE,
+    resize: Optional[int] = given_model.RESIZE, crop: Optional[int] = given_model.CROP,
+    channel_order: Optional[str] = given_model.CHANNEL_ORDER, interpolation: Optional[str] = given_model.INTERPOLATION,
+    labels: Optional[str] = given_model.LABELS, output_kind: Optional[str] = given_model.OUTPUT_KIND,
 ):
-    """Search backbones x strategies x input sizes x sparsity x quantization x format on Ray; Pareto front and winner per target."""
+    """Search backbones x strategies x input sizes x sparsity x quantization x format on Ray (or, with --model, formats x quantization of a given model); Pareto front and winner per target."""
     from ..errors import UsageError
     from ..search import SearchConfig
 
@@ -163,7 +169,9 @@ def search(
                           prune_method=prune_method, prune_loss=prune_loss, prune_patience=prune_patience,
                           weights=weights, input_size=input_size, input_sizes=sizes, batch_size=batch_size,
                           seed=seed, runs=runs, threads=threads, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
-                          max_drop=max_drop, eta=eta, space=space, address=address)
+                          max_drop=max_drop, eta=eta, space=space, address=address,
+                          **given_model.model_options(model, preprocess, mean, std, scale, resize, crop, channel_order,
+                                                      interpolation, labels, output_kind))
     config.validate()  # bad arguments and a forbidden --out fail before Ray starts
     from ..search import require_winners
     from ..search import search as run_search
