@@ -1,7 +1,7 @@
 """Models edgetl did not train, down the same road: a PyTorch classifier exported to ONNX
 (tests/data/torch_mnv2_ants_bees.onnx, made by tools/make_foreign_models.py) and a Keras model trained
 here outside edgetl, each through export (ONNX, OpenVINO, TFLite; FP32 and INT8), predict and bench;
-and the bad inputs a foreign model brings (one line, exit 2, nothing written)."""
+`search --model` of the ONNX file; and the bad inputs a foreign model brings (one line, exit 2, nothing written)."""
 
 from __future__ import annotations
 
@@ -277,3 +277,41 @@ def test_presets_and_flags_make_the_documented_recipes():
     flags = StatedPreprocessing(scale="1/255", mean="0.5", std="0.25", resize=0, channel_order="bgr").recipe((32, 32))
     assert flags.resize_shorter is None and flags.channel_order == "BGR"
     assert np.allclose(flags.normalize(np.asarray([[[255, 0, 0]]], np.uint8)), [-2, -2, 2])
+
+
+def test_search_model_benches_the_given_onnx_file(sample_subset, tmp_path, capsys):
+    """`search --model model.onnx`: no fine-tune or prune stage, one export and one bench per format x
+    quantization, the front and winner as in any search; the baseline is ONNX Runtime FP32 of the file."""
+    pytest.importorskip("ray")
+    from edgetl.metadata import verify_artifact
+
+    out = tmp_path / "search"
+    code, stdout, err = _cli(["search", sample_subset(10), "--out", out, "--model", TORCH_ONNX, "--preprocess",
+                              "torchvision", "--labels", "ants,bees", "--quantize", "fp32,int8", "--runs", "3"], capsys)
+    assert code == 0, err
+    report = json.loads((out / "trials.json").read_text())
+    trials = {t["trial"]: t for t in report["trials"]}
+    assert sorted(trials) == [f"torch_mnv2_ants_bees/given/sp0/onnx/{q}@cpu" for q in ("fp32", "int8")]
+    assert report["counts"] == {"done": 2, "failed": 0, "pruned": 0}
+    assert sorted(p.name for p in (out / "stages").iterdir()) == ["bench", "data", "export"]  # nothing trained
+    fp32, int8 = (trials[f"torch_mnv2_ants_bees/given/sp0/onnx/{q}@cpu"] for q in ("fp32", "int8"))
+    assert fp32["agreement"] == 1.0 and int8["agreement"] >= 0.75
+    assert fp32["reference_top1"] == report["baseline_top1"] >= 0.5  # PyTorch's model on 4 val photos
+    assert fp32["size_bytes"] > 2 * int8["size_bytes"]
+    for trial in trials.values():
+        assert trial["stages"]["finetune"]["skipped"].startswith("--model")
+        artifact = Path(trial["stages"]["export"]["artifact"])
+        sidecar = _sidecar(artifact.parent, artifact.name)
+        assert sidecar["source_model"]["kind"] == "onnx" and sidecar["input"]["layout"] == "NCHW"
+        assert sidecar["preprocessing"]["mean"] == pytest.approx([123.675, 116.28, 103.53])
+    pareto = json.loads((out / "pareto.json").read_text())["targets"]["cpu"]
+    assert pareto["winner"]["trial"] in trials and f"winner on cpu: {pareto['winner']['trial']}" in stdout
+    verify_artifact(next(Path(pareto["winner_dir"]).glob("*.onnx")))
+
+
+@pytest.mark.parametrize("extra, needle", [((), "no preprocessing stated"),
+                                           (("--preprocess", "torchvision", "--labels", "a,b,c"), "3 labels given"),
+                                           (("--preprocess", "torchvision", "--sparsity", "0,0.5"), "drop --sparsity")])
+def test_search_model_bad_input_fails_before_ray(extra, needle, sample_subset, tmp_path, capsys):
+    out = tmp_path / "search"
+    _refused(["search", sample_subset(10), "--out", out, "--model", TORCH_ONNX, *extra], capsys, out, needle)
