@@ -79,16 +79,17 @@ def validate(config) -> None:
         raise UsageError("--input-dtype uint8 is for Keras models; an ONNX model is exported with its float input")
     if config.qat_epochs or config.accuracy_aware:
         raise UsageError("--qat-epochs and --accuracy-aware need a Keras model; an ONNX model takes plain PTQ")
-    if config.target and config.target != "cpu" and not _ethos_u(config.target):
-        raise UsageError(f"--target {config.target} needs a Keras model for now (an ONNX model takes the Ethos-U "
-                         f"targets, through onnx2tf); export it with --format")
+    if config.target and config.target != "cpu" and not _npu_target(config.target):
+        raise UsageError(f"--target {config.target} needs a Keras model for now (an ONNX model takes npu:qnn-htp "
+                         f"and the Ethos-U targets); export it with --format")
 
 
-def _ethos_u(name: str) -> bool:
-    """An Ethos-U target: Vela compiles the full-integer TFLite made from onnx2tf's NHWC twin (``tf_graph``)."""
+def _npu_target(name: str) -> bool:
+    """npu:qnn-htp (the given file quantized to QDQ, NCHW kept) or an Ethos-U target (Vela compiles the
+    full-integer TFLite made from onnx2tf's NHWC twin, ``tf_graph``)."""
     from ... import targets
 
-    return name not in targets.KINDS and bool(targets.get(name).vela_config)
+    return name not in targets.KINDS and (name == "npu:qnn-htp" or bool(targets.get(name).vela_config))
 
 
 def peek(config) -> ModelFacts:
