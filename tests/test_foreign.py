@@ -84,6 +84,15 @@ def keras_export(foreign_keras, sample_subset, tmp_path_factory) -> Path:
                    "--resize", "0")
 
 
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def _sidecar(folder: Path, name: str) -> dict:
     return json.loads((folder / f"{name}.json").read_text())
 
@@ -281,18 +290,28 @@ def test_presets_and_flags_make_the_documented_recipes():
 
 def test_search_model_benches_the_given_onnx_file(sample_subset, tmp_path, capsys):
     """`search --model model.onnx`: no fine-tune or prune stage, one export and one bench per format x
-    quantization, the front and winner as in any search; the baseline is ONNX Runtime FP32 of the file."""
+    quantization, the front and winner as in any search; the baseline is ONNX Runtime FP32 of the file.
+    Where Vela and onnx2tf are installed, also on npu:ethos-u55-128 (Vela's estimate, simulated accuracy)."""
     pytest.importorskip("ray")
     from edgetl.metadata import verify_artifact
 
     out = tmp_path / "search"
+    npu = "npu:ethos-u55-128"
+    ethos = all(_importable(m) for m in ("ethosu.vela", "onnx2tf"))
     code, stdout, err = _cli(["search", sample_subset(10), "--out", out, "--model", TORCH_ONNX, "--preprocess",
-                              "torchvision", "--labels", "ants,bees", "--quantize", "fp32,int8", "--runs", "3"], capsys)
+                              "torchvision", "--labels", "ants,bees", "--quantize", "fp32,int8", "--runs", "3",
+                              "--target", "cpu", *(["--target", npu] if ethos else [])], capsys)
     assert code == 0, err
     report = json.loads((out / "trials.json").read_text())
     trials = {t["trial"]: t for t in report["trials"]}
+    if ethos:  # the target fixes the format and full-integer int8: one trial
+        trial = trials.pop(f"torch_mnv2_ants_bees/given/sp0/tflite/int8@{npu}")
+        assert trial["status"] == "done" and trial["stages"]["export"]["artifact"].endswith("_vela.tflite")
+        assert trial["latency_evidence"] == "estimated" and trial["accuracy_evidence"] == "simulated"
+        assert trial["npu_estimate"]["inference_ms"] > 0 and trial["agreement"] >= 0.75
+        assert trial["reference_top1"] == report["baseline_top1"]  # ONNX Runtime FP32 of the file
     assert sorted(trials) == [f"torch_mnv2_ants_bees/given/sp0/onnx/{q}@cpu" for q in ("fp32", "int8")]
-    assert report["counts"] == {"done": 2, "failed": 0, "pruned": 0}
+    assert report["counts"] == {"done": 2 + ethos, "failed": 0, "pruned": 0}
     assert sorted(p.name for p in (out / "stages").iterdir()) == ["bench", "data", "export"]  # nothing trained
     fp32, int8 = (trials[f"torch_mnv2_ants_bees/given/sp0/onnx/{q}@cpu"] for q in ("fp32", "int8"))
     assert fp32["agreement"] == 1.0 and int8["agreement"] >= 0.75
@@ -307,6 +326,10 @@ def test_search_model_benches_the_given_onnx_file(sample_subset, tmp_path, capsy
     pareto = json.loads((out / "pareto.json").read_text())["targets"]["cpu"]
     assert pareto["winner"]["trial"] in trials and f"winner on cpu: {pareto['winner']['trial']}" in stdout
     verify_artifact(next(Path(pareto["winner_dir"]).glob("*.onnx")))
+    if ethos:
+        entry = json.loads((out / "pareto.json").read_text())["targets"][npu]
+        assert entry["winner"]["trial"].endswith(f"@{npu}") and entry["evidence"]["latency"] == ["estimated"]
+        verify_artifact(next(Path(entry["winner_dir"]).glob("*_vela.tflite")))
 
 
 @pytest.mark.parametrize("extra, needle", [((), "no preprocessing stated"),
@@ -315,3 +338,37 @@ def test_search_model_benches_the_given_onnx_file(sample_subset, tmp_path, capsy
 def test_search_model_bad_input_fails_before_ray(extra, needle, sample_subset, tmp_path, capsys):
     out = tmp_path / "search"
     _refused(["search", sample_subset(10), "--out", out, "--model", TORCH_ONNX, *extra], capsys, out, needle)
+
+
+def test_torch_onnx_to_the_qnn_htp(sample_subset, tmp_path, capsys):
+    """`export model.onnx --target npu:qnn-htp`: the file itself quantized to QDQ (NCHW, its own input name)
+    and compiled; on the HTP simulator it agrees with ONNX Runtime FP32 of the file, in export and bench."""
+    pytest.importorskip("onnxruntime_qnn")
+    from edgetl import targets
+
+    if targets.get("npu:qnn-htp").availability().level == "none":
+        pytest.skip("no QNN HTP simulator or device here")
+    data, out = sample_subset(10), tmp_path / "qnn"
+    code, _, err = _cli(["export", TORCH_ONNX, "-o", out, "--target", "npu:qnn-htp", "--calib", data, "--check", data,
+                         "--preprocess", "torchvision", "--labels", "ants,bees"], capsys)
+    assert code == 0, err
+    [compiled] = out.glob("*_ctx.onnx")
+    for name in ("model_qnn_int8.onnx", compiled.name):
+        sidecar = _sidecar(out, name)
+        assert sidecar["input"]["layout"] == "NCHW" and sidecar["input"]["shape"] == [1, 3, 64, 64]
+        assert sidecar["input"]["name"] == "input" and sidecar["source_model"]["kind"] == "onnx"
+        assert sidecar["parity"]["passed"] and sidecar["parity"]["top1_agreement"] >= 0.95, sidecar["parity"]
+    assert _sidecar(out, compiled.name)["target"]["cpu_nodes"] == []
+    code, _, err = _cli(["bench", compiled, "--target", "npu:qnn-htp", "--simulate", "--data", data, "--out",
+                         tmp_path / "bench", "--runs", "2"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert report["reference"]["device"] == "CPU (ONNX Runtime FP32)"
+    [entry] = report["artifacts"]
+    assert entry["vs_reference"]["top1_agreement"] >= 0.95 and entry["vs_reference"]["n_images"] == 20
+
+
+def test_onnx_source_refuses_targets_it_cannot_take(tmp_path, capsys):
+    out = tmp_path / "out"
+    _refused(["export", TORCH_ONNX, "-o", out, "--target", "gpu:cuda", "--preprocess", "torchvision"], capsys, out,
+             "--target gpu:cuda needs a Keras model")
