@@ -37,6 +37,7 @@ class InputCache:
         self.paths = paths
         self._pixels: dict[str, np.ndarray] = {}
         self._floats: dict[str, np.ndarray] = {}
+        self._transposed: dict[tuple, np.ndarray] = {}
         self.timings: dict[str, dict[str, float]] = {}
 
     def pixels(self, recipe: Preprocessing) -> np.ndarray:
@@ -59,7 +60,13 @@ class InputCache:
         return self._floats[key]
 
     def inputs_for(self, artifact: Artifact) -> np.ndarray:
-        return self.pixels(artifact.recipe) if artifact.takes_uint8 else self.floats(artifact.recipe)
+        inputs = self.pixels(artifact.recipe) if artifact.takes_uint8 else self.floats(artifact.recipe)
+        if str(artifact.sidecar.get("input", {}).get("layout", "NHWC")).upper() != "NCHW":
+            return inputs
+        key = ("nchw", artifact.takes_uint8, json.dumps(artifact.recipe.to_dict(), sort_keys=True))
+        if key not in self._transposed:  # an NCHW artifact (ONNX from PyTorch): transposed once
+            self._transposed[key] = np.ascontiguousarray(inputs.transpose(0, 3, 1, 2))
+        return self._transposed[key]
 
     def _timing(self, key: str) -> dict[str, float]:
         return self.timings.setdefault(key, {"recipe": json.loads(key), "images": len(self.paths)})

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 def default_reference(artifacts: list[Artifact]) -> Path | None:
     for artifact in artifacts:
         path = source_model_dir(artifact)
+        if path and path.suffix == ".onnx" and path.is_file():  # exported from an ONNX file: that file
+            return path
         if path and (path / MODEL_FILE).exists() and (path / MODEL_METADATA).exists():
             return path
     return None
@@ -37,6 +39,11 @@ def source_model_dir(artifact: Artifact) -> Path | None:
 
 
 def check_reference(path: Path) -> None:
+    if Path(path).suffix == ".onnx":  # an ONNX model (PyTorch, timm): ONNX Runtime FP32 is the reference
+        from ..exporting.sources.onnx_source import _check, _load
+
+        _check(_load(Path(path)), Path(path))
+        return
     for name in (MODEL_FILE, MODEL_METADATA):
         if not (Path(path) / name).exists():
             raise UsageError(f"--reference {path}: not a model directory (no {name})")
@@ -46,9 +53,12 @@ def check_reference(path: Path) -> None:
 
 
 def reference_outputs(model_dir: Path, cache: InputCache, runs: int, warmup: int,
-                      batch_sizes: Sequence[int]) -> dict[str, Any]:
+                      batch_sizes: Sequence[int], artifacts: Sequence[Artifact] = ()) -> dict[str, Any]:
     """FP32 Keras outputs in both spaces (logits where the model has a logits layer, probabilities),
-    on the GPU when TensorFlow sees one. Timings are eager ``model(x, training=False)`` calls."""
+    on the GPU when TensorFlow sees one. Timings are eager ``model(x, training=False)`` calls.
+    An ``.onnx`` reference runs in ONNX Runtime FP32 (``onnx_reference_outputs``)."""
+    if Path(model_dir).suffix == ".onnx":
+        return onnx_reference_outputs(Path(model_dir), cache, runs, warmup, batch_sizes, artifacts)
     import keras
     import tensorflow as tf
 
@@ -92,6 +102,33 @@ def reference_outputs(model_dir: Path, cache: InputCache, runs: int, warmup: int
             "device": "GPU: " + gpus[0].name if gpus else "CPU",
             "backbone": metadata.get("backbone"), "latency_ms": latency,
             "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
+
+
+def onnx_reference_outputs(path: Path, cache: InputCache, runs: int, warmup: int, batch_sizes: Sequence[int],
+                           artifacts: Sequence[Artifact]) -> dict[str, Any]:
+    """ONNX Runtime FP32 of an ONNX model; its recipe, layout, labels and output kind from the sidecar of
+    an artifact exported from it (the file itself records none of them)."""
+    import onnxruntime
+
+    from ..exporting.sources.onnx_source import _check, _load, to_layout
+    from ..runtime.backends import open_backend
+
+    made = [a for a in artifacts if source_model_dir(a) == path.resolve()] or list(artifacts)
+    if not made:
+        raise UsageError(f"--reference {path}: no artifact to read its preprocessing and labels from")
+    sidecar = made[0].sidecar
+    recipe = Preprocessing.from_dict({**sidecar["preprocessing"], "layout": "NHWC"})
+    layout = "NCHW" if _check(_load(path), path)[0][1] == 3 else "NHWC"  # the file's own, whatever the artifact's
+    backend = open_backend(path, "cpu")
+    inputs = to_layout(cache.floats(recipe), layout)
+    raw = np.concatenate([backend.run(inputs[i:i + 32]) for i in range(0, len(inputs), 32)]).astype(np.float32)
+    latency = {size: timing_stats(time_runs(lambda b=batch_of(inputs, size): backend.run(b), runs, warmup))
+               for size in batch_sizes}
+    kind = sidecar["output"]["kind"]
+    outputs = {"probabilities": raw} if kind == "probabilities" else {"logits": raw, "probabilities": softmax(raw)}
+    return {"path": str(path.resolve()), "labels": sidecar["labels"], "outputs": outputs,
+            "device": "CPU (ONNX Runtime FP32)", "backbone": None, "latency_ms": latency,
+            "versions": {"onnxruntime": onnxruntime.__version__}}
 
 
 def compare_with_reference(artifact: Artifact, outputs: np.ndarray, reference: dict) -> dict[str, Any]:

@@ -51,10 +51,13 @@ def timing_columns(timing: dict[str, float], size: int) -> dict[str, float]:
 
 
 def reference_rows(reference: dict[str, Any], batch_sizes: list[int]) -> list[dict[str, Any]]:
-    """The Keras reference's rows, one per batch size (``reference``: bench.json's reference block)."""
+    """The reference's rows, one per batch size (``reference``: bench.json's reference block): Keras, or
+    ONNX Runtime FP32 for an ``.onnx`` reference."""
+    onnx = str(reference.get("path", "")).endswith(".onnx")
+    fmt, runtime = ("onnx", "onnxruntime") if onnx else ("keras", "tensorflow")
     return [{key: None for key in ROW_COLUMNS} | {
-        "artifact": "reference (keras)", "kind": "reference", "backbone": reference.get("backbone"),
-        "format": "keras", "runtime": "tensorflow", "quantization": "none", "batch_size": size,
+        "artifact": f"reference ({fmt})", "kind": "reference", "backbone": reference.get("backbone"),
+        "format": fmt, "runtime": runtime, "quantization": "none", "batch_size": size,
         **timing_columns(reference["latency_ms"][str(size)], size),
         "top1": reference["accuracy"]["top1"], "top5": reference["accuracy"]["top5"],
         "agreement": 1.0, "device": reference["device"],

@@ -150,7 +150,7 @@ def bench(config: BenchConfig) -> BenchResult:
         reference = None
         if reference_dir:
             log.info("reference: %s", reference_dir)
-            reference = reference_outputs(reference_dir, cache, config.runs, config.warmup, batch_sizes)
+            reference = reference_outputs(reference_dir, cache, config.runs, config.warmup, batch_sizes, artifacts)
             for artifact, entry, raw in zip(artifacts, results, outputs):
                 # Without an explicit --reference, only artifacts exported from that model are compared.
                 if config.reference or source_model_dir(artifact) in (None, Path(reference["path"]).resolve()):

@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import EdgetlError
+from . import given_model
 from .frameworks import load_tensorflow
 from .numbers import finite
 
@@ -144,8 +145,13 @@ def search(
     eta: int = typer.Option(2, help="Successive halving: keep the top 1/eta of each stage (plus every non-dominated branch); 1 keeps all."),
     space: Optional[Path] = typer.Option(None, help="JSON file overriding the axes and/or listing extra points."),
     address: Optional[str] = typer.Option(None, help="Join this Ray cluster (HOST:PORT); default: Ray started in-process here."),
+    model: Optional[Path] = given_model.MODEL, preprocess: Optional[str] = given_model.PREPROCESS,
+    mean: Optional[str] = given_model.MEAN, std: Optional[str] = given_model.STD, scale: Optional[str] = given_model.SCALE,
+    resize: Optional[int] = given_model.RESIZE, crop: Optional[int] = given_model.CROP,
+    channel_order: Optional[str] = given_model.CHANNEL_ORDER, interpolation: Optional[str] = given_model.INTERPOLATION,
+    labels: Optional[str] = given_model.LABELS, output_kind: Optional[str] = given_model.OUTPUT_KIND,
 ):
-    """Search backbones x strategies x input sizes x sparsity x quantization x format on Ray; Pareto front and winner per target."""
+    """Search backbones x strategies x input sizes x sparsity x quantization x format on Ray (or, with --model, formats x quantization of a given model); Pareto front and winner per target."""
     from ..errors import UsageError
     from ..search import SearchConfig
 
@@ -161,7 +167,9 @@ def search(
                           prune_method=prune_method, prune_loss=prune_loss, prune_patience=prune_patience,
                           weights=weights, input_size=input_size, input_sizes=sizes, batch_size=batch_size,
                           seed=seed, runs=runs, threads=threads, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
-                          max_drop=max_drop, eta=eta, space=space, address=address)
+                          max_drop=max_drop, eta=eta, space=space, address=address,
+                          **given_model.model_options(model, preprocess, mean, std, scale, resize, crop, channel_order,
+                                                      interpolation, labels, output_kind))
     config.validate()  # bad arguments and a forbidden --out fail before Ray starts
     from ..search import require_winners
     from ..search import search as run_search
@@ -220,7 +228,7 @@ def prune(
 
 @app.command()
 def export(
-    model: Path = typer.Argument(..., help="Model directory (model.keras + edgetl.json) or a .keras file."),
+    model: Path = typer.Argument(..., help="Model directory (model.keras + edgetl.json), a .keras file, a SavedModel directory or an .onnx file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for artifacts (written atomically)."),
     format: Optional[List[str]] = typer.Option(None, "--format", "-f", help="onnx | tflite | openvino (repeat or comma-separate; default onnx)."),
     quantize: Optional[List[str]] = typer.Option(None, "--quantize", "-q", help="fp32 | fp16 | dynamic | int8 (repeat or comma-separate; default fp32)."),
@@ -238,7 +246,16 @@ def export(
     opset: int = typer.Option(17, help="ONNX opset (tf2onnx supports <= 18)."),
     static_batch: Optional[int] = typer.Option(None, "--static-batch", help="Fixed batch size N in the artifacts' input (benchmark_app, NPU compilers; default dynamic)."),
     input_size: Optional[int] = typer.Option(None, help="Input size, for a model without edgetl.json."),
-    labels: Optional[str] = typer.Option(None, help="Comma-separated class names, for a model without edgetl.json."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated class names or a labels file (one a line), for a model without edgetl.json."),
+    preprocess: Optional[str] = typer.Option(None, help="Model without edgetl.json: a preset (torchvision: ImageNet mean/std on 0..1 | keras-inception: -1..1 | raw: 0..255) or a recipe JSON file (the sidecar's preprocessing form)."),
+    mean: Optional[str] = typer.Option(None, help="Per-channel mean, 1 or 3 numbers on the --scale'd range (e.g. 0.485,0.456,0.406)."),
+    std: Optional[str] = typer.Option(None, help="Per-channel std, 1 or 3 numbers on the --scale'd range."),
+    scale: Optional[str] = typer.Option(None, help="Pixels (0..255) times this first, e.g. 1/255 for a model taking 0..1."),
+    resize: Optional[int] = typer.Option(None, help="Resize the shorter side to N before the centre crop (0: straight to the input size)."),
+    crop: Optional[int] = typer.Option(None, help="Centre crop S x S: the model's input size when it is not fixed."),
+    channel_order: Optional[str] = typer.Option(None, help="RGB | BGR."),
+    interpolation: Optional[str] = typer.Option(None, help="bilinear | bicubic | nearest."),
+    output_kind: Optional[str] = typer.Option(None, help="logits | probabilities: checked against what is detected (trailing softmax, rows summing to 1)."),
     overwrite: bool = typer.Option(True, help="Replace an existing --out folder."),
     target: Optional[str] = typer.Option(None, help="Export what one target runs (see `edgetl targets`), e.g. npu:qnn-htp, npu:ethos-u55-256, gpu:cuda; replaces --format/--quantize."),
     soc: Optional[str] = typer.Option(None, help="npu:qnn-htp: Snapdragon to compile for (default SM8850, Snapdragon 8 Elite Gen 5), e.g. SM8750, SM8650, SC8380XP."),
@@ -247,11 +264,13 @@ def export(
     memory_mode: Optional[str] = typer.Option(None, help="npu:ethos-u*: Vela memory mode (default: Vela's)."),
     allow_cpu_fallback: bool = typer.Option(False, "--allow-cpu-fallback", help="NPU targets: accept ops left for the CPU instead of failing."),
 ):
-    """Export a trained model to ONNX / TFLite / OpenVINO, FP32 or quantized, with parity checks."""
+    """Export a trained model (edgetl's, a .keras/SavedModel or an ONNX file) to ONNX / TFLite / OpenVINO, FP32 or quantized, with parity checks."""
     from ..exporting import ExportConfig
     from ..exporting import export as run_export
+    from ..preprocess_presets import StatedPreprocessing
 
-    config = ExportConfig(model=model, out=out, formats=tuple(_split(format) or ["onnx"]),
+    stated = StatedPreprocessing(preprocess, mean, std, scale, resize, crop, channel_order, interpolation)
+    config = ExportConfig(model=model, preprocessing=stated, output_kind=output_kind, out=out, formats=tuple(_split(format) or ["onnx"]),
                           modes=tuple(_split(quantize) or ["fp32"]),
                           input_dtypes=tuple(_split(input_dtype) or ["float32"]), calib=calib,
                           calib_size=calib_size, calib_method=calib_method, check=check,
@@ -304,7 +323,7 @@ def bench_command(
     target: str = typer.Option("cpu", help="cpu | gpu | npu, or a registered target such as npu:qnn-htp, npu:ethos-u55-256, gpu:cuda (`edgetl targets`); exit 3 when this machine has no such device."),
     data: Path = typer.Option(..., "--data", help="Labelled image folder DATA/<class>/* for accuracy."),
     out: Path = typer.Option(..., "--out", "-o", help="Report directory (bench.json, bench.csv, report.md/.html)."),
-    reference: Optional[Path] = typer.Option(None, help="FP32 Keras model dir (default: the sidecars' source model)."),
+    reference: Optional[Path] = typer.Option(None, help="FP32 reference: a Keras model dir or an .onnx file (default: the sidecars' source model)."),
     runs: int = typer.Option(50, help="Timed runs per artifact and batch size."),
     warmup: int = typer.Option(5, help="Untimed warm-up runs before timing."),
     batch_sizes: str = typer.Option("1,8", help="Comma-separated batch sizes."),

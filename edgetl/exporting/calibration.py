@@ -60,6 +60,8 @@ def prepare_batch(pixels: np.ndarray, recipe: Preprocessing, input_dtype: str) -
         return pixels
     if input_dtype == "pixels_float":
         return pixels.astype(np.float32)
+    if input_dtype == "float32_nchw":  # an NCHW model (ONNX from PyTorch)
+        return np.ascontiguousarray(recipe.normalize(pixels).transpose(0, 3, 1, 2))
     return recipe.normalize(pixels)
 
 

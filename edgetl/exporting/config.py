@@ -9,6 +9,7 @@ from typing import Iterable
 from ..choices import CalibrationMethod, Format, InputDtype, Int8Weights, Mode, choose
 from ..errors import UsageError
 from ..metadata import MODEL_METADATA, check_output_dir, read_json
+from ..preprocess_presets import StatedPreprocessing
 from . import formats
 
 
@@ -20,7 +21,7 @@ def _as_tuple(value: str | Iterable[str]) -> tuple[str, ...]:
 
 @dataclass
 class ExportConfig:
-    model: Path | None = None  # model directory (model.keras + edgetl.json) or a .keras file
+    model: Path | None = None  # model directory (model.keras + edgetl.json), .keras file, SavedModel dir or .onnx
     out: Path | None = None
     formats: tuple[str, ...] = ("onnx",)
     modes: tuple[str, ...] = ("fp32",)  # "none" is accepted for fp32 (what other stages call it)
@@ -43,7 +44,11 @@ class ExportConfig:
     opset: int = 17
     static_batch: int | None = None  # a fixed batch size in the artifacts (benchmark_app, NPU compilers)
     input_size: int | None = None  # for models without edgetl.json
-    labels: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()  # class names, or one path to a labels file (one name a line)
+    # A model without edgetl.json: how it wants its pixels (``preprocess_presets``), and optionally
+    # what it outputs (logits | probabilities; detected and checked against this: ``sources.foreign``).
+    preprocessing: StatedPreprocessing | None = None
+    output_kind: str | None = None
     overwrite: bool = True
     verbose: bool = True
     # --target (edgetl.targets): what that target runs instead of --format/--quantize (exporting/target.py)
@@ -56,7 +61,8 @@ class ExportConfig:
 
     def __post_init__(self):
         if self.model is None or self.out is None:
-            raise UsageError("export needs a model (model directory or .keras file) and an output folder")
+            raise UsageError("export needs a model (model directory, .keras file, SavedModel directory or "
+                             ".onnx file) and an output folder")
         self.model, self.out = Path(self.model), Path(self.out)
         self.formats, self.modes = _as_tuple(self.formats), _as_tuple(self.modes)
         self.modes = tuple(dict.fromkeys(Mode.FP32.value if m == "none" else m for m in self.modes))
@@ -68,7 +74,7 @@ class ExportConfig:
 
     def validate(self) -> None:
         """Everything checkable without TensorFlow, before anything is written."""
-        from .keras_graph import validate_source
+        from . import sources
         from .pairs import TARGET_CPUS
 
         for kind, values, choices in (("format", self.formats, Format), ("mode", self.modes, Mode),
@@ -101,7 +107,7 @@ class ExportConfig:
             raise UsageError(f"--calib-size must be >= 1, got {self.calib_size}")
         if self.check is not None and not self.check.is_dir():
             raise UsageError(f"--check folder {self.check} does not exist")
-        validate_source(self.model, self.input_size)
+        sources.validate(self)
         check_output_dir(self.out, self.inputs(), self.overwrite)
 
     def validate_qat(self) -> None:
@@ -121,7 +127,7 @@ class ExportConfig:
         folders, and the data set whose val split parity reads."""
         dataset_root = None
         meta = (self.model if self.model.is_dir() else self.model.parent) / MODEL_METADATA
-        if self.model.is_dir() and meta.is_file():
+        if self.model.is_dir() and meta.is_file() and not (self.model / "saved_model.pb").exists():
             try:
                 dataset_root = (read_json(meta).get("dataset") or {}).get("root")
             except (OSError, ValueError, AttributeError):

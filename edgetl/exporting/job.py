@@ -20,7 +20,7 @@ import numpy as np
 
 from ..choices import InputDtype, Mode
 from ..console import progress, say
-from ..metadata import MODEL_METADATA, atomic_directory, read_model_metadata, write_json
+from ..metadata import atomic_directory, write_json
 from ..preprocess import Preprocessing
 from .backends import ExportBackend, get_backend
 from .config import ExportConfig
@@ -71,10 +71,9 @@ def export(config: ExportConfig) -> ExportResult:
 
 
 def recipe_without_tensorflow(config: ExportConfig) -> Preprocessing:
-    directory = config.model if config.model.is_dir() else config.model.parent
-    if (directory / MODEL_METADATA).exists():
-        return Preprocessing.from_dict(read_model_metadata(directory)["preprocessing"])
-    return Preprocessing().with_input_size(config.input_size)
+    from . import sources
+
+    return sources.recipe(config)
 
 
 def load_calibration_for(config: ExportConfig):
@@ -102,14 +101,22 @@ class ExportJob:
     @classmethod
     def start(cls, config: ExportConfig, calib) -> "ExportJob":
         """Load the model, choose the parity images, compute the Keras reference on them."""
-        from .keras_graph import load_source
+        from . import sources
         from .parity import keras_reference, parity_images
 
-        source = load_source(config.model, config.input_size, list(config.labels) or None)
+        source = sources.load(config)
         images = parity_images(config, source, calib)
         if config.verbose:
             say(f"parity images: {images.compared_on}")
-        return cls(config, source, calib, images, keras_reference(source, images))
+        reference = keras_reference(source, images)
+        if source.foreign:  # what it outputs, found on the check images (sources.foreign)
+            from .sources.foreign import output_kind
+
+            source.detected_kind, source.kind_reason = output_kind(source.graph_softmax, reference,
+                                                                   config.output_kind, str(config.model))
+            if config.verbose:
+                say(f"output: {source.detected_kind} ({source.kind_reason})")
+        return cls(config, source, calib, images, reference)
 
     # what the backends use
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
@@ -130,17 +137,28 @@ class ExportJob:
 
         return resolve(self.config.int8_weights, backend.format, self.target_cpu)
 
-    def model_inputs(self, input_dtype: str) -> np.ndarray:
-        """The parity images as the artifact takes them: raw pixels (uint8 input) or normalised."""
+    def model_inputs(self, input_dtype: str, layout: str = "NHWC") -> np.ndarray:
+        """The parity images as the artifact takes them: raw pixels (uint8 input) or normalised, in ``layout``."""
         if input_dtype == InputDtype.UINT8:
             return self.images.pixels
-        return self.source.recipe.normalize(self.images.pixels)
+        inputs = self.source.recipe.normalize(self.images.pixels)
+        return np.ascontiguousarray(inputs.transpose(0, 3, 1, 2)) if layout == "NCHW" else inputs
+
+    def layout(self, backend: ExportBackend) -> str:
+        """The artifact's input layout: an NCHW ONNX source stays NCHW in ONNX and OpenVINO (made from the
+        file itself); TFLite is NHWC (onnx2tf moves the transposes out)."""
+        return self.source.layout if backend.format.value in ("onnx", "openvino") else "NHWC"
+
+    def calib_input(self, backend: ExportBackend, input_dtype: str) -> str:
+        """How calibration batches are made for this backend's graph (``calibration.prepare_batch``)."""
+        return "float32_nchw" if self.layout(backend) == "NCHW" and input_dtype == "float32" else input_dtype
 
     def measure_parity(self, backend: ExportBackend, path: Path, mode: str, input_dtype: str) -> tuple[dict, dict]:
         """(parity block, runtime) of the artifact at ``path`` against the Keras reference."""
         from .parity import artifact_outputs, compare
 
-        outputs, runtime = artifact_outputs(path, self.model_inputs(input_dtype), **backend.runtime_options(self, mode))
+        outputs, runtime = artifact_outputs(path, self.model_inputs(input_dtype, self.layout(backend)),
+                                            **backend.runtime_options(self, mode))
         result = compare(self.reference, outputs, mode, self.config.min_agreement, self.images.labels)
         result.update(compared_on=self.images.compared_on, precision=runtime["precision"],
                       runtime_settings=runtime["settings"])
@@ -193,6 +211,7 @@ class ExportJob:
         return artifact_sidecar(
             path, backend.format.value, backend.files(path), self.source, self.source_info,
             input_names=extras["input_names"], batch=self.config.static_batch, input_dtype=input_dtype,
+            layout=self.layout(backend),
             input_quantization=extras["input_quantization"], output_names=extras["output_names"],
             quantization=quantization_block(mode, (details.get("qat") or {}).get("method", extras["method"]), details,
                                             calibration, float_layers),

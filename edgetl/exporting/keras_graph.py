@@ -29,17 +29,31 @@ class SourceModel:
     recipe: Preprocessing
     labels: list[str]
     logits_layer: str | None
+    # Where it came from (``exporting.sources``): keras | savedmodel | onnx; and for a foreign model
+    # (no edgetl.json) whether a softmax ends its graph and the output kind found on the check images.
+    source_kind: str = "keras"
+    graph_softmax: bool = False
+    detected_kind: str | None = None
+    kind_reason: str | None = None
+    layout: str = "NHWC"  # the given model's input layout (an ONNX file from PyTorch: NCHW)
+
+    @property
+    def foreign(self) -> bool:
+        return bool(self.metadata.get("foreign"))
 
     @property
     def output_kind(self) -> str:
-        return "logits" if self.logits_layer else "probabilities"
+        if self.logits_layer:
+            return "logits"
+        return self.detected_kind or "probabilities"
 
     @property
     def input_size(self) -> tuple[int, int]:
         return tuple(self.recipe.input_size)
 
     def describe(self) -> dict[str, Any]:
-        return {"sha256": sha256_file(self.path), "path": str(self.path.resolve()),
+        hashed = self.path / "saved_model.pb" if self.path.is_dir() else self.path
+        return {"sha256": sha256_file(hashed), "path": str(self.path.resolve()), "kind": self.source_kind,
                 "backbone": self.metadata.get("backbone"),
                 "model_sha256_recorded": self.metadata.get("model_sha256")}
 
@@ -84,12 +98,8 @@ def load_source(model: str | Path, input_size: int | None = None, labels: list[s
                              f"({recipe.input_size[0]}x{recipe.input_size[1]})")
         names = labels or metadata.get("labels")
         logits_layer = (metadata.get("output") or {}).get("logits_layer")
-    else:
-        # A foreign model: the default recipe ((x-127)/128, crop 0.875) at the given size.
-        metadata = {"backbone": None}
-        recipe = Preprocessing().with_input_size(input_size)
-        names = labels
-        logits_layer = "logits" if _has_layer(keras_model, "logits") else None
+    else:  # foreign models go through exporting.sources, which states their recipe
+        raise UsageError(f"{directory}: no {MODEL_METADATA}; export it through exporting.sources")
     n_out = int(keras_model.outputs[0].shape[-1])
     names = list(names) if names else [f"class_{i}" for i in range(n_out)]
     if len(names) != n_out:
@@ -117,7 +127,12 @@ def logits_submodel(model, logits_layer: str | None):
 
 
 def output_model(source: SourceModel):
-    """Float input (normalised, as the runtime prepares it) -> logits, or probabilities for stacks."""
+    """Float input (normalised, as the runtime prepares it) -> logits, or probabilities for stacks;
+    for an ONNX source, its TensorFlow twin (``sources.onnx_source.tf_graph``, NHWC)."""
+    if source.source_kind == "onnx":
+        from .sources.onnx_source import tf_graph
+
+        return tf_graph(source)
     return logits_submodel(source.model, source.logits_layer)
 
 

@@ -74,9 +74,14 @@ def parity_images(config, source, calib) -> ParityImages:
 
 
 def keras_reference(source, images: ParityImages) -> np.ndarray:
-    """The Keras FP32 outputs every artifact is compared with (logits where the model has them)."""
+    """The Keras FP32 outputs every artifact is compared with (logits where the model has them); for an
+    ONNX source, ONNX Runtime FP32 on the given file."""
     from .keras_graph import output_model
 
+    if source.source_kind == "onnx":
+        from .sources.onnx_source import reference
+
+        return reference(source, source.recipe.normalize(images.pixels))
     return keras_outputs(output_model(source), source.recipe.normalize(images.pixels))
 
 

@@ -72,7 +72,8 @@ def fix_batch(fp32_path: Path, out_path: Path, batch: int = 1) -> None:
     onnx.save(model, str(out_path))
 
 
-def quantize_edgetl(fp32: Path, out_path: Path, calib: CalibrationSet, work: Path) -> dict[str, Any]:
+def quantize_edgetl(fp32: Path, out_path: Path, calib: CalibrationSet, work: Path,
+                    calib_input: str = "float32") -> dict[str, Any]:
     """edgetl's CPU INT8 recipe (``backends.onnx.quantize_int8``: BN folded and Conv+Relu fused by
     ``quant_pre_process``, uint8 activations, symmetric int8 per-channel weights), ranges collected on the
     dynamic-batch graph, then the QDQ model's batch fixed to 1. The HTP takes every node of it."""
@@ -80,13 +81,14 @@ def quantize_edgetl(fp32: Path, out_path: Path, calib: CalibrationSet, work: Pat
 
     pre, cache, dynamic = work / "qnn_pre.onnx", work / "qnn_ranges.json", work / "qnn_qdq_dynamic.onnx"
     onnx_export.preprocess(fp32, pre)
-    onnx_export.calibrate(pre, calib, "float32", "minmax", cache)
+    onnx_export.calibrate(pre, calib, calib_input, "minmax", cache)  # float32_nchw: an NCHW ONNX source
     details = onnx_export.quantize_int8(pre, dynamic, cache, "minmax")
     fix_batch(dynamic, out_path)
     return {**details, "scheme": "edgetl", "quantizer": "edgetl export.onnx.quantize_int8 (quantize_static)"}
 
 
-def quantize(static_fp32: Path, out_path: Path, calib: CalibrationSet, scheme: str = "u8s8-per-channel") -> dict[str, Any]:
+def quantize(static_fp32: Path, out_path: Path, calib: CalibrationSet, scheme: str = "u8s8-per-channel",
+             calib_input: str = "float32") -> dict[str, Any]:
     """QDQ model for the HTP through ORT's QNN quantization helpers (the non-``edgetl`` schemes)."""
     import onnx
     from onnxruntime.quantization import QuantType
@@ -101,7 +103,7 @@ def quantize(static_fp32: Path, out_path: Path, calib: CalibrationSet, scheme: s
         changed = qnn_preprocess_model(str(static_fp32), str(pre))
         source = pre if changed else static_fp32
         input_name = onnx.load(str(source)).graph.input[0].name
-        config = get_qnn_qdq_config(str(source), ort_data_reader(calib, input_name, "float32", chunk=1),
+        config = get_qnn_qdq_config(str(source), ort_data_reader(calib, input_name, calib_input, chunk=1),
                                     activation_type=getattr(QuantType, activation),
                                     weight_type=getattr(QuantType, weight), per_channel=per_channel,
                                     weight_symmetric=True if weight == "QInt8" else None)

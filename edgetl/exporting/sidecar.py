@@ -24,7 +24,7 @@ def quantization_block(mode: str, method: str | None, details: dict, calibration
 def artifact_sidecar(path: Path, fmt: str, files: list[Path], source, source_info: dict[str, Any], *,
                      input_names: dict, batch: int | None, input_dtype: str, input_quantization: dict | None,
                      output_names: dict, quantization: dict[str, Any], parity: dict[str, Any],
-                     versions: list[str] = VERSIONS, **blocks: Any) -> dict[str, Any]:
+                     versions: list[str] = VERSIONS, layout: str = "NHWC", **blocks: Any) -> dict[str, Any]:
     """The sidecar of the artifact at ``path`` (main file first in ``files``, every file hashed).
     ``input_names`` / ``output_names``: what the format's client API sees (``ExportBackend.io_names``);
     ``blocks``: further top-level blocks (``target``)."""
@@ -38,14 +38,17 @@ def artifact_sidecar(path: Path, fmt: str, files: list[Path], source, source_inf
         "sha256": hashes[path.name],  # the main file, for readers older than `files`
         "size_bytes": sum(f.stat().st_size for f in files),
         "labels": list(source.labels),
-        "input": {**input_names, "shape": [batch, height, width, 3], "layout": "NHWC", "dtype": input_dtype,
+        "input": {**input_names, "layout": layout, "dtype": input_dtype,
+                  "shape": [batch, 3, height, width] if layout == "NCHW" else [batch, height, width, 3],
                   "quantization": input_quantization},
         "output": {**output_names, "kind": source.output_kind, "dtype": "float32",
                    "softmax": "apply in float" if source.output_kind == "logits" else "in graph"},
-        "preprocessing": source.recipe.to_dict(),
+        "preprocessing": {**source.recipe.to_dict(), "layout": layout},
         "quantization": quantization,
         "source_model": {"sha256": source_info["sha256"], "path": source_info["path"],
-                         "backbone": source_info["backbone"]},
+                         "backbone": source_info["backbone"], "kind": source_info.get("kind", "keras"),
+                         **({"output_kind_found": source.kind_reason} if getattr(source, "kind_reason", None)
+                            else {})},
         "versions": software_versions(versions),
         "parity": parity,
         **blocks,

@@ -124,13 +124,15 @@ class _TargetJob(ExportJob):
         return result
 
     def target_sidecar(self, path: Path, fmt: str, files: list[Path], input_spec: dict, quantization: dict,
-                       parity: dict, target_block: dict, versions: list[str]) -> dict[str, Any]:
+                       parity: dict, target_block: dict, versions: list[str], layout: str = "NHWC",
+                       io: dict | None = None) -> dict[str, Any]:
         from .keras_graph import INPUT_NAME
 
         return artifact_sidecar(
-            path, fmt, files, self.source, self.source_info, input_names={"name": INPUT_NAME}, batch=1,
+            path, fmt, files, self.source, self.source_info, batch=1, layout=layout,
+            input_names=(io or {}).get("input") or {"name": INPUT_NAME},
             input_dtype=input_spec["dtype"], input_quantization=input_spec["quantization"],
-            output_names={"name": self.source.output_kind},
+            output_names=(io or {}).get("output") or {"name": self.source.output_kind},
             quantization=quantization_block(Mode.INT8, quantization["method"], quantization["details"],
                                             self.calib.summary(), [], quantization.get("per_channel", True)),
             parity=parity, versions=versions, target=target_block)
@@ -158,21 +160,28 @@ def _build_qnn(ctx: _TargetJob):
     config = ctx.config
     soc = qnn.validate_soc(config.soc or qnn.DEFAULT_SOC)
     started = time.perf_counter()
-    fp32 = ctx.work / "fp32.onnx"
-    converted = onnx_export.convert(output_model(ctx.source), fp32, "float32", config.opset)
+    layout = ctx.source.layout if ctx.source.source_kind == "onnx" else "NHWC"
+    calib_input = "float32_nchw" if layout == "NCHW" else "float32"
+    if ctx.source.source_kind == "onnx":  # the given file itself (NCHW kept), as the ONNX format's export
+        from .sources.onnx_source import fp32_file
+
+        fp32, converted = fp32_file(ctx.source, ctx.work), {"converter": "none (the given ONNX file)"}
+    else:
+        fp32 = ctx.work / "fp32.onnx"
+        converted = onnx_export.convert(output_model(ctx.source), fp32, "float32", config.opset)
     qdq = ctx.out / "model_qnn_int8.onnx"
     if config.qnn_scheme == "edgetl":
-        details = qnn.quantize_edgetl(fp32, qdq, ctx.calib, ctx.work)
+        details = qnn.quantize_edgetl(fp32, qdq, ctx.calib, ctx.work, calib_input)
     else:
         static = ctx.work / "static.onnx"
         qnn.fix_batch(fp32, static)
-        details = qnn.quantize(static, qdq, ctx.calib, config.qnn_scheme)
+        details = qnn.quantize(static, qdq, ctx.calib, config.qnn_scheme, calib_input)
     details = {**converted, **details, "static_batch": 1}
     quantized_at = time.perf_counter()
     compiled = qnn.compile_context(qdq, ctx.out / f"model_qnn_int8_{soc.lower()}_ctx.onnx", soc,
                                    config.allow_cpu_fallback)
     ctx_path = ctx.out / f"model_qnn_int8_{soc.lower()}_ctx.onnx"
-    inputs = ctx.inputs
+    inputs = ctx.model_inputs(InputDtype.FLOAT32, layout)
 
     # The QDQ model on ONNX Runtime's CPU EP (what any ORT runs), then the compiled model on the HTP.
     cpu = open_backend(qdq, "cpu")
@@ -201,10 +210,11 @@ def _build_qnn(ctx: _TargetJob):
                  "simulator_wall_ms_per_image": {"value": round(wall_ms, 1), "evidence": "simulated",
                                                  "note": "x86 HTP simulator wall time, not device latency"}
                  if htp_parity["evidence"] == "simulated" else None}
+    io = onnx_export.io_names(qdq) if layout == "NCHW" else None  # the given file's own input name
     yield _artifact(qdq, "onnx", ctx.target_sidecar(qdq, "onnx", [qdq], input_spec, quant, cpu_parity, qdq_block,
-                                             QNN_VERSIONS), quantized_at - started)
+                                             QNN_VERSIONS, layout, io), quantized_at - started)
     yield _artifact(ctx_path, "onnx", ctx.target_sidecar(ctx_path, "onnx", [ctx_path], input_spec, quant, htp_parity,
-                                                  ctx_block, QNN_VERSIONS), compiled["compile_seconds"])
+                                                  ctx_block, QNN_VERSIONS, layout, io), compiled["compile_seconds"])
 
 
 def _qnn_version() -> str:

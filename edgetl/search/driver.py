@@ -136,6 +136,23 @@ def _splits(config: SearchConfig, train, val) -> tuple[Path, str]:
 def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits: Path, split_key: str,
             placement: "Placement") -> None:
     gpus = placement.gpus
+
+    def export_and_bench(live: list[Trial], models: dict[str, Path], foreign: dict[str, Any] | None = None) -> None:
+        """Rung 3: export each artifact; as one lands, bench it on its target."""
+        exports = {t.id: export_job(config.out, models[t.id], splits, t.point.format, t.point.quantize,
+                                    f"export {t.point.name}" + (f" for {t.target}" if registered(t.target) else ""),
+                                    t.target, foreign) for t in live}
+
+        def then_bench(trial: Trial) -> StageJob:
+            return bench_job(config.out, models[trial.id], exports[trial.id], splits, trial.target, config.runs,
+                             f"bench {trial.id}", placement.bench_cpus[trial.target], config.threads)
+
+        runner.run(exports, then={"bench": then_bench})
+
+    if config.model is not None:  # search --model: the given model, export and bench only
+        from . import given
+
+        return given.run(config, trials, export_and_bench)
     live = [t for t in trials if t.status == "pending"]
     # Rung 1: one fine-tune per backbone x strategy x input size.
     finetunes = {t.id: finetune_job(config.out, splits, split_key, finetune_options(config, t.point),
@@ -169,16 +186,7 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
     live = _rung(config, runner, [t for t in live if t.status == "pending"], "prune",
                  lambda t: f"{t.point.branch}/sp{t.point.sparsity:g}")
 
-    # Rung 3: export each artifact; as one lands, bench it on its target.
-    exports = {t.id: export_job(config.out, models[t.id], splits, t.point.format, t.point.quantize,
-                                f"export {t.point.name}" + (f" for {t.target}" if registered(t.target) else ""),
-                                t.target) for t in live}
-
-    def then_bench(trial: Trial) -> StageJob:
-        return bench_job(config.out, models[trial.id], exports[trial.id], splits, trial.target, config.runs,
-                         f"bench {trial.id}", placement.bench_cpus[trial.target], config.threads)
-
-    runner.run(exports, then={"bench": then_bench})
+    export_and_bench(live, models)
 
 
 def finetune_options(config: SearchConfig, point: Point) -> dict[str, Any]:

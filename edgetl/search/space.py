@@ -66,8 +66,9 @@ class Point:
         """Why this point cannot run, checked without TensorFlow (the backbone is checked by its
         fine-tune stage, where an unknown name fails as that trial's reason), or None."""
         from ..exporting import FORMATS, MODES
+        from .given import GIVEN
 
-        if self.strategy not in STRATEGIES:
+        if self.strategy not in STRATEGIES and self.strategy != GIVEN:
             return f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}"
         if self.format not in FORMATS:
             return f"unknown format {self.format!r}; choose from {', '.join(FORMATS)}"
@@ -120,11 +121,19 @@ class SearchConfig:
     address: str | None = None  # join this Ray cluster; None: start Ray in-process on this machine
     num_cpus: int | None = None  # in-process Ray only; default: this machine's cores
     verbose: bool = True
+    # --model (search/given.py): a bench-only search of this model over formats x quantization x targets;
+    # a model without edgetl.json states its preprocessing, labels and output kind as `edgetl export` does.
+    model: Path | None = None
+    preprocessing: Any = None  # preprocess_presets.StatedPreprocessing
+    labels: tuple[str, ...] = ()
+    output_kind: str | None = None
     _points: list[Point] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self):
         self.data, self.out = Path(self.data), Path(self.out)
         self.space = Path(self.space) if self.space else None
+        self.model = Path(self.model) if self.model else None
+        self.labels = tuple(self.labels or ())
         self.targets = tuple(dict.fromkeys(t.strip() for t in self.targets if t and t.strip()))
         self.sparsity = tuple(float(s) for s in self.sparsity)
         self.input_sizes = tuple(int(s) for s in self.input_sizes)
@@ -163,7 +172,11 @@ class SearchConfig:
             raise UsageError(f"num_cpus must be >= 1, got {self.num_cpus}")
         for name in self.targets:
             _check_target(name)
-        check_output_dir(self.out, inputs=(self.data, self.space))
+        if self.model is not None:
+            from . import given
+
+            given.validate(self)
+        check_output_dir(self.out, inputs=(self.data, self.space, self.model))
         _check_search_output(self.out)
         points = self.points()
         if "backbones" not in (_read_space(self.space)[0] if self.space else {}):
@@ -176,6 +189,11 @@ class SearchConfig:
     def points(self) -> list[Point]:
         if not self._points:
             axes, extra = _read_space(self.space) if self.space else ({}, [])
+            if self.model is not None:
+                from . import given
+
+                self._points = list(dict.fromkeys(given.points(self, axes, extra)))
+                return self._points
             # Without the axis a point names no size (the fine-tune then takes --input-size, keyed as before).
             own = {"input_sizes": self.input_sizes or (None,)}
             grid = {axis: axes.get(axis, own.get(axis) or getattr(self, axis)) for axis in AXES}

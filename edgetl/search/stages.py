@@ -74,27 +74,36 @@ def prune_job(out: Path, model_dir: Path, options: dict[str, Any], label: str, n
 
 
 def export_job(out: Path, model_dir: Path, splits: Path, fmt: str, mode: str, label: str,
-               target: str = "cpu") -> StageJob:
+               target: str = "cpu", foreign: dict[str, Any] | None = None) -> StageJob:
     options = dict(formats=(fmt,), modes=(mode,))
     named = registered(target)
     if named:  # keyed on the target too; cpu/gpu/npu exports keep `edgetl run`'s key
         options["target"] = target
-    key = content_key({"model": read_model_card(model_dir).model_sha256, **options})
+    if foreign:  # search --model of a model without edgetl.json: its stated flags (search/given.py)
+        options["foreign"] = foreign
+    key = content_key({"model": model_hash(model_dir), **options})
     return StageJob("export", key, stage_dir(out, "export", key),
                     {"model": str(model_dir), "splits": str(splits), "format": fmt, "mode": mode,
-                     "target": target if named else None}, label,
+                     "target": target if named else None, **({"foreign": foreign} if foreign else {})}, label,
                     resources={target_resource(target): 1} if named else {})
 
 
 def bench_job(out: Path, model_dir: Path, export: StageJob, splits: Path, target: str, runs: int,
               label: str, num_cpus: float = 1, threads: int | None = None) -> StageJob:
-    key = content_key({"model": read_model_card(model_dir).model_sha256, "export": export.key,
+    key = content_key({"model": model_hash(model_dir), "export": export.key,
                        "artifacts": outputs_key(export.directory), "target": target, "runs": runs,
                        **({"threads": threads} if threads else {})})
     return StageJob("bench", key, stage_dir(out, "bench", key),
                     {"model": str(model_dir), "export": str(export.directory), "splits": str(splits),
                      "target": target, "runs": runs, "threads": threads}, label,
                     resources={target_resource(target): 1}, num_cpus=num_cpus)
+
+
+def model_hash(model: Path) -> str:
+    """An edgetl model's own hash (the key `edgetl run` uses); a --model file's sha256 (search/given.py)."""
+    from .given import model_hash as given_hash
+
+    return given_hash(model)
 
 
 def target_resource(target: str) -> str:
@@ -176,7 +185,7 @@ def _export(directory: Path, spec: dict[str, Any]) -> None:
     # npu:intel has no export --target: its NPU plugin compiles the ordinary OpenVINO export at load.
     config = ExportConfig(model=Path(spec["model"]), out=directory, formats=(spec["format"],),
                           modes=(spec["mode"],), calib=splits / "train", check=splits / "val", verbose=False,
-                          target=name if via_target else None)
+                          target=name if via_target else None, **_foreign_options(spec))
     config.validate()
     if via_target:
         targets.preflight_export(config)  # what `edgetl export --target` checks before TensorFlow
@@ -187,6 +196,18 @@ def _export(directory: Path, spec: dict[str, Any]) -> None:
         pass  # an artifact under the agreement threshold is written and marked; the bench measures it
 
 
+def _foreign_options(spec: dict[str, Any]) -> dict[str, Any]:
+    from .given import export_options
+
+    return export_options(spec["foreign"]) if spec.get("foreign") else {}
+
+
+def _reference(spec: dict[str, Any]) -> Path | None:
+    from .given import bench_reference
+
+    return bench_reference(Path(spec["model"]))
+
+
 def _bench(directory: Path, spec: dict[str, Any]) -> None:
     from ..benchmark import TARGETS, BenchConfig, bench
 
@@ -195,9 +216,11 @@ def _bench(directory: Path, spec: dict[str, Any]) -> None:
     if spec["target"] not in TARGETS:
         raise UsageError(f"target {spec['target']!r} cannot be benched by this edgetl (bench targets: "
                          f"{', '.join(TARGETS)})")
-    _tensorflow()  # the FP32 Keras reference
+    reference = _reference(spec)
+    if reference is not None and reference.suffix != ".onnx":
+        _tensorflow()  # the FP32 Keras reference (an .onnx one runs in ONNX Runtime)
     bench(BenchConfig(artifacts=[Path(spec["export"])], data=Path(spec["splits"]) / "val", out=directory,
-                      target=spec["target"], reference=Path(spec["model"]), runs=spec["runs"], threads=spec.get("threads"),
+                      target=spec["target"], reference=reference, runs=spec["runs"], threads=spec.get("threads"),
                       batch_sizes=(1,), overwrite=True, measure_overhead=False))
 
 
@@ -206,7 +229,7 @@ def _bench_target(directory: Path, spec: dict[str, Any]) -> None:
     from ..targets.bench import TargetBenchConfig, bench_target, preflight_target
 
     config = TargetBenchConfig(artifacts=[Path(spec["export"])], data=Path(spec["splits"]) / "val", out=directory,
-                               target=spec["target"], reference=Path(spec["model"]), simulate=True,
+                               target=spec["target"], reference=_reference(spec), simulate=True,
                                runs=spec["runs"], threads=spec.get("threads"), overwrite=True)
     if preflight_target(config):  # DeviceUnavailable (exit 3) before TensorFlow's start-up
         _tensorflow()

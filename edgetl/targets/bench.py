@@ -115,7 +115,7 @@ def bench_target(config: TargetBenchConfig) -> BenchResult:
             raw.append(outputs)
         reference = None
         if plan.reference:
-            reference = reference_outputs(plan.reference, cache, min(config.runs, 10), 2, [1])
+            reference = reference_outputs(plan.reference, cache, min(config.runs, 10), 2, [1], plan.artifacts)
             for artifact, entry, outputs in zip(plan.artifacts, entries, raw):
                 entry["vs_reference"] = compare_with_reference(artifact, outputs, reference)
         report = _assemble(config, plan, images, cache, entries, reference)

@@ -359,6 +359,10 @@ class OnnxBackend(ExportBackend):
     def fp32(self, job, input_dtype: str) -> tuple[Path, dict]:
         """The FP32 ONNX graph (made once per export call and input dtype) and how it was converted."""
         def make():
+            if job.source.source_kind == "onnx":  # the given file is the FP32 graph
+                from ..sources.onnx_source import fp32_file
+
+                return fp32_file(job.source, job.work), {"converter": "none (the given ONNX file)"}
             path = job.work / f"onnx_fp32_{input_dtype}.onnx"
             return path, convert(job.keras_graph(input_dtype), path, input_dtype, job.config.opset,
                                  output_name=job.source.output_kind)
@@ -372,7 +376,7 @@ class OnnxBackend(ExportBackend):
             pre = job.work / f"onnx_pre_{input_dtype}.onnx"
             preprocess(fp32, pre)
             cache = job.work / f"onnx_ranges_{input_dtype}.json"
-            calibrate(pre, job.calib, input_dtype, job.config.calib_method, cache)
+            calibrate(pre, job.calib, job.calib_input(self, input_dtype), job.config.calib_method, cache)
             return pre, cache
 
         return job.cached(("onnx ranges", input_dtype), make)
@@ -399,7 +403,7 @@ class OnnxBackend(ExportBackend):
         return {**details, **quantize_int8(pre, path, cache, job.config.calib_method, nodes_to_exclude,
                                            int8_weights=job.int8_weights(self),
                                            bias_calib=job.calib if job.config.bias_correction else None,
-                                           input_dtype=input_dtype)}
+                                           input_dtype=job.calib_input(self, input_dtype))}
 
     def make_accurate(self, job, path: Path, input_dtype: str, details: dict) -> tuple:
         """Rank Conv/Gemm nodes by their own INT8 error, then leave the worst out of quantization (their

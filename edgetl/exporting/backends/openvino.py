@@ -289,8 +289,17 @@ class OpenvinoBackend(ExportBackend):
     def fp32(self, job, input_dtype: str) -> tuple[Path, dict]:
         """The FP32 IR (saved once per export call and input dtype) and how it was converted."""
         def make():
-            fallback = job.work / f"onnx_fp32_{input_dtype}.onnx"  # the ONNX backend's, if it ran first
-            model, details = convert(job.keras_graph(input_dtype), input_dtype, job.source.output_kind, fallback)
+            if job.source.source_kind == "onnx":  # straight from the given file (its own layout)
+                import openvino as ov
+
+                from ..sources.onnx_source import fp32_file
+
+                model, details = ov.convert_model(str(fp32_file(job.source, job.work))), \
+                    {"converter": "openvino.convert_model(onnx)"}
+                model.outputs[0].get_tensor().set_names({job.source.output_kind})
+            else:
+                fallback = job.work / f"onnx_fp32_{input_dtype}.onnx"  # the ONNX backend's, if it ran first
+                model, details = convert(job.keras_graph(input_dtype), input_dtype, job.source.output_kind, fallback)
             path = job.work / f"openvino_fp32_{input_dtype}.xml"
             save(model, path)
             return path, details
@@ -322,8 +331,8 @@ class OpenvinoBackend(ExportBackend):
         else:
             from .openvino_bias import PtqFixes
 
-            model, extra = quantize_int8(model, job.calib, input_dtype, None, job.int8_weights(self),
-                                         PtqFixes.for_job(job))
+            model, extra = quantize_int8(model, job.calib, job.calib_input(self, input_dtype), None,
+                                         job.int8_weights(self), PtqFixes.for_job(job))
         save(model, path)
         return {**details, **extra}
 
