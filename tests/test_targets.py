@@ -277,3 +277,14 @@ def test_plain_cpu_bench_skips_compiled_models_and_runs_int8_io(vela_export, sma
     row = result.rows[0]
     assert row["latency_evidence"] == "measured" and row["latency_p50_ms"] > 0
     assert row["agreement"] >= 0.75
+    # ... and is listed as not benched, with the one line the runtime says when asked to run it on a CPU
+    from edgetl.errors import UsageError
+    from edgetl.runtime import EdgeModel
+
+    (skipped,) = result.json["not_benched"]
+    assert skipped["name"].endswith("_vela.tflite") and skipped["format"] == "tflite"
+    assert "is compiled for npu:ethos-u55-256 (Vela " in skipped["reason"]
+    assert "runs only there, not on a CPU: its uncompiled model model_tflite_int8_io8.tflite" in skipped["reason"]
+    with pytest.raises(UsageError) as raised:
+        EdgeModel.load(skipped["path"])
+    assert str(raised.value) == skipped["reason"]
