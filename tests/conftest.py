@@ -32,11 +32,11 @@ TINY_SIZE = 96
 # `pytest -n 2 --dist loadfile` hands whole files to the two workers; by default xdist queues them by
 # their NUMBER of tests, so files of a few long end-to-end tests (test_pipeline's two) started last while
 # the other worker sat idle. Files start longest first instead (the longest-processing-time rule), by
-# their time alone in one process on 2 loaded cores (`pytest tests/test_x.py --durations=15`); files not
+# their CPU time alone in one process (`/usr/bin/time pytest tests/test_x.py --durations=15`); files not
 # listed are short and follow in name order. Re-measure when a file grows past a few minutes.
-LONGEST_FIRST = ("test_export.py", "test_search.py", "test_pipeline.py", "test_hardening.py", "test_safety.py",
-                 "test_export_int8.py", "test_bench.py", "test_prune.py", "test_accuracy.py", "test_targets.py",
-                 "test_metadata.py", "test_qat.py")
+LONGEST_FIRST = ("test_export.py", "test_search.py", "test_prune.py", "test_pipeline.py", "test_safety.py",
+                 "test_bench.py", "test_hardening.py", "test_export_int8.py", "test_metadata.py", "test_accuracy.py",
+                 "test_targets.py", "test_qat.py")
 
 
 def pytest_configure(config):
