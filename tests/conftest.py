@@ -1,5 +1,6 @@
-"""Shared fixtures, each built once per session: the embedded sample, the real photos (skipped when
-absent), two tiny trained models and what the exporter writes from them.
+"""Shared fixtures, each built once per test run (``built_once``: under pytest-xdist too): the embedded
+sample, the real photos (skipped when absent), two tiny trained models and what the exporter writes
+from them.
 
 - ``tiny_model_dir``: EfficientNet-Lite0 at 96 px, for the tests where its topology matters (depthwise
   and pointwise convolutions, pair-safe weights, structured pruning, accuracy-aware export). Its exports:
@@ -31,11 +32,11 @@ TINY_SIZE = 96
 # `pytest -n 2 --dist loadfile` hands whole files to the two workers; by default xdist queues them by
 # their NUMBER of tests, so files of a few long end-to-end tests (test_pipeline's two) started last while
 # the other worker sat idle. Files start longest first instead (the longest-processing-time rule), by
-# their time alone in one process on 2 loaded cores (`pytest tests/test_x.py --durations=15`); files not
+# their CPU time alone in one process (`/usr/bin/time pytest tests/test_x.py --durations=15`); files not
 # listed are short and follow in name order. Re-measure when a file grows past a few minutes.
-LONGEST_FIRST = ("test_export.py", "test_search.py", "test_pipeline.py", "test_hardening.py", "test_safety.py",
-                 "test_export_int8.py", "test_bench.py", "test_prune.py", "test_accuracy.py", "test_targets.py",
-                 "test_metadata.py", "test_qat.py")
+LONGEST_FIRST = ("test_export.py", "test_search.py", "test_prune.py", "test_pipeline.py", "test_safety.py",
+                 "test_bench.py", "test_hardening.py", "test_export_int8.py", "test_metadata.py", "test_accuracy.py",
+                 "test_targets.py", "test_qat.py")
 
 
 def pytest_configure(config):
@@ -46,6 +47,32 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), str(item.path)))  # stable within a file
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]):
+    """A session fixture's value built once per test run, under pytest-xdist too (its documented recipe):
+    the first worker that asks builds it in the run's common temporary folder and pickles it there; any
+    other worker waits on the lock and reads it. With ``--dist loadfile`` and the longest files first,
+    the second worker usually asks long after the first built it, so it neither builds nor waits."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    import pickle
+
+    from filelock import FileLock
+
+    common = tmp_path_factory.getbasetemp().parent / "built_once"  # the run's folder, shared by its workers
+    common.mkdir(exist_ok=True)
+    stored = common / f"{name}.pickle"
+    with FileLock(str(common / f"{name}.lock")):
+        if stored.is_file():
+            return pickle.loads(stored.read_bytes())
+        folder = common / name
+        if folder.exists():  # a build that failed in another worker: start afresh
+            shutil.rmtree(folder)
+        folder.mkdir()
+        value = build(folder)
+        stored.write_bytes(pickle.dumps(value))
+        return value
 
 
 SUBSET_PER_CLASS = 30
@@ -64,14 +91,17 @@ def sample_dir(full_sample_dir, tmp_path_factory) -> Path:
     """A fixed 30 + 30 subset of the embedded sample (every k-th photo of each class in name order),
     copied once per session: the tests that train, calibrate or bench on it stay as fast as they were
     with the old 60-photo sample."""
-    root = tmp_path_factory.mktemp("sample") / "hymenoptera"
-    for cls in ("ants", "bees"):
-        photos = sorted((full_sample_dir / cls).glob("*.jpg"))
-        step = max(1, len(photos) // SUBSET_PER_CLASS)
-        (root / cls).mkdir(parents=True)
-        for photo in photos[::step][:SUBSET_PER_CLASS]:
-            shutil.copyfile(photo, root / cls / photo.name)
-    return root
+    def build(folder: Path) -> Path:
+        root = folder / "hymenoptera"
+        for cls in ("ants", "bees"):
+            photos = sorted((full_sample_dir / cls).glob("*.jpg"))
+            step = max(1, len(photos) // SUBSET_PER_CLASS)
+            (root / cls).mkdir(parents=True)
+            for photo in photos[::step][:SUBSET_PER_CLASS]:
+                shutil.copyfile(photo, root / cls / photo.name)
+        return root
+
+    return built_once(tmp_path_factory, "sample", build)  # one path for every worker: models record it
 
 
 @pytest.fixture(scope="session")
@@ -108,11 +138,13 @@ def tiny_model_dir(tmp_path_factory, sample_dir) -> Path:
     pass vacuously). Tests must copy it (``tiny_model_copy``) before changing it."""
     from edgetl.training import FinetuneConfig, finetune
 
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    finetune(FinetuneConfig(data=sample_dir, out=out, backbone="efficientnet_lite0", weights="imagenet",
-                            strategy="features", epochs=3, lr=3e-3, input_size=TINY_SIZE, batch_size=16,
-                            verbose=False))
-    return out
+    def build(folder: Path) -> Path:
+        finetune(FinetuneConfig(data=sample_dir, out=folder / "model", backbone="efficientnet_lite0",
+                                weights="imagenet", strategy="features", epochs=3, lr=3e-3, input_size=TINY_SIZE,
+                                batch_size=16, verbose=False))
+        return folder / "model"
+
+    return built_once(tmp_path_factory, "tiny", build)
 
 
 @pytest.fixture
@@ -142,10 +174,10 @@ def lite0_matrix(tiny_model_dir, sample_dir, tmp_path_factory):
     Read-only: copy before changing."""
     from edgetl.exporting import ExportConfig, export
 
-    out = tmp_path_factory.mktemp("lite0_matrix") / "artifacts"
-    return export(ExportConfig(model=tiny_model_dir, out=out, formats=("onnx", "tflite", "openvino"),
-                               modes=("fp32", "fp16", "dynamic", "int8"), calib=sample_dir, check=sample_dir,
-                               min_agreement=0.9, verbose=False))
+    return built_once(tmp_path_factory, "lite0_matrix", lambda folder: export(ExportConfig(
+        model=tiny_model_dir, out=folder / "artifacts", formats=("onnx", "tflite", "openvino"),
+        modes=("fp32", "fp16", "dynamic", "int8"), calib=sample_dir, check=sample_dir, min_agreement=0.9,
+        verbose=False)))
 
 
 @pytest.fixture(scope="session")
@@ -154,10 +186,9 @@ def lite0_u8(tiny_model_dir, sample_dir, tmp_path_factory):
     graph), checked on all 60 sample images. Read-only: copy before changing."""
     from edgetl.exporting import ExportConfig, export
 
-    out = tmp_path_factory.mktemp("lite0_u8") / "artifacts"
-    return export(ExportConfig(model=tiny_model_dir, out=out, formats=("onnx", "tflite", "openvino"),
-                               modes=("int8",), input_dtypes=("uint8",), calib=sample_dir, check=sample_dir,
-                               min_agreement=0.9, verbose=False))
+    return built_once(tmp_path_factory, "lite0_u8", lambda folder: export(ExportConfig(
+        model=tiny_model_dir, out=folder / "artifacts", formats=("onnx", "tflite", "openvino"), modes=("int8",),
+        input_dtypes=("uint8",), calib=sample_dir, check=sample_dir, min_agreement=0.9, verbose=False)))
 
 
 @pytest.fixture(scope="session")
@@ -237,7 +268,7 @@ def export_artifacts(model_dir: Path, out_dir: Path, check_dir: Path, formats=("
 
 @pytest.fixture(scope="session")
 def runtime_model_dir(sample_dir, tmp_path_factory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("runtime_model") / "model", sample_dir)
+    return built_once(tmp_path_factory, "runtime_model", lambda folder: make_tiny_model_dir(folder / "model", sample_dir))
 
 
 CNN_IMAGES = 6  # 3 ants + 3 bees: enough for top-1 checks, cheap on 2 shared cores
