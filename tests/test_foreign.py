@@ -298,9 +298,10 @@ def test_search_model_benches_the_given_onnx_file(sample_subset, tmp_path, capsy
     out = tmp_path / "search"
     npu = "npu:ethos-u55-128"
     ethos = all(_importable(m) for m in ("ethosu.vela", "onnx2tf"))
-    code, stdout, err = _cli(["search", sample_subset(10), "--out", out, "--model", TORCH_ONNX, "--preprocess",
-                              "torchvision", "--labels", "ants,bees", "--quantize", "fp32,int8", "--runs", "3",
-                              "--target", "cpu", *(["--target", npu] if ethos else [])], capsys)
+    args = ["search", sample_subset(10), "--out", out, "--model", TORCH_ONNX, "--preprocess", "torchvision",
+            "--labels", "ants,bees", "--quantize", "fp32,int8", "--runs", "3", "--target", "cpu",
+            *(["--target", npu] if ethos else [])]
+    code, stdout, err = _cli(args, capsys)
     assert code == 0, err
     report = json.loads((out / "trials.json").read_text())
     trials = {t["trial"]: t for t in report["trials"]}
@@ -330,6 +331,9 @@ def test_search_model_benches_the_given_onnx_file(sample_subset, tmp_path, capsy
         entry = json.loads((out / "pareto.json").read_text())["targets"][npu]
         assert entry["winner"]["trial"].endswith(f"@{npu}") and entry["evidence"]["latency"] == ["estimated"]
         verify_artifact(next(Path(entry["winner_dir"]).glob("*_vela.tflite")))
+    # A rerun keys the file and the stated flags the same way: every stage is reused.
+    assert _cli(args, capsys)[0] == 0
+    assert json.loads((out / "trials.json").read_text())["stages_built"] == 0
 
 
 @pytest.mark.parametrize("extra, needle", [((), "no preprocessing stated"),

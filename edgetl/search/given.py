@@ -64,6 +64,8 @@ def validate(config) -> None:
 
     if not config.model.exists():
         raise UsageError(f"--model {config.model} does not exist")
+    if config.model.suffix == ".keras" and is_edgetl_model(config.model):
+        config.model = config.model.parent  # an edgetl model's model.keras stands for its directory
     from .. import zoo
 
     trained = [flag for flag, value, default in (
