@@ -1,8 +1,15 @@
 """Latency measurement shared by bench, the prune sweep, the sensitivity ranking and tools/.
 
 One timer (``time_runs``), one interleaved comparison (``interleaved``: candidates take turns round by
-round, so a drift in machine load hits each of them alike), one set of statistics and one check of
+round, so a drift in machine load hits each of them alike), one set of statistics, the ratio of two
+candidates timed in the same rounds with its bootstrap interval (``paired_ratio``) and one check of
 what the timing loop itself costs (``harness_overhead``).
+
+Why paired rounds: on a shared machine the load swings over seconds, so two candidates timed one
+after the other can differ by 3x while timed in alternation they keep their ratio. The ratio of two
+candidates is the median over rounds of their per-round ratio; its 95% interval is a percentile
+bootstrap over rounds (seeded: the same times give the same interval). Two candidates "separate" when
+that interval excludes 1; otherwise they are within noise of each other.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import numpy as np
 
 TIMING_KEYS = ("min", "p50", "p90", "p99", "mean", "std")
 OVERHEAD_TARGET_PCT = 3.0
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
 
 
 def timing_stats(times_ms: Sequence[float]) -> dict[str, float]:
@@ -60,6 +69,23 @@ def median_ms(runners: Mapping[str, Callable[[], Any]], rounds: int, runs_per_ro
     """``interleaved`` reduced to each runner's median."""
     return {name: float(np.median(values))
             for name, values in interleaved(runners, rounds, runs_per_round, warmup).items()}
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float], confidence: float = 0.95,
+                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
+    """``numerator / denominator`` for two candidates timed in the same rounds (round ``i`` of each is
+    entry ``i``): the median per-round ratio and its bootstrap interval over rounds. With the baseline
+    as numerator this is a speed-up (> 1: the candidate is faster)."""
+    a, b = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired_ratio needs the same rounds for both candidates ({a.size} vs {b.size})")
+    ratios = a / b
+    rng = np.random.default_rng(seed)
+    medians = np.median(ratios[rng.integers(0, ratios.size, (resamples, ratios.size))], axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    return {"ratio": float(np.median(ratios)), "low": float(low), "high": float(high),
+            "rounds": int(ratios.size), "confidence": confidence, "separates": bool(low > 1 or high < 1)}
 
 
 def harness_overhead(run: Callable[[], Any], runs: int, rounds: int = 5) -> dict[str, Any]:

@@ -46,9 +46,10 @@ def check_reference(path: Path) -> None:
 
 
 def reference_outputs(model_dir: Path, cache: InputCache, runs: int, warmup: int,
-                      batch_sizes: Sequence[int]) -> dict[str, Any]:
+                      batch_sizes: Sequence[int], timer=None) -> dict[str, Any]:
     """FP32 Keras outputs in both spaces (logits where the model has a logits layer, probabilities),
-    on the GPU when TensorFlow sees one. Timings are eager ``model(x, training=False)`` calls."""
+    on the GPU when TensorFlow sees one. ``timer``: called with ``{batch size: run}`` while the model
+    is loaded, returns the latency per batch size (bench times it with the artifacts, interleaved)."""
     import keras
     import tensorflow as tf
 
@@ -78,10 +79,11 @@ def reference_outputs(model_dir: Path, cache: InputCache, runs: int, warmup: int
             return [o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
 
         chunks = [call(tf.constant(inputs[i:i + 32])) for i in range(0, len(inputs), 32)]
-        latency = {}
-        for size in batch_sizes:
-            batch = tf.constant(batch_of(inputs, size))
-            latency[size] = timing_stats(time_runs(lambda: call(batch), runs, warmup))
+        runners = {size: (lambda batch=tf.constant(batch_of(inputs, size)): call(batch)) for size in batch_sizes}
+        if timer is not None:  # bench: timed in the same rounds as the artifacts, while the model is loaded
+            latency = timer(runners)
+        else:
+            latency = {size: timing_stats(time_runs(run, runs, warmup)) for size, run in runners.items()}
     outputs = {"probabilities": np.concatenate([c[0] for c in chunks])}
     if logits_layer:
         outputs["logits"] = np.concatenate([c[1] for c in chunks])
