@@ -136,3 +136,24 @@ def test_ranking_and_ratio_hold_under_load(runtime_model_dir, cnn_artifacts, sam
         assert ratio["separates"] and ratio["low"] > 1.3, ratio  # ranked right, and told apart
     # The loaded ratio stays near the quiet one: its interval reaches within 25% of the quiet ratio.
     assert loaded["low"] <= quiet["ratio"] * 1.25 and loaded["high"] >= quiet["ratio"] / 1.25, (quiet, loaded)
+
+
+def test_search_front_and_winner_use_anchor_latency_and_the_top1_interval():
+    from edgetl.search.pareto import front, trial_objectives, winner
+
+    def trial(name, top1, n, p50, vs_anchor):
+        low, high = metrics.wilson_interval(round(top1 * n), n)
+        return {"trial": name, "top1": top1, "top1_low": low, "top1_high": high, "latency_p50_ms": p50,
+                "latency_vs_anchor": vs_anchor, "size_bytes": 1000}
+
+    # b was benched while the machine was busy: its absolute p50 reads slow, its ratio to the anchor does not.
+    rows = [trial("a", 0.96, 49, 2.0, 1.0), trial("b", 0.94, 49, 6.0, 0.5), trial("c", 0.70, 49, 1.0, 0.4)]
+    assert [key for key, _ in trial_objectives(rows)] == ["top1", "latency_vs_anchor", "size_bytes"]
+    assert [r["trial"] for r in front(rows, trial_objectives(rows))] == ["a", "b", "c"]
+    best, rule = winner(rows, baseline_top1=0.96, max_drop=1.0)
+    # b is one photo below the floor on 49 images: its interval reaches 95%; c is far below it
+    assert best["trial"] == "b" and "relative to the target's anchor" in rule and "95% interval" in rule
+    assert winner(rows[:1] + rows[2:], baseline_top1=0.96, max_drop=1.0)[0]["trial"] == "a"
+    # a trial without a ratio (an old bench): every trial falls back to the absolute p50
+    rows[2]["latency_vs_anchor"] = None
+    assert [key for key, _ in trial_objectives(rows)][1] == "latency_p50_ms"
