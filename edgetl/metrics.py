@@ -120,13 +120,18 @@ def exact_mcnemar(first_only: int, second_only: int) -> float:
 def paired_difference_interval(both: int, first_only: int, second_only: int, neither: int,
                                z: float = Z95) -> tuple[float, float]:
     """95% interval of accuracy(first) - accuracy(second) on the same images: Newcombe (1998),
-    method 10, built from the two Wilson intervals and the correlation of the paired outcomes."""
+    method 10, built from the two Wilson intervals and the correlation of the paired outcomes, with
+    his correction of that correlation where ad > bc (without it, no flips at all would give a
+    zero-width interval: certainty from a handful of images)."""
     n = both + first_only + second_only + neither
     p1, p2 = (both + first_only) / n, (both + second_only) / n
     l1, u1 = wilson_interval(both + first_only, n, z)
     l2, u2 = wilson_interval(both + second_only, n, z)
     margins = (both + first_only) * (second_only + neither) * (both + second_only) * (first_only + neither)
-    phi = (both * neither - first_only * second_only) / math.sqrt(margins) if margins else 0.0
+    excess = both * neither - first_only * second_only
+    if excess > 0:
+        excess = max(excess - n / 2, 0.0)
+    phi = excess / math.sqrt(margins) if margins else 0.0
     delta = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
     epsilon = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
     return max(-1.0, p1 - p2 - delta), min(1.0, p1 - p2 + epsilon)

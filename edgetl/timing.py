@@ -5,6 +5,11 @@ round, so a drift in machine load hits each of them alike), one set of statistic
 candidates timed in the same rounds with its bootstrap interval (``paired_ratio``) and one check of
 what the timing loop itself costs (``harness_overhead``).
 
+Why settled blocks (``settled_rounds``): a runtime's worker threads go to sleep while the others take
+their turn, and on a loaded machine waking them costs a scheduler wait that a runtime running back to
+back never pays (edgetl's OpenVINO INT8 p50 read 3.5x benchmark_app's with one call per turn). So each
+turn is one untimed call that wakes the threads, then a short block of timed calls.
+
 Why paired rounds: on a shared machine the load swings over seconds, so two candidates timed one
 after the other can differ by 3x while timed in alternation they keep their ratio. The ratio of two
 candidates is the median over rounds of their per-round ratio; its 95% interval is a percentile
@@ -62,6 +67,32 @@ def interleaved(runners: Mapping[str, Callable[[], Any]], rounds: int, runs_per_
         for name, run in runners.items():
             times[name].extend(time_runs(run, runs_per_round))
     return times
+
+
+ROUND_BLOCK = 2  # timed calls per runner per round (after one untimed settling call)
+
+
+def settled_rounds(runners: Mapping[str, Callable[[], Any]], runs: int, block: int = ROUND_BLOCK,
+                   warmup: int = 1) -> dict[str, list[list[float]]]:
+    """``runs`` timed calls of each runner (ms), per round: every runner warmed up first, then rounds in
+    which each runner in turn makes one untimed settling call and ``block`` timed ones (the last round
+    the remainder), so round ``i`` of every runner shares one stretch of machine time."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    rounds: dict[str, list[list[float]]] = {name: [] for name in runners}
+    done = 0
+    while done < runs:
+        size = min(block, runs - done)
+        for name, run in runners.items():
+            rounds[name].append(time_runs(run, size, warmup=1))
+        done += size
+    return rounds
+
+
+def round_medians(rounds: Sequence[Sequence[float]]) -> list[float]:
+    """Each round's median: what ``paired_ratio`` pairs."""
+    return [float(np.median(r)) for r in rounds]
 
 
 def median_ms(runners: Mapping[str, Callable[[], Any]], rounds: int, runs_per_round: int = 1,

@@ -119,13 +119,16 @@ def test_interleaved_rounds_paired_ratios_and_accuracy_intervals(result):
     by_name = {e["name"]: e for e in report["artifacts"]}
     reference = report["reference"]
     for size in ("1", "4"):
-        # one round = every artifact and the reference once: all keep --runs times, paired by index
+        # rounds of 2 timed calls (after an untimed one) of every artifact and the reference: all keep
+        # --runs times, and one median per round, paired by index
         assert len(reference["latency_ms"][size]["times_ms"]) == RUNS["runs"]
+        assert len(reference["latency_ms"][size]["round_ms"]) == 3  # 5 runs: 2 + 2 + 1
         fp32, int8 = (by_name[n]["latency_ms"][size] for n in (TFLITE, INT8))
-        assert int8["vs_fp32"] == paired_ratio(fp32["times_ms"], int8["times_ms"])
+        assert int8["round_ms"][0] == pytest.approx(float(np.median(int8["times_ms"][:2])))
+        assert int8["vs_fp32"] == paired_ratio(fp32["round_ms"], int8["round_ms"])
         assert int8["vs_fp32"]["low"] <= int8["vs_fp32"]["ratio"] <= int8["vs_fp32"]["high"]
         assert fp32["vs_fp32"]["ratio"] == fp32["vs_fp32"]["low"] == fp32["vs_fp32"]["high"] == 1.0
-        assert int8["vs_reference"] == paired_ratio(reference["latency_ms"][size]["times_ms"], int8["times_ms"])
+        assert int8["vs_reference"] == paired_ratio(reference["latency_ms"][size]["round_ms"], int8["round_ms"])
         row = next(r for r in result.rows if r["artifact"] == INT8 and r["batch_size"] == int(size))
         assert (row["speedup_vs_fp32"], row["speedup_vs_fp32_low"], row["speedup_vs_fp32_high"]) == (
             int8["vs_fp32"]["ratio"], int8["vs_fp32"]["low"], int8["vs_fp32"]["high"])

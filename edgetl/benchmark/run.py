@@ -10,7 +10,7 @@ Order of work, so that a run that cannot succeed fails before it spends any time
 3. refuse an existing non-empty ``--out`` unless ``overwrite``; verify file hashes vs sidecars;
 4. each artifact: load (cold start), node placement, accuracy pass, peak RSS; then the Keras FP32
    reference (outputs compared in each artifact's output space); then every artifact x batch size and
-   the reference at each batch size are timed together in alternating rounds (``timing.interleaved``,
+   the reference at each batch size are timed together in alternating rounds (``timing.settled_rounds``,
    after each one's warm-up), so a swing in machine load hits all of them alike; harness overhead once;
 5. speed-ups (vs the FP32 artifact of the same format, vs the Keras reference, vs ``--anchor``) as
    paired per-round ratios with bootstrap 95% intervals, accuracy with Wilson intervals, McNemar and
@@ -29,8 +29,9 @@ What the numbers mean:
   numpy); preprocessing (decode+resize+crop, normalise) is timed separately per recipe;
 * load_ms: ``open_backend`` (session creation / compile); the runtime's Python module is imported
   beforehand, but a plugin's first-use initialisation (OpenVINO CPU plugin) lands in the first load;
-* --runs N: N rounds; in each, every artifact x batch size (and the reference) runs once, so each
-  keeps N times (p50/p90 per artifact as before) and round i of one pairs with round i of another;
+* --runs N: N timed calls of each artifact x batch size (and of the reference), in rounds where each
+  takes its turn with one untimed call (its threads wake) and 2 timed ones (``timing.settled_rounds``);
+  p50/p90 over the N calls, and round i of one pairs with round i of another (``round_ms``);
 * peak_rss_mb: this process's high-water mark during the artifact's load + accuracy pass (VmHWM reset per
   artifact on Linux), so it includes the harness and any TensorFlow already imported: compare
   ``peak_rss_mb - rss_before_mb`` across artifacts, not absolute numbers with a device;
@@ -52,7 +53,7 @@ import numpy as np
 from ..errors import CheckFailed, UsageError
 from ..metadata import atomic_directory, check_output_dir, software_versions, write_json
 from ..runtime import backends
-from ..timing import harness_overhead, interleaved, timing_stats
+from ..timing import harness_overhead, round_medians, settled_rounds, timing_stats
 from .config import BENCH_SCHEMA, Artifact, BenchConfig, BenchResult, expand_artifacts, verify_hashes
 from .inputs import (InputCache, batch_of, cap_batch_sizes, data_summary, label_indices, pad_to_multiple, run_all,
                      scan_images)
@@ -194,12 +195,19 @@ class _InterleavedTimer:
     def __call__(self, reference_runs: dict[int, Any]) -> dict[int, dict[str, Any]]:
         everything = {(i, size): run for i, runs in enumerate(self.runners) for size, run in runs.items()}
         everything.update({("reference", size): run for size, run in reference_runs.items()})
-        times = interleaved(everything, self.config.runs, 1, self.config.warmup)
-        for (who, size), values in times.items():
+        rounds = settled_rounds(everything, self.config.runs, warmup=self.config.warmup)
+        timings = {key: _timing(values) for key, values in rounds.items()}
+        for (who, size), timing in timings.items():
             if who != "reference":
-                self.results[who]["latency_ms"][str(size)] = {**timing_stats(values), "times_ms": values}
-        return {size: {**timing_stats(times[("reference", size)]), "times_ms": times[("reference", size)]}
-                for size in reference_runs}
+                self.results[who]["latency_ms"][str(size)] = timing
+        return {size: timings[("reference", size)] for size in reference_runs}
+
+
+def _timing(rounds: list[list[float]]) -> dict[str, Any]:
+    """One artifact x batch size: statistics over every timed call, the calls, and each round's median
+    (what the paired ratios compare)."""
+    values = [t for r in rounds for t in r]
+    return {**timing_stats(values), "times_ms": values, "round_ms": round_medians(rounds)}
 
 
 def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[int], cache: InputCache,

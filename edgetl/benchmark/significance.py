@@ -25,7 +25,8 @@ from .inputs import label_indices
 
 
 def _times(entry: dict[str, Any], size: str) -> list[float] | None:
-    return (entry.get("latency_ms") or {}).get(size, {}).get("times_ms")
+    """The per-round medians of one batch size: paired across artifacts round by round."""
+    return (entry.get("latency_ms") or {}).get(size, {}).get("round_ms")
 
 
 def fp32_base(entry: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -41,7 +42,7 @@ def latency_comparisons(results: list[dict[str, Any]], reference: dict[str, Any]
     for entry in results:
         base = fp32_base(entry, results)
         for size, timing in entry["latency_ms"].items():
-            own = timing.get("times_ms")
+            own = timing.get("round_ms")
             if own is None:
                 continue
             base_times = _times(base, size) if base else None

@@ -35,8 +35,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                  f"{', '.join(map(str, settings['batch_sizes']))}, threads: {threads or 'runtime default'}")
     data = report["data"]
     lines.append(f"- data: {data['n_images']} images, {len(data['classes'])} classes ({data['root']})")
-    lines.append(f"- intervals: 95%. Latency: the {settings['runs']} rounds alternate every artifact, batch size and "
-                 "the reference, so ratios are per-round pairs (median, bootstrap over rounds); two artifacts "
+    lines.append(f"- intervals: 95%. Latency: the {settings['runs']} timed calls of every artifact, batch size and the "
+                 "reference alternate in rounds (each turn: one untimed call, then 2 timed), so ratios are "
+                 "per-round pairs (median, bootstrap over rounds); two artifacts "
                  "whose ratio interval covers 1x are within noise of each other. Top-1: Wilson interval; change "
                  "vs the reference: paired (Newcombe) interval, flips = images exactly one of the two gets "
                  "right, p = exact McNemar test on them")
