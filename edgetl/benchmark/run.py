@@ -99,7 +99,8 @@ def preflight(config: BenchConfig) -> Plan:
 def bench_inputs(config: BenchConfig, artifacts: list[Artifact], reference: Path | None) -> list[Path]:
     """What --out may not be, hold or lie inside: the artifacts (as given and every file of each),
     the data and the reference model."""
-    return [*config.all_artifacts(), *(f for a in artifacts for f in a.files), Path(config.data),
+    given = [*map(Path, config.artifacts), *([Path(config.anchor)] if getattr(config, "anchor", None) else [])]
+    return [*given, *(f for a in artifacts for f in a.files), Path(config.data),
             *([reference] if reference else [])]
 
 
