@@ -12,10 +12,22 @@ Ties and zero vectors (``agreement_rows``):
   either pick agrees; a model whose logits are all ~1e-10 is all ties. A NaN/inf output never agrees.
 * cosine: two vectors both of norm <= ZERO_NORM are the same (near-)zero vector: cosine 1. One
   near-zero vector against a real one scores ~0, as the formula gives.
+
+Uncertainty of accuracies (how many photos a difference is, and whether it could be chance):
+
+* ``wilson_interval``: 95% Wilson score interval of a proportion (top-1 on n images);
+* ``paired_accuracy``: two classifiers on the same images: the flips (images exactly one of them gets
+  right), the exact McNemar test on them (two-sided binomial test of the discordant pairs at 1/2) and
+  Newcombe's interval (method 10, Wilson-based) of the difference of the two accuracies;
+* ``per_class``: precision / recall per class from a confusion matrix, and their change from a reference.
+
+Hand-written (a few lines each, checked against scipy in the tests) so the numpy-only runtime can
+import this module.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,6 +40,8 @@ TIE_RTOL = 1e-4
 TIE_ATOL = 1e-6
 ZERO_NORM = 1e-6
 GZIP_LEVEL = 6  # `gzip -6`, the command-line default: what a person checking a size would get
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+SIGNIFICANCE = 0.05
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -75,6 +89,92 @@ def compare(reference: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
     return {"top1_agreement": float(np.mean(agree)), "cosine_mean": finite_or_none(cosine.mean()),
             "cosine_min": finite_or_none(cosine.min()), "max_abs_diff": finite_or_none(diff.max()),
             "mean_abs_diff": finite_or_none(diff.mean()), "n_images": int(len(reference))}
+
+
+def correct(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per image: the top-1 pick is the label (NaN/inf rows are wrong, as in ``accuracy``)."""
+    scores = np.where(np.isfinite(scores), scores, -np.inf)
+    return (scores.argmax(axis=1) == labels) & np.isfinite(scores).any(axis=1)
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of ``successes / n``: stays inside [0, 1] and is not empty at 0 or n."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def exact_mcnemar(first_only: int, second_only: int) -> float:
+    """Two-sided exact McNemar p-value: under "no difference" each of the ``b + c`` discordant images
+    is equally likely to favour either classifier, so ``min(b, c)`` is Binomial(b + c, 1/2)."""
+    m = first_only + second_only
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, i) for i in range(min(first_only, second_only) + 1)) / 2.0 ** m
+    return min(1.0, 2 * tail)
+
+
+def paired_difference_interval(both: int, first_only: int, second_only: int, neither: int,
+                               z: float = Z95) -> tuple[float, float]:
+    """95% interval of accuracy(first) - accuracy(second) on the same images: Newcombe (1998),
+    method 10, built from the two Wilson intervals and the correlation of the paired outcomes, with
+    his correction of that correlation where ad > bc (without it, no flips at all would give a
+    zero-width interval: certainty from a handful of images)."""
+    n = both + first_only + second_only + neither
+    p1, p2 = (both + first_only) / n, (both + second_only) / n
+    l1, u1 = wilson_interval(both + first_only, n, z)
+    l2, u2 = wilson_interval(both + second_only, n, z)
+    margins = (both + first_only) * (second_only + neither) * (both + second_only) * (first_only + neither)
+    excess = both * neither - first_only * second_only
+    if excess > 0:
+        excess = max(excess - n / 2, 0.0)
+    phi = excess / math.sqrt(margins) if margins else 0.0
+    delta = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    epsilon = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return max(-1.0, p1 - p2 - delta), min(1.0, p1 - p2 + epsilon)
+
+
+def top1_with_interval(is_correct: np.ndarray) -> dict[str, Any]:
+    """Top-1 of a per-image correctness vector with its Wilson 95% interval and the counts."""
+    hits, n = int(np.sum(is_correct)), int(len(is_correct))
+    low, high = wilson_interval(hits, n)
+    return {"top1": hits / n if n else 0.0, "correct": hits, "n_images": n, "interval": [low, high]}
+
+
+def paired_accuracy(reference_correct: np.ndarray, candidate_correct: np.ndarray) -> dict[str, Any]:
+    """Candidate vs reference on the same images: flips each way, exact McNemar, and the 95% interval
+    of the accuracy change (candidate - reference, in fractions)."""
+    ref, cand = np.asarray(reference_correct, bool), np.asarray(candidate_correct, bool)
+    both, neither = int(np.sum(ref & cand)), int(np.sum(~ref & ~cand))
+    lost, gained = int(np.sum(ref & ~cand)), int(np.sum(~ref & cand))
+    low, high = paired_difference_interval(both, gained, lost, neither)  # candidate first: its change
+    p_value = exact_mcnemar(lost, gained)
+    return {"n_images": int(len(ref)), "flips": lost + gained, "lost": lost, "gained": gained,
+            "change": (gained - lost) / len(ref) if len(ref) else 0.0, "change_interval": [low, high],
+            "mcnemar_p": p_value, "significant": p_value < SIGNIFICANCE}
+
+
+def per_class(confusion: Iterable[Iterable[int]], labels: list[str]) -> dict[str, dict[str, Any]]:
+    """Precision and recall of each class (rows true, columns predicted); None where undefined (a
+    class never predicted has no precision, one absent from the data no recall)."""
+    matrix = np.asarray(confusion, np.int64)
+    predicted, actual = matrix.sum(axis=0), matrix.sum(axis=1)
+    return {label: {"precision": float(matrix[i, i] / predicted[i]) if predicted[i] else None,
+                    "recall": float(matrix[i, i] / actual[i]) if actual[i] else None, "support": int(actual[i])}
+            for i, label in enumerate(labels)}
+
+
+def per_class_change(classes: dict[str, dict[str, Any]], reference: dict[str, dict[str, Any]]) -> dict[str, dict]:
+    """``per_class`` of a candidate with its change from the reference's, matched by class name."""
+    def minus(a, b):
+        return None if a is None or b is None else a - b
+
+    return {name: {**values, "precision_change": minus(values["precision"], (reference.get(name) or {}).get("precision")),
+                   "recall_change": minus(values["recall"], (reference.get(name) or {}).get("recall"))}
+            for name, values in classes.items()}
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 5) -> dict[str, Any]:

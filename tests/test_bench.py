@@ -50,7 +50,7 @@ def test_report_validates_against_schema(result):
     assert bench_schema() == json.loads(SCHEMA.read_text())
     jsonschema.Draft202012Validator.check_schema(bench_schema())
     jsonschema.validate(on_disk, bench_schema())
-    assert on_disk["schema"] == "edgetl.bench/1"
+    assert on_disk["schema"] == "edgetl.bench/2"
     assert [a["name"] for a in on_disk["artifacts"]] == [ONNX, XML, TFLITE, INT8]  # sorted by name
     # one row per artifact x batch size, plus the reference per batch size
     assert len(on_disk["rows"]) == 4 * 2 + 2
@@ -111,6 +111,55 @@ def test_accuracy_equals_direct_computation(result, artifacts_dir, small_data):
     assert reference_top1 >= 0.7  # the trained tiny model, far above chance on its own sample
 
 
+def test_interleaved_rounds_paired_ratios_and_accuracy_intervals(result):
+    from edgetl.metrics import exact_mcnemar, wilson_interval
+    from edgetl.timing import paired_ratio
+
+    report = result.json
+    by_name = {e["name"]: e for e in report["artifacts"]}
+    reference = report["reference"]
+    for size in ("1", "4"):
+        # rounds of 2 timed calls (after an untimed one) of every artifact and the reference: all keep
+        # --runs times, and one median per round, paired by index
+        assert len(reference["latency_ms"][size]["times_ms"]) == RUNS["runs"]
+        assert len(reference["latency_ms"][size]["round_ms"]) == 3  # 5 runs: 2 + 2 + 1
+        fp32, int8 = (by_name[n]["latency_ms"][size] for n in (TFLITE, INT8))
+        assert int8["round_ms"][0] == pytest.approx(float(np.median(int8["times_ms"][:2])))
+        assert int8["vs_fp32"] == paired_ratio(fp32["round_ms"], int8["round_ms"])
+        assert int8["vs_fp32"]["low"] <= int8["vs_fp32"]["ratio"] <= int8["vs_fp32"]["high"]
+        assert fp32["vs_fp32"]["ratio"] == fp32["vs_fp32"]["low"] == fp32["vs_fp32"]["high"] == 1.0
+        assert int8["vs_reference"] == paired_ratio(reference["latency_ms"][size]["round_ms"], int8["round_ms"])
+        row = next(r for r in result.rows if r["artifact"] == INT8 and r["batch_size"] == int(size))
+        assert (row["speedup_vs_fp32"], row["speedup_vs_fp32_low"], row["speedup_vs_fp32_high"]) == (
+            int8["vs_fp32"]["ratio"], int8["vs_fp32"]["low"], int8["vs_fp32"]["high"])
+    n = report["data"]["n_images"]
+    assert reference["accuracy"]["interval"] == pytest.approx(
+        list(wilson_interval(round(reference["accuracy"]["top1"] * n), n)))
+    for entry in report["artifacts"]:
+        accuracy, vs = entry["accuracy"], entry["vs_reference_accuracy"]
+        low, high = accuracy["interval"]
+        assert low <= accuracy["top1"] <= high and high - low > 0.2  # 10 images: a wide interval
+        # the flips are the images exactly one of the two gets right; they move top-1 by (gained - lost) / n
+        assert vs["flips"] == vs["lost"] + vs["gained"] <= round((1 - entry["vs_reference"]["top1_agreement"]) * n)
+        assert accuracy["top1"] - reference["accuracy"]["top1"] == pytest.approx(vs["change"])
+        assert vs["mcnemar_p"] == exact_mcnemar(vs["lost"], vs["gained"])
+        assert vs["change_interval"][0] <= vs["change"] <= vs["change_interval"][1]
+        classes = accuracy["per_class"]
+        assert set(classes) == {"ants", "bees"} and sum(c["support"] for c in classes.values()) == n
+        for name, figures in classes.items():
+            ref = reference["accuracy"]["per_class"][name]
+            assert figures["recall_change"] == pytest.approx(figures["recall"] - ref["recall"])
+        if entry["quantization"] == "none":  # the FP32 artifact of its format: nothing to compare with
+            assert entry["vs_fp32_accuracy"] is None
+    assert by_name[INT8]["vs_fp32_accuracy"]["n_images"] == n
+    parity = read_sidecar(Path(by_name[INT8]["path"]))["parity"]  # export's parity block: the same metrics
+    assert parity["accuracy_interval"][0] <= parity["accuracy"] <= parity["accuracy_interval"][1]
+    assert parity["vs_reference_accuracy"]["mcnemar_p"] == pytest.approx(
+        exact_mcnemar(parity["vs_reference_accuracy"]["lost"], parity["vs_reference_accuracy"]["gained"]), abs=1e-6)
+    recommendation = report["recommendation"]
+    assert recommendation["artifact"] in by_name and "95% interval" in recommendation["rule"]
+
+
 def test_fp32_artifacts_agree_with_reference(result):
     for entry in result.json["artifacts"]:
         vs = entry["vs_reference"]
@@ -133,7 +182,6 @@ def test_fp32_artifacts_agree_with_reference(result):
                   for name in (TFLITE, INT8))
     assert int8["agreement"] == next(e for e in result.json["artifacts"]
                                      if e["name"] == INT8)["vs_reference"]["top1_agreement"]
-    assert int8["speedup_vs_fp32"] == pytest.approx(fp32["latency_p50_ms"] / int8["latency_p50_ms"])
     assert int8["size_ratio_vs_fp32"] == pytest.approx(int8["size_bytes"] / fp32["size_bytes"]) and \
         int8["size_ratio_vs_fp32"] < 0.5
 
@@ -146,7 +194,8 @@ def test_report_files(result):
     markdown = (result.out / "report.md").read_text()
     assert markdown == result.markdown
     assert "fastest artifact within 1 point of reference accuracy: model_" in markdown
-    for name in (f"## {ONNX}", f"## {TFLITE}", f"## {XML}", f"## {INT8}", "speed vs FP32"):
+    for name in (f"## {ONNX}", f"## {TFLITE}", f"## {XML}", f"## {INT8}", "speed vs FP32 [95% CI]",
+                 "top-1 [95% CI]", "flips, McNemar p", "per class (precision / recall", "(rule: "):
         assert name in markdown
     csv_lines = (result.out / "bench.csv").read_text().splitlines()
     assert csv_lines[0].startswith("artifact,kind,backbone,format") and len(csv_lines) == 1 + len(result.rows)

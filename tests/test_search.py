@@ -71,14 +71,23 @@ def test_tiny_search_front_and_winner(searched, sample_dir):
     assert len(list((out / "stages" / "bench").iterdir())) == len(done)
     assert report["counts"] == {"done": len(done), "failed": 0, "pruned": 4 - len(done)}
 
+    # Every bench timed the target's anchor (no INT8 trial: the first trial) in the same rounds as its own
+    # artifact; the front and the winner rank on that relative latency, the absolute p50 stays.
+    for t in done:
+        assert t["latency_vs_anchor_low"] <= t["latency_vs_anchor"] <= t["latency_vs_anchor_high"], t
+        assert t["top1_low"] <= t["top1"] <= t["top1_high"], t
+    anchors = [t for t in done if (t["latency_vs_anchor_low"], t["latency_vs_anchor_high"]) == (1.0, 1.0)]
+    assert [t["sparsity"] for t in anchors] == [0]  # the anchor against itself: an unpruned trial
+    key = "latency_vs_anchor"
     pareto = json.loads((out / "pareto.json").read_text())["targets"]["cpu"]
     expected = [t["trial"] for t in done if not any(
-        o["top1"] >= t["top1"] and o["latency_p50_ms"] <= t["latency_p50_ms"] and o["size_bytes"] <= t["size_bytes"]
-        and (o["top1"], o["latency_p50_ms"], o["size_bytes"]) != (t["top1"], t["latency_p50_ms"], t["size_bytes"])
+        o["top1"] >= t["top1"] and o[key] <= t[key] and o["size_bytes"] <= t["size_bytes"]
+        and (o["top1"], o[key], o["size_bytes"]) != (t["top1"], t[key], t["size_bytes"])
         for o in done)]
     assert [r["trial"] for r in pareto["front"]] == expected
-    fastest = min(done, key=lambda t: t["latency_p50_ms"])
+    fastest = min(done, key=lambda t: (t[key], t["size_bytes"], -t["top1"], t["trial"]))
     assert pareto["winner"]["trial"] == fastest["trial"]  # no constraints: the fastest finished trial
+    assert "relative to the target's anchor" in pareto["winner_rule"]
     shipped = Path(pareto["winner_dir"])
     artifact = next(shipped.glob("*.onnx"))
     verify_artifact(artifact)  # the sidecar's hashes hold for the copy

@@ -2,7 +2,8 @@
 
 ``config`` (what a run is given and returns), ``machine`` (CPU, threads, memory), ``inputs`` (what the
 artifacts are fed), ``placement`` (devices of a target, where nodes ran), ``reference`` (the Keras FP32
-reference, accuracy), ``rows`` (bench.json entries and rows, bench.csv), ``run`` (``bench`` itself).
+reference, accuracy), ``rows`` (bench.json entries and rows, bench.csv, the recommendation),
+``significance`` (paired latency ratios and accuracy intervals), ``run`` (``bench`` itself).
 """
 
 from ..runtime.backends import target_devices

@@ -14,7 +14,7 @@ from ..metadata import (ArtifactSidecar, check_model_metadata, compiled_for_npu,
 from ..preprocess import Preprocessing
 from ..runtime import backends
 
-BENCH_SCHEMA = "edgetl.bench/1"
+BENCH_SCHEMA = "edgetl.bench/2"  # /2: paired latency ratios and accuracy intervals
 TARGETS = ("cpu", "gpu", "npu")
 RUNTIMES = {"auto": None, "onnxruntime": "onnx", "tflite": "tflite", "litert": "tflite", "openvino": "openvino"}
 
@@ -50,6 +50,12 @@ class BenchConfig:
     # OpenVINO FP32 IRs also at the CPU plugin's own precision where it is not f32 (bf16 CPUs)
     openvino_native_precision: bool = True
     benchmark_app_seconds: int = 2  # 0: do not run benchmark_app beside edgetl's timing
+    # An artifact benched beside the others (added when not among them) that every row's latency is also
+    # given relative to, from the shared rounds: the search's fixed yardstick across trials and nodes.
+    anchor: Path | None = None
+
+    def all_artifacts(self) -> list[Path]:
+        return [*map(Path, self.artifacts), *([Path(self.anchor)] if self.anchor is not None else [])]
 
     def backend_options(self, fmt: str) -> dict:
         return {"exact_int8": self.exact_int8} if fmt == "onnx" else {}

@@ -53,12 +53,13 @@ def check_reference(path: Path) -> None:
 
 
 def reference_outputs(model_dir: Path, cache: InputCache, runs: int, warmup: int,
-                      batch_sizes: Sequence[int], artifacts: Sequence[Artifact] = ()) -> dict[str, Any]:
+                      batch_sizes: Sequence[int], artifacts: Sequence[Artifact] = (), timer=None) -> dict[str, Any]:
     """FP32 Keras outputs in both spaces (logits where the model has a logits layer, probabilities),
-    on the GPU when TensorFlow sees one. Timings are eager ``model(x, training=False)`` calls.
+    on the GPU when TensorFlow sees one. ``timer``: called with ``{batch size: run}`` while the model
+    is loaded, returns the latency per batch size (bench times it with the artifacts, interleaved).
     An ``.onnx`` reference runs in ONNX Runtime FP32 (``onnx_reference_outputs``)."""
     if Path(model_dir).suffix == ".onnx":
-        return onnx_reference_outputs(Path(model_dir), cache, runs, warmup, batch_sizes, artifacts)
+        return onnx_reference_outputs(Path(model_dir), cache, runs, warmup, batch_sizes, artifacts, timer)
     import keras
     import tensorflow as tf
 
@@ -88,10 +89,11 @@ def reference_outputs(model_dir: Path, cache: InputCache, runs: int, warmup: int
             return [o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
 
         chunks = [call(tf.constant(inputs[i:i + 32])) for i in range(0, len(inputs), 32)]
-        latency = {}
-        for size in batch_sizes:
-            batch = tf.constant(batch_of(inputs, size))
-            latency[size] = timing_stats(time_runs(lambda: call(batch), runs, warmup))
+        runners = {size: (lambda batch=tf.constant(batch_of(inputs, size)): call(batch)) for size in batch_sizes}
+        if timer is not None:  # bench: timed in the same rounds as the artifacts, while the model is loaded
+            latency = timer(runners)
+        else:
+            latency = {size: timing_stats(time_runs(run, runs, warmup)) for size, run in runners.items()}
     outputs = {"probabilities": np.concatenate([c[0] for c in chunks])}
     if logits_layer:
         outputs["logits"] = np.concatenate([c[1] for c in chunks])
@@ -105,7 +107,7 @@ def reference_outputs(model_dir: Path, cache: InputCache, runs: int, warmup: int
 
 
 def onnx_reference_outputs(path: Path, cache: InputCache, runs: int, warmup: int, batch_sizes: Sequence[int],
-                           artifacts: Sequence[Artifact]) -> dict[str, Any]:
+                           artifacts: Sequence[Artifact], timer=None) -> dict[str, Any]:
     """ONNX Runtime FP32 of an ONNX model; its recipe, layout, labels and output kind from the sidecar of
     an artifact exported from it (the file itself records none of them)."""
     import onnxruntime
@@ -122,8 +124,11 @@ def onnx_reference_outputs(path: Path, cache: InputCache, runs: int, warmup: int
     backend = open_backend(path, "cpu")
     inputs = to_layout(cache.floats(recipe), layout)
     raw = np.concatenate([backend.run(inputs[i:i + 32]) for i in range(0, len(inputs), 32)]).astype(np.float32)
-    latency = {size: timing_stats(time_runs(lambda b=batch_of(inputs, size): backend.run(b), runs, warmup))
-               for size in batch_sizes}
+    runners = {size: (lambda b=batch_of(inputs, size): backend.run(b)) for size in batch_sizes}
+    if timer is not None:  # bench: timed in the same rounds as the artifacts
+        latency = timer(runners)
+    else:
+        latency = {size: timing_stats(time_runs(run, runs, warmup)) for size, run in runners.items()}
     kind = sidecar["output"]["kind"]
     outputs = {"probabilities": raw} if kind == "probabilities" else {"logits": raw, "probabilities": softmax(raw)}
     return {"path": str(path.resolve()), "labels": sidecar["labels"], "outputs": outputs,

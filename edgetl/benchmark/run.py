@@ -8,10 +8,14 @@ Order of work, so that a run that cannot succeed fails before it spends any time
 1. expand ARTIFACT arguments (a directory = every artifact with a sidecar in it), read sidecars;
 2. check that the target has a device for every runtime involved (``DeviceUnavailable``, exit 3);
 3. refuse an existing non-empty ``--out`` unless ``overwrite``; verify file hashes vs sidecars;
-4. each artifact: load (cold start), node placement, accuracy pass, timed runs per batch size, peak
-   RSS; then the Keras FP32 reference (outputs compared in each artifact's output space); harness
-   overhead once;
-5. bench.json (schema ``edgetl.bench/1``), bench.csv, report.md, report.html written atomically.
+4. each artifact: load (cold start), node placement, accuracy pass, peak RSS; then the Keras FP32
+   reference (outputs compared in each artifact's output space); then every artifact x batch size and
+   the reference at each batch size are timed together in alternating rounds (``timing.settled_rounds``,
+   after each one's warm-up), so a swing in machine load hits all of them alike; harness overhead once;
+5. speed-ups (vs the FP32 artifact of the same format, vs the Keras reference, vs ``--anchor``) as
+   paired per-round ratios with bootstrap 95% intervals, accuracy with Wilson intervals, McNemar and
+   per-class figures (``significance``); bench.json (schema ``edgetl.bench/2``), bench.csv, report.md,
+   report.html written atomically.
 
 One artifact that cannot be benched does not stop the others (as ONNX Runtime's perf tools and AI Hub
 report per-model failures): an unusable sidecar (read in 1.), a hash mismatch, a runtime that refuses
@@ -25,7 +29,10 @@ What the numbers mean:
   numpy); preprocessing (decode+resize+crop, normalise) is timed separately per recipe;
 * load_ms: ``open_backend`` (session creation / compile); the runtime's Python module is imported
   beforehand, but a plugin's first-use initialisation (OpenVINO CPU plugin) lands in the first load;
-* peak_rss_mb: this process's high-water mark during the artifact's load + runs (VmHWM reset per
+* --runs N: N timed calls of each artifact x batch size (and of the reference), in rounds where each
+  takes its turn with one untimed call (its threads wake) and 2 timed ones (``timing.settled_rounds``);
+  p50/p90 over the N calls, and round i of one pairs with round i of another (``round_ms``);
+* peak_rss_mb: this process's high-water mark during the artifact's load + accuracy pass (VmHWM reset per
   artifact on Linux), so it includes the harness and any TensorFlow already imported: compare
   ``peak_rss_mb - rss_before_mb`` across artifacts, not absolute numbers with a device;
 * a target with no device for some runtime of the artifacts given fails the whole run (exit 3): a
@@ -46,15 +53,16 @@ import numpy as np
 from ..errors import CheckFailed, UsageError
 from ..metadata import atomic_directory, check_output_dir, software_versions, write_json
 from ..runtime import backends
-from ..timing import harness_overhead
+from ..timing import harness_overhead, round_medians, settled_rounds, timing_stats
 from .config import BENCH_SCHEMA, Artifact, BenchConfig, BenchResult, expand_artifacts, verify_hashes
 from .inputs import (InputCache, batch_of, cap_batch_sizes, data_summary, label_indices, pad_to_multiple, run_all,
-                     scan_images, timed_latency)
+                     scan_images)
 from .machine import PeakRss, machine_info, thread_settings
 from .placement import StrictPlacementError, check_placement, check_target
 from .reference import (accuracy_entry, check_reference, compare_with_reference, default_reference,
                         reference_entry, reference_outputs, source_model_dir)
 from .rows import artifact_entry, build_rows, recommend, write_csv
+from .significance import accuracy_uncertainty, latency_comparisons, pairwise_speedup
 
 log = logging.getLogger("edgetl")
 
@@ -71,7 +79,7 @@ def preflight(config: BenchConfig) -> Plan:
     """Every cheap check, before any model is loaded (the CLI runs it before importing TensorFlow):
     arguments, artifacts and sidecars, target devices (exit 3), reference dir, --out refusal."""
     config.validate()
-    artifacts = expand_artifacts(config.artifacts, config.runtime, unreadable_as_failed=True)
+    artifacts = expand_artifacts(config.all_artifacts(), config.runtime, unreadable_as_failed=True)
     usable = [a for a in artifacts if not a.problem and not a.elsewhere]  # others: failed / not benched rows
     if artifacts and all(a.elsewhere for a in artifacts):  # only NPU-compiled models: nothing runs here
         raise UsageError(artifacts[0].elsewhere)
@@ -93,7 +101,8 @@ def preflight(config: BenchConfig) -> Plan:
 def bench_inputs(config: BenchConfig, artifacts: list[Artifact], reference: Path | None) -> list[Path]:
     """What --out may not be, hold or lie inside: the artifacts (as given and every file of each),
     the data and the reference model."""
-    return [*map(Path, config.artifacts), *(f for a in artifacts for f in a.files), Path(config.data),
+    given = [*map(Path, config.artifacts), *([Path(config.anchor)] if getattr(config, "anchor", None) else [])]
+    return [*given, *(f for a in artifacts for f in a.files), Path(config.data),
             *([reference] if reference else [])]
 
 
@@ -115,7 +124,7 @@ def bench(config: BenchConfig) -> BenchResult:
                           verb="bench") as tmp:
         cache = InputCache(images.paths)
         truth = np.asarray(images.labels, np.int64)
-        results, outputs, benched, failed = [], [], [], []
+        results, outputs, benched, failed, runners = [], [], [], [], []
         from ..console import progress
 
         with progress(len(artifacts), "bench") as bar:
@@ -126,7 +135,7 @@ def bench(config: BenchConfig) -> BenchResult:
                     if artifact.problem:  # its sidecar cannot be used (read up front, reported here)
                         raise CheckFailed(artifact.problem)
                     verify_hashes([artifact])
-                    entry, raw = _bench_artifact(artifact, config, batch_sizes, cache, images.classes, truth)
+                    entry, raw, timed = _bench_artifact(artifact, config, batch_sizes, cache, images.classes, truth)
                 except StrictPlacementError:
                     raise
                 except CheckFailed as exc:
@@ -140,6 +149,7 @@ def bench(config: BenchConfig) -> BenchResult:
                     bar.advance()
                 results.append(entry)
                 outputs.append(raw)
+                runners.append(timed)
                 benched.append(artifact)
         if not benched:
             raise CheckFailed(failed[0]["reason"] if len(failed) == 1 else
@@ -148,15 +158,22 @@ def bench(config: BenchConfig) -> BenchResult:
         artifacts = benched
         _benchmark_app_beside(artifacts, results, config)
         reference = None
+        timer = _InterleavedTimer(config, results, runners)
         if reference_dir:
             log.info("reference: %s", reference_dir)
-            reference = reference_outputs(reference_dir, cache, config.runs, config.warmup, batch_sizes, artifacts)
+            reference = reference_outputs(reference_dir, cache, config.runs, config.warmup, batch_sizes, artifacts,
+                                          timer)
             for artifact, entry, raw in zip(artifacts, results, outputs):
                 # Without an explicit --reference, only artifacts exported from that model are compared.
                 if config.reference or source_model_dir(artifact) in (None, Path(reference["path"]).resolve()):
                     entry["vs_reference"] = compare_with_reference(artifact, raw, reference)
+        else:
+            timer({})
+        runners = timer = None  # the artifacts' sessions go before the overhead check opens its own
+        gc.collect()
         overhead = _overhead(artifacts[0], config, cache, batch_sizes[0]) if config.measure_overhead else None
-        report = _assemble(config, artifacts, results, reference, images, cache, devices, overhead, batch_sizes)
+        report = _assemble(config, artifacts, results, reference, images, cache, devices, overhead, batch_sizes,
+                           outputs)
         report["failed"] = failed
         report["not_benched"] = elsewhere
         report["settings"]["batch_sizes_requested"] = [int(b) for b in config.batch_sizes]
@@ -177,8 +194,36 @@ def bench(config: BenchConfig) -> BenchResult:
     return result
 
 
+class _InterleavedTimer:
+    """Times every artifact x batch size, plus the reference's runs it is given (``{batch size: run}``,
+    empty without a reference), in the same alternating rounds; fills each entry's ``latency_ms`` and
+    returns the reference's."""
+
+    def __init__(self, config: BenchConfig, results: list[dict], runners: list[dict[int, Any]]):
+        self.config, self.results, self.runners = config, results, runners
+
+    def __call__(self, reference_runs: dict[int, Any]) -> dict[int, dict[str, Any]]:
+        everything = {(i, size): run for i, runs in enumerate(self.runners) for size, run in runs.items()}
+        everything.update({("reference", size): run for size, run in reference_runs.items()})
+        rounds = settled_rounds(everything, self.config.runs, warmup=self.config.warmup)
+        timings = {key: _timing(values) for key, values in rounds.items()}
+        for (who, size), timing in timings.items():
+            if who != "reference":
+                self.results[who]["latency_ms"][str(size)] = timing
+        return {size: timings[("reference", size)] for size in reference_runs}
+
+
+def _timing(rounds: list[list[float]]) -> dict[str, Any]:
+    """One artifact x batch size: statistics over every timed call, the calls, and each round's median
+    (what the paired ratios compare)."""
+    values = [t for r in rounds for t in r]
+    return {**timing_stats(values), "times_ms": values, "round_ms": round_medians(rounds)}
+
+
 def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[int], cache: InputCache,
-                    classes: list[str], truth: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+                    classes: list[str], truth: np.ndarray) -> tuple[dict[str, Any], np.ndarray, dict[int, Any]]:
+    """Load, placement and accuracy pass of one artifact; returns its entry, its outputs and one
+    ``run`` per batch size for the interleaved timing (each keeps the open session)."""
     inputs = cache.inputs_for(artifact)
     mapped_truth = label_indices(classes, artifact.sidecar["labels"], artifact.path)[truth]
     with PeakRss() as memory:
@@ -197,17 +242,15 @@ def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[i
         # Accuracy pass at the largest batch the graph takes (fixed-batch graphs: their own batch).
         chunk = fixed or max(batch_sizes)
         outputs = run_all(backend, pad_to_multiple(inputs, chunk) if fixed else inputs, chunk)[:len(inputs)]
-        latency = {}
+        latency, timed = {}, {}
         for size in batch_sizes:
             if fixed and size != fixed:
                 latency[size] = {"skipped": f"graph has a fixed batch of {fixed}"}
                 continue
-            latency[size] = timed_latency(backend, batch_of(inputs, size), config.runs, config.warmup)
+            timed[size] = (lambda run, batch: lambda: run(batch))(backend.run, batch_of(inputs, size))
         version = backend.version()
         settings = dict(backend.settings)
         precision = backend.reported_precision
-    del backend
-    gc.collect()
     profiled = None
     if config.profile:
         from ..profile import profile_artifact
@@ -222,7 +265,7 @@ def _bench_artifact(artifact: Artifact, config: BenchConfig, batch_sizes: list[i
         **entry, "load_ms": load_ms, "memory": memory.summary(), "placement": placement, "fixed_batch": fixed,
         "latency_ms": {str(k): v for k, v in latency.items()}, "accuracy": acc, "vs_reference": None,
         "sidecar_parity": artifact.sidecar.get("parity"), "precision": precision, "profile": profiled,
-    }, outputs
+    }, outputs, timed
 
 
 def _native_precision_variants(artifacts: list[Artifact], config: BenchConfig) -> list[Artifact]:
@@ -270,10 +313,12 @@ def _overhead(artifact: Artifact, config: BenchConfig, cache: InputCache, batch_
 
 
 def _assemble(config: BenchConfig, artifacts, results, reference, images, cache, devices, overhead,
-              batch_sizes) -> dict[str, Any]:
+              batch_sizes, outputs) -> dict[str, Any]:
     truth = np.asarray(images.labels, np.int64)
     ref_entry = reference_entry(reference, images.classes, truth) if reference else None
-    ref_top1 = ref_entry["accuracy"]["top1"] if ref_entry else None
+    accuracy_uncertainty(results, outputs, images.classes, truth, reference, ref_entry)
+    anchor = _anchor_name(config, artifacts)
+    latency_comparisons(results, ref_entry, anchor)
     rows = build_rows(results, ref_entry, batch_sizes)
     versions = software_versions(["onnxruntime", "openvino", "ai-edge-litert", "onnx", "tf2onnx",
                                   "tensorflow", "keras", "psutil", "matplotlib"])
@@ -294,5 +339,14 @@ def _assemble(config: BenchConfig, artifacts, results, reference, images, cache,
         "harness_overhead": overhead,
         "artifacts": results,
         "rows": rows,
-        "recommendation": recommend(rows, ref_top1),
+        "anchor": anchor,
+        "recommendation": recommend(rows, ref_entry, pairwise_speedup(results)),
     }
+
+
+def _anchor_name(config: BenchConfig, artifacts: list[Artifact]) -> str | None:
+    """The benched artifact --anchor names (every row's latency_vs_anchor is relative to it)."""
+    if config.anchor is None:
+        return None
+    wanted = Path(config.anchor).resolve()
+    return next((a.name for a in artifacts if a.path.resolve() == wanted and not a.options), None)

@@ -140,9 +140,15 @@ def compare(reference: np.ndarray, outputs: np.ndarray, mode: str, min_agreement
     else:
         passed = agreement >= min_agreement
         result["threshold"] = {"top1_agreement": min_agreement}
-    if labels is not None:
-        result["accuracy"] = round(float((outputs.argmax(-1) == labels).mean()), 6)
-        result["reference_accuracy"] = round(float((reference.argmax(-1) == labels).mean()), 6)
+    if labels is not None:  # the bench's figures (edgetl.metrics): Wilson interval, flips and exact McNemar
+        ref_correct, correct = metrics.correct(reference, labels), metrics.correct(outputs, labels)
+        paired = metrics.paired_accuracy(ref_correct, correct)
+        result["accuracy"] = round(float(correct.mean()), 6)
+        result["reference_accuracy"] = round(float(ref_correct.mean()), 6)
+        result["accuracy_interval"] = [round(v, 6) for v in metrics.top1_with_interval(correct)["interval"]]
+        result["vs_reference_accuracy"] = {"flips": paired["flips"], "lost": paired["lost"],
+                                           "gained": paired["gained"], "mcnemar_p": round(paired["mcnemar_p"], 6),
+                                           "change_interval": [round(v, 6) for v in paired["change_interval"]]}
     result["passed"] = bool(passed)
     return result
 
@@ -150,6 +156,11 @@ def compare(reference: np.ndarray, outputs: np.ndarray, mode: str, min_agreement
 def describe(parity: dict[str, Any]) -> str:
     # Agreement with its count: 48/49 prints as 0.980 at three decimals but misses a 0.98 threshold.
     agreeing = round(parity["top1_agreement"] * parity["n_images"])
-    return (f"agreement {parity['top1_agreement']:.3f} ({agreeing}/{parity['n_images']}), "
+    text = (f"agreement {parity['top1_agreement']:.3f} ({agreeing}/{parity['n_images']}), "
             f"max|diff| {parity['max_abs_diff']:.2e}, "
             f"cosine {parity['cosine']:.5f} on {parity['n_images']} images")
+    vs = parity.get("vs_reference_accuracy")
+    if vs and vs["flips"]:  # how many photos an accuracy change is, and whether it could be chance
+        text += (f"; top-1 {parity['accuracy']:.1%} vs {parity['reference_accuracy']:.1%}: {vs['flips']} flips, "
+                 f"McNemar p={vs['mcnemar_p']:.2f}")
+    return text

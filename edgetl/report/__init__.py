@@ -17,9 +17,9 @@ from .markdown import profile_summary_lines, render_markdown, summary_markdown
 from .page import STYLE, curve_report, html_page, markdown_to_html, render_html
 from .plots import boxplot_png, confusion_png, figure_png, headless_pyplot, img, place_labels, scatter_png
 from .tables import (ARTIFACT_COLUMNS, COLUMNS, SUMMARY_COLUMNS, format_value, html_table, human_bytes, markdown_table,
-                     summary_columns)
+                     summary_columns, with_intervals)
 
 __all__ = ["profile_summary_lines", "render_markdown", "summary_markdown", "STYLE", "curve_report", "html_page",
            "markdown_to_html", "render_html", "boxplot_png", "confusion_png", "figure_png", "headless_pyplot", "img",
            "place_labels", "scatter_png", "ARTIFACT_COLUMNS", "COLUMNS", "SUMMARY_COLUMNS", "format_value",
-           "html_table", "human_bytes", "markdown_table", "summary_columns"]
+           "html_table", "human_bytes", "markdown_table", "summary_columns", "with_intervals"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .tables import ARTIFACT_COLUMNS, format_value, human_bytes, markdown_table, summary_columns
+from .tables import ARTIFACT_COLUMNS, format_value, human_bytes, markdown_table, summary_columns, with_intervals
 
 
 def machine_line(machine: dict[str, Any]) -> str:
@@ -23,7 +23,7 @@ def _rss(memory: dict[str, Any]) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    rows = report["rows"]
+    rows = with_intervals(report["rows"])
     settings = report["settings"]
     reference = report.get("reference")
     lines = [f"# edgetl bench: target {report['target']}", ""]
@@ -35,10 +35,18 @@ def render_markdown(report: dict[str, Any]) -> str:
                  f"{', '.join(map(str, settings['batch_sizes']))}, threads: {threads or 'runtime default'}")
     data = report["data"]
     lines.append(f"- data: {data['n_images']} images, {len(data['classes'])} classes ({data['root']})")
+    lines.append(f"- intervals: 95%. Latency: the {settings['runs']} timed calls of every artifact, batch size and the "
+                 "reference alternate in rounds (each turn: one untimed call, then 2 timed), so ratios are "
+                 "per-round pairs (median, bootstrap over rounds); two artifacts "
+                 "whose ratio interval covers 1x are within noise of each other. Top-1: Wilson interval; change "
+                 "vs the reference: paired (Newcombe) interval, flips = images exactly one of the two gets "
+                 "right, p = exact McNemar test on them")
     if reference:
         ref_rows = [r for r in rows if r["kind"] == "reference"]
         p50 = ", ".join(f"b{r['batch_size']} {r['latency_p50_ms']:.2f} ms" for r in ref_rows)
-        lines.append(f"- reference: Keras FP32 on {reference['device']}: top-1 {reference['accuracy']['top1']:.1%}, "
+        interval = reference["accuracy"].get("interval")
+        ci = f" [{interval[0]:.1%}, {interval[1]:.1%}]" if interval else ""
+        lines.append(f"- reference: Keras FP32 on {reference['device']}: top-1 {reference['accuracy']['top1']:.1%}{ci}, "
                      f"top-{reference['accuracy']['top5_k']} {reference['accuracy']['top5']:.1%}; p50 {p50}")
     else:
         lines.append("- reference: none (no --reference and no source model recorded in the sidecars)")
@@ -93,19 +101,22 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append(markdown_table(rows, summary_columns(rows)))
     lines.append("")
     lines.append(f"**{report['recommendation']['text']}**")
+    if report["recommendation"].get("rule"):
+        lines += ["", f"(rule: {report['recommendation']['rule']})"]
     lines.append("")
     return "\n".join(lines)
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
     """The summary table and the recommendation: what `edgetl run` prints (the full report is a file)."""
-    return "\n".join([markdown_table(report["rows"], summary_columns(report["rows"])), "",
+    rows = with_intervals(report["rows"])
+    return "\n".join([markdown_table(rows, summary_columns(rows)), "",
                       f"**{report['recommendation']['text']}**"])
 
 
 def _extra_artifact_lines(entry: dict[str, Any], mine: list[dict[str, Any]]) -> list[str]:
     """Precision, benchmark_app and the per-op profile of one artifact (Markdown lines)."""
-    lines = []
+    lines = _accuracy_lines(entry)
     if entry.get("precision"):
         lines.append(f"- OpenVINO inference precision: {entry['precision']}"
                      + (" (the CPU plugin's default)" if entry["precision"] == "native" else " (forced)"))
@@ -130,6 +141,26 @@ def _extra_artifact_lines(entry: dict[str, Any], mine: list[dict[str, Any]]) -> 
     elif profile:
         lines.append(f"- profile: not available ({profile.get('reason')})")
     return lines + ([""] if lines else [])
+
+
+def _accuracy_lines(entry: dict[str, Any]) -> list[str]:
+    """Flips against the FP32 artifact, and precision / recall per class with the change from the reference."""
+    lines = []
+    vs = entry.get("vs_fp32_accuracy")
+    if vs:
+        low, high = vs["change_interval"]
+        lines.append(f"- vs the FP32 {entry['format']} artifact: top-1 change {vs['change'] * 100:+.1f} pts "
+                     f"[{low * 100:+.1f}, {high * 100:+.1f}], {vs['flips']} flips ({vs['lost']} lost, "
+                     f"{vs['gained']} gained), exact McNemar p={vs['mcnemar_p']:.2f}")
+    classes = entry["accuracy"].get("per_class") or {}
+    if classes:
+        def figure(values: dict[str, Any], key: str) -> str:
+            value, change = values[key], values.get(f"{key}_change")
+            return "–" if value is None else f"{value:.2f}" + (f" ({change:+.2f})" if change is not None else "")
+
+        lines.append("- per class (precision / recall, change vs reference): " + "; ".join(
+            f"{name} {figure(v, 'precision')} / {figure(v, 'recall')} (n={v['support']})" for name, v in classes.items()))
+    return lines
 
 
 def profile_summary_lines(report: dict[str, Any]) -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from .markdown import machine_line, render_markdown
 from .plots import boxplot_png, confusion_png, img, scatter_png
-from .tables import html_table, markdown_table, summary_columns
+from .tables import html_table, markdown_table, summary_columns, with_intervals
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
          "table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 8px;"
@@ -73,7 +73,7 @@ def markdown_to_html(text: str) -> str:
 
 
 def render_html(report: dict[str, Any]) -> str:
-    rows = report["rows"]
+    rows = with_intervals(report["rows"])
     smallest = min((r["batch_size"] for r in rows), default=1)
     at_smallest = [r for r in rows if r["batch_size"] == smallest]
     failed = "".join(f"<p><b>{html.escape(f['name'])}</b> ({html.escape(f['format'])}): FAILED: "

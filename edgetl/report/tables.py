@@ -32,12 +32,46 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "device": ("device", "{}"),
     "precision": ("precision", "{}"),
     "benchmark_app_median_ms": ("benchmark_app p50 ms", "{:.2f}"),
+    # figures with their 95% interval, as text (``with_intervals``)
+    "top1_ci": ("top-1 [95% CI]", "{}"),
+    "speedup_vs_fp32_ci": ("speed vs FP32 [95% CI]", "{}"),
+    "speedup_vs_reference_ci": ("speed vs Keras [95% CI]", "{}"),
+    "latency_vs_anchor_ci": ("latency vs anchor [95% CI]", "{}"),
+    "drop_ci": ("drop vs baseline [95% CI]", "{}"),
+    "change_vs_reference": ("top-1 change vs ref [95% CI]; flips, McNemar p", "{}"),
 }
 
-ARTIFACT_COLUMNS = ["batch_size", "latency_p50_ms", "latency_p90_ms", "throughput_ips", "top1", "agreement",
-                    "speedup_vs_fp32", "size_ratio_vs_fp32"]
+ARTIFACT_COLUMNS = ["batch_size", "latency_p50_ms", "latency_p90_ms", "throughput_ips", "top1_ci", "agreement",
+                    "speedup_vs_fp32_ci", "speedup_vs_reference_ci", "size_ratio_vs_fp32"]
 SUMMARY_COLUMNS = ["artifact", "format", "quantization", "size_bytes", "batch_size", "latency_p50_ms",
-                   "latency_p90_ms", "throughput_ips", "top1", "agreement", "speedup_vs_fp32"]
+                   "latency_p90_ms", "throughput_ips", "top1_ci", "change_vs_reference", "agreement",
+                   "speedup_vs_fp32_ci"]
+
+
+def _ratio_text(row: dict[str, Any], column: str) -> str | None:
+    value, low, high = row.get(column), row.get(f"{column}_low"), row.get(f"{column}_high")
+    if value is None:
+        return None
+    return f"{value:.2f}x" + (f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else "")
+
+
+def with_intervals(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows plus the ``*_ci`` text columns: each figure beside its 95% interval (bench.json keeps the
+    numbers; edgetl.benchmark.significance says how they are computed)."""
+    out = []
+    for row in rows:
+        extra = {f"{c}_ci": _ratio_text(row, c) for c in ("speedup_vs_fp32", "speedup_vs_reference",
+                                                            "latency_vs_anchor")}
+        if row.get("top1") is not None:
+            extra["top1_ci"] = f"{row['top1']:.1%}" + (f" [{row['top1_low']:.1%}, {row['top1_high']:.1%}]"
+                                                        if row.get("top1_low") is not None else "")
+        if row.get("top1_change_vs_reference") is not None:
+            flips = row["flips_vs_reference"]
+            extra["change_vs_reference"] = (f"{row['top1_change_vs_reference'] * 100:+.1f} pts "
+                                            f"[{row['top1_change_low'] * 100:+.1f}, {row['top1_change_high'] * 100:+.1f}]; "
+                                            f"{flips} flip{'s' if flips != 1 else ''}, p={row['mcnemar_p_vs_reference']:.2f}")
+        out.append({**row, **extra})
+    return out
 
 
 def human_bytes(n: float) -> str:
@@ -78,6 +112,8 @@ def html_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 def summary_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The summary table's columns; benchmark_app's median sits beside edgetl's p50 when it ran."""
     columns = list(SUMMARY_COLUMNS)
+    if any(r.get("latency_vs_anchor") is not None for r in rows):
+        columns.append("latency_vs_anchor_ci")
     if any(r.get("benchmark_app_median_ms") is not None for r in rows):
         columns.insert(columns.index("latency_p50_ms") + 1, "benchmark_app_median_ms")
     return columns

@@ -53,8 +53,10 @@ class Trial:
         bench = self.stages.get("bench") or {}
         return {"trial": self.id, "target": self.target, **vars(self.point), "status": self.status,
                 "reason": self.reason,
-                **{k: bench.get(k) for k in ("top1", "latency_p50_ms", "latency_p90_ms", "size_bytes", "agreement",
-                                             "reference_top1", "node", "device", *EVIDENCE_KEYS)},
+                **{k: bench.get(k) for k in ("top1", "top1_low", "top1_high", "latency_p50_ms", "latency_p90_ms",
+                                             "latency_vs_anchor", "latency_vs_anchor_low", "latency_vs_anchor_high",
+                                             "anchor", "size_bytes", "agreement", "reference_top1", "node", "device",
+                                             *EVIDENCE_KEYS)},
                 **{k: bench[k] for k in NPU_KEYS if k in bench},
                 "stages": self.stages}
 
@@ -143,11 +145,22 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
                                     f"export {t.point.name}" + (f" for {t.target}" if registered(t.target) else ""),
                                     t.target, foreign) for t in live}
 
-        def then_bench(trial: Trial) -> StageJob:
-            return bench_job(config.out, models[trial.id], exports[trial.id], splits, trial.target, config.runs,
-                             f"bench {trial.id}", placement.bench_cpus[trial.target], config.threads)
+        # Each target's anchor (its first unpruned INT8 trial, else its first trial) is exported first; every
+        # bench of the target then times the anchor in the same rounds as its own artifact, on the same node,
+        # so the front compares latencies relative to it rather than figures taken at different times.
+        anchors = {target: _anchor_trial([t for t in live if t.target == target]) for target in config.targets
+                   if not registered(target)}
+        anchors = {target: trial for target, trial in anchors.items() if trial is not None}
 
-        runner.run(exports, then={"bench": then_bench})
+        def then_bench(trial: Trial) -> StageJob:
+            anchor = anchors.get(trial.target)
+            anchor_export = exports[anchor.id] if anchor is not None and anchor.status != "failed" else None
+            return bench_job(config.out, models[trial.id], exports[trial.id], splits, trial.target, config.runs,
+                             f"bench {trial.id}", placement.bench_cpus[trial.target], config.threads, anchor_export)
+
+        runner.run({t.id: exports[t.id] for t in anchors.values()}, then={"bench": then_bench})
+        anchor_ids = {t.id for t in anchors.values()}
+        runner.run({t.id: exports[t.id] for t in live if t.id not in anchor_ids}, then={"bench": then_bench})
 
     if config.model is not None:  # search --model: the given model, export and bench only
         from . import given
@@ -187,6 +200,12 @@ def _search(config: SearchConfig, trials: list[Trial], runner: "_Runner", splits
                  lambda t: f"{t.point.branch}/sp{t.point.sparsity:g}")
 
     export_and_bench(live, models)
+
+
+def _anchor_trial(trials: list[Trial]) -> Trial | None:
+    """A target's fixed yardstick: the first unpruned INT8 trial of the first backbone, else the first trial."""
+    return next((t for t in trials if t.point.sparsity == 0 and t.point.quantize == "int8"),
+                trials[0] if trials else None)
 
 
 def finetune_options(config: SearchConfig, point: Point) -> dict[str, Any]:

@@ -14,13 +14,13 @@ from typing import Any
 from ..errors import CheckFailed
 from ..metadata import (artifact_files, atomic_directory, is_edgetl_output, read_sidecar, sidecar_path, verify_artifact,
                         write_json)
-from .pareto import TRIAL_OBJECTIVES, front, winner
+from .pareto import front, latency_key, trial_objectives, winner
 
 TRIALS_FILE = "trials.json"
 PARETO_FILE = "pareto.json"
 PARETO_HTML = "pareto.html"
-COLUMNS = ["trial", "top1", "latency_p50_ms", "size_bytes", "agreement", "latency_evidence", "accuracy_evidence",
-           "node"]
+COLUMNS = ["trial", "top1_ci", "drop_ci", "latency_p50_ms", "latency_vs_anchor_ci", "size_bytes", "agreement",
+           "latency_evidence", "accuracy_evidence", "node"]
 
 
 def write_results(config, trials, seconds: float, built: int, reused: int):
@@ -31,7 +31,7 @@ def write_results(config, trials, seconds: float, built: int, reused: int):
     fronts, winners, rules = {}, {}, {}
     for target in config.targets:
         done = [r for r in records if r["target"] == target and r["status"] == "done"]
-        fronts[target] = front(done)
+        fronts[target] = front(done, trial_objectives(done))
         winners[target], rules[target] = winner(done, baseline, config.max_latency_ms, config.max_size_mb,
                                                 config.max_drop)
     result = SearchResult(config.out, trials, fronts, {t: w for t, w in winners.items() if w}, baseline,
@@ -42,8 +42,10 @@ def write_results(config, trials, seconds: float, built: int, reused: int):
         "schema": "edgetl.search-trials/1", "settings": settings, "baseline_top1": baseline,
         "counts": result.counts(), "seconds": round(seconds, 1), "stages_built": built, "stages_reused": reused,
         "trials": records})
-    pareto = {"schema": "edgetl.search-pareto/1", "objectives": [{"metric": k, "goal": "max" if s > 0 else "min"}
-                                                                  for k, s in TRIAL_OBJECTIVES],
+    pareto = {"schema": "edgetl.search-pareto/1", "objectives": {
+                  target: [{"metric": k, "goal": "max" if s > 0 else "min"} for k, s in trial_objectives(
+                      [r for r in records if r["target"] == target and r["status"] == "done"])]
+                  for target in config.targets},
               "baseline_top1": baseline,
               "constraints": {"max_latency_ms": config.max_latency_ms, "max_size_mb": config.max_size_mb,
                               "max_drop_points": config.max_drop},
@@ -113,6 +115,22 @@ def _shipped_files(artifact: Path) -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
+def _with_intervals(rows: list[dict[str, Any]], baseline: float | None) -> list[dict[str, Any]]:
+    """Front rows with their figures' 95% intervals as text: top-1, its drop from the baseline, the
+    latency relative to the anchor."""
+    from ..report import with_intervals
+
+    out = []
+    for row in with_intervals(rows):
+        if baseline is not None and row.get("top1") is not None:
+            drop = (baseline - row["top1"]) * 100
+            bounds = ((baseline - row["top1_high"]) * 100, (baseline - row["top1_low"]) * 100) \
+                if row.get("top1_low") is not None else None
+            row["drop_ci"] = f"{drop:+.1f} pts" + (f" [{bounds[0]:+.1f}, {bounds[1]:+.1f}]" if bounds else "")
+        out.append(row)
+    return out
+
+
 def markdown(result, pareto: dict[str, Any]) -> str:
     from ..report import markdown_table
 
@@ -122,7 +140,8 @@ def markdown(result, pareto: dict[str, Any]) -> str:
              f"{result.reused} reused)"]
     for target, entry in pareto["targets"].items():
         lines += ["", f"### Pareto front on {target} (accuracy vs latency vs size)", "",
-                  markdown_table([{**r, "node": (r.get("node") or "")[:12]} for r in entry["front"]], COLUMNS)
+                  markdown_table([{**r, "node": (r.get("node") or "")[:12]}
+                                  for r in _with_intervals(entry["front"], pareto["baseline_top1"])], COLUMNS)
                   if entry["front"] else "(no finished trial)", ""]
         best = entry["winner"]
         lines.append(f"**winner on {target}: {best['trial']}** ({entry['winner_rule']}): top-1 {best['top1']:.1%}"
@@ -143,7 +162,11 @@ def _latency(row: dict[str, Any]) -> str:
     if row.get("latency_p50_ms") is None:
         wall = (row.get("simulator_wall_ms_per_image") or {}).get("value")
         return "latency not measured" + (f" (simulator wall {wall:.0f} ms/image is not device latency)" if wall else "")
-    return f"{row['latency_p50_ms']:.2f} ms p50{_label(row, 'latency')}"
+    text = f"{row['latency_p50_ms']:.2f} ms p50{_label(row, 'latency')}"
+    if row.get("latency_vs_anchor") is not None:
+        text += (f", {row['latency_vs_anchor']:.2f}x the anchor's latency [{row['latency_vs_anchor_low']:.2f}, "
+                 f"{row['latency_vs_anchor_high']:.2f}]")
+    return text
 
 
 def require_winners(result) -> None:
@@ -164,7 +187,7 @@ def _html(records: list[dict[str, Any]], pareto: dict[str, Any]) -> str:
         body.append(f"<h2>{html.escape(target)}</h2>")
         if done:
             body.append(img(_plot(done, entry, target), f"Pareto front on {target}"))
-        body.append(html_table(entry["front"], COLUMNS))
+        body.append(html_table(_with_intervals(entry["front"], pareto["baseline_top1"]), COLUMNS))
         best = entry["winner"]
         body.append(f'<p class="rec">winner: {html.escape(best["trial"]) if best else "none"} '
                     f'({html.escape(entry["winner_rule"])})</p>')
@@ -181,9 +204,11 @@ def _plot(done: list[dict[str, Any]], entry: dict[str, Any], target: str) -> str
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     on_front = {r["trial"] for r in entry["front"]}
     biggest = max(r["size_bytes"] for r in done) or 1
-    # Latency on x where every trial has one (measured or estimated), else size (a simulator's run).
+    # Latency on x where every trial has one (relative to the anchor where every trial has that), else
+    # size (a simulator's run).
     timed = all(r["latency_p50_ms"] is not None for r in done)
-    x = (lambda r: r["latency_p50_ms"]) if timed else (lambda r: r["size_bytes"] / 1e6)
+    key = latency_key(done)
+    x = (lambda r: r[key]) if timed else (lambda r: r["size_bytes"] / 1e6)
     for row in done:
         size = 30 + 300 * row["size_bytes"] / biggest
         ax.scatter(x(row), row["top1"], s=size, alpha=0.8,
@@ -199,7 +224,8 @@ def _plot(done: list[dict[str, Any]], entry: dict[str, Any], target: str) -> str
         ax.legend(loc="lower right")
     evidence = entry["evidence"]
     latency_label = "/".join(evidence["latency"])
-    ax.set_xlabel(f"p50 latency, batch 1 (ms, {latency_label})" if timed else "size (MB; latency not measured)")
+    ax.set_xlabel(("latency relative to the anchor, batch 1 (paired rounds)" if key == "latency_vs_anchor" else
+                   f"p50 latency, batch 1 (ms, {latency_label})") if timed else "size (MB; latency not measured)")
     ax.set_ylabel(f"top-1 (val, {'/'.join(evidence['accuracy'])})")
     ax.set_title(f"{target}: accuracy vs latency (marker area: size; blue: Pareto front)")
     ax.grid(alpha=0.3)

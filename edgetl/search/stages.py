@@ -89,13 +89,17 @@ def export_job(out: Path, model_dir: Path, splits: Path, fmt: str, mode: str, la
 
 
 def bench_job(out: Path, model_dir: Path, export: StageJob, splits: Path, target: str, runs: int,
-              label: str, num_cpus: float = 1, threads: int | None = None) -> StageJob:
+              label: str, num_cpus: float = 1, threads: int | None = None, anchor: StageJob | None = None) -> StageJob:
+    """``anchor``: the export of the target's anchor trial, timed in the same rounds as this artifact
+    so trials benched at different times or on different nodes compare by their latency relative to it."""
+    anchor_artifact = str(_export_artifact(anchor.directory)) if anchor is not None else None
     key = content_key({"model": model_hash(model_dir), "export": export.key,
                        "artifacts": outputs_key(export.directory), "target": target, "runs": runs,
-                       **({"threads": threads} if threads else {})})
+                       **({"threads": threads} if threads else {}),
+                       **({"anchor": anchor.key, "anchor_artifacts": outputs_key(anchor.directory)} if anchor else {})})
     return StageJob("bench", key, stage_dir(out, "bench", key),
                     {"model": str(model_dir), "export": str(export.directory), "splits": str(splits),
-                     "target": target, "runs": runs, "threads": threads}, label,
+                     "target": target, "runs": runs, "threads": threads, "anchor": anchor_artifact}, label,
                     resources={target_resource(target): 1}, num_cpus=num_cpus)
 
 
@@ -219,9 +223,10 @@ def _bench(directory: Path, spec: dict[str, Any]) -> None:
     reference = _reference(spec)
     if reference is not None and reference.suffix != ".onnx":
         _tensorflow()  # the FP32 Keras reference (an .onnx one runs in ONNX Runtime)
+    anchor = Path(spec["anchor"]) if spec.get("anchor") else None
     bench(BenchConfig(artifacts=[Path(spec["export"])], data=Path(spec["splits"]) / "val", out=directory,
                       target=spec["target"], reference=reference, runs=spec["runs"], threads=spec.get("threads"),
-                      batch_sizes=(1,), overwrite=True, measure_overhead=False))
+                      batch_sizes=(1,), overwrite=True, measure_overhead=False, anchor=anchor))
 
 
 def _bench_target(directory: Path, spec: dict[str, Any]) -> None:
@@ -253,25 +258,39 @@ def describe(job: StageJob) -> dict[str, Any]:
         return {**info, "val_accuracy": (meta.get("metrics") or {}).get("val_accuracy"), "params": node["params"],
                 "model_sha256": meta["model_sha256"]}
     if job.kind == "export":
-        from ..exporting import EXTENSIONS
         from ..metadata import read_sidecar
 
-        # The artifact the target runs: for a compiled NPU target the compiled one, not its source.
-        found = [(p, read_sidecar(p)) for p in sorted(directory.iterdir()) if p.suffix in EXTENSIONS.values()]
-        artifact, sidecar = next((p, s) for p, s in found if "compiled" not in (s.get("target") or {}))
+        artifact = _export_artifact(directory)
+        sidecar = read_sidecar(artifact)
         return {**info, "artifact": str(artifact), "parity": sidecar.get("parity"),
                 "size_bytes": sidecar.get("size_bytes"), "target": (sidecar.get("target") or {}).get("name")}
     report = read_json(directory / "bench.json")
-    row = next(r for r in report["rows"] if r["kind"] == "artifact")
+    # This trial's own artifact (the anchor benched beside it has rows too)
+    own = Path(job.spec["export"]).resolve()
+    entry = next((a for a in report.get("artifacts") or [] if Path(a["path"]).resolve().parent == own),
+                 (report.get("artifacts") or [{}])[0])
+    row = next(r for r in report["rows"] if r["kind"] == "artifact" and r["artifact"] == entry.get("name", r["artifact"]))
     reference = next((r for r in report["rows"] if r["kind"] == "reference"), {})
     level = (report.get("target_info") or {}).get("level", "hardware")
-    entry = next((a for a in report.get("artifacts") or [] if a.get("name") == row["artifact"]), {})
     return {**info, "top1": row["top1"], "latency_p50_ms": row["latency_p50_ms"],
+            "top1_low": row.get("top1_low"), "top1_high": row.get("top1_high"),
+            "latency_vs_anchor": row.get("latency_vs_anchor"), "latency_vs_anchor_low": row.get("latency_vs_anchor_low"),
+            "latency_vs_anchor_high": row.get("latency_vs_anchor_high"), "anchor": report.get("anchor"),
             "latency_p90_ms": row["latency_p90_ms"], "size_bytes": row["size_bytes"],
             "agreement": row["agreement"], "device": row["device"], "reference_top1": reference.get("top1"),
             "n_images": report["data"]["n_images"], "latency_evidence": row.get("latency_evidence"),
             "accuracy_evidence": row.get("accuracy_evidence"), "target_level": level,
             **_npu_figures(entry.get("npu") or {})}
+
+
+def _export_artifact(directory: Path) -> Path:
+    """The artifact an export stage made that the target runs: for a compiled NPU target the compiled
+    one, not its source."""
+    from ..exporting import EXTENSIONS
+    from ..metadata import read_sidecar
+
+    found = [(p, read_sidecar(p)) for p in sorted(Path(directory).iterdir()) if p.suffix in EXTENSIONS.values()]
+    return next(p for p, s in found if "compiled" not in (s.get("target") or {}))
 
 
 def _npu_figures(npu: dict[str, Any]) -> dict[str, Any]:
