@@ -74,6 +74,8 @@ def finetune(config: FinetuneConfig) -> TrainedModel:
     with atomic_directory(config.out, inputs=config.inputs(), verb="finetune") as tmp:
         history: list[dict[str, float]] = []
         teacher_info, unfrozen = _train(config, model, base, train_set, val_set, recipe, val_ds, tmp, history)
+        # Plain cross-entropy whatever the training loss (label smoothing), for comparable val losses.
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         metrics = evaluate(model, val_ds)
         card = model_card(config, train_set, val_set, recipe, history, metrics, unfrozen,
                           time.perf_counter() - started, teacher=teacher_info or None)
