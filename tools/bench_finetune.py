@@ -47,8 +47,9 @@ def run_one(tree: Path, config: dict, log: Path) -> dict:
     """One finetune in a fresh process on ``tree``; its timings parsed from its progress lines."""
     env = {**os.environ, "PYTHONPATH": str(tree), "TF_CPP_MIN_LOG_LEVEL": "2"}
     started = time.perf_counter()
+    # cwd outside any tree: ``python -c`` puts the working directory first on sys.path.
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(config)], env=env, capture_output=True,
-                          text=True)
+                          text=True, cwd=tempfile.gettempdir())
     wall = time.perf_counter() - started
     log.write_text(proc.stdout + proc.stderr)
     if proc.returncode:
