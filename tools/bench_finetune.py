@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--extra", default="{}", help="JSON FinetuneConfig fields for the after tree")
     parser.add_argument("--json", type=Path, default=Path("bench_finetune.json"))
     args = parser.parse_args()
+    args.data = args.data.resolve()  # the runs' working directory is elsewhere
     trees = {"before": args.before, "after": REPO}
     results = json.loads(args.json.read_text()) if args.json.is_file() else {"runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
