@@ -95,7 +95,7 @@ def build_cache(backbone, cut: str | None, train_set: ImageSet, val_set: ImageSe
     outputs = [keras.layers.GlobalAveragePooling2D()(backbone.output)]
     if cut:
         outputs.append(backbone.get_layer(cut).output)
-    extractor = keras.Model(backbone.input, outputs)
+    extractor = _traced_once(keras.Model(backbone.input, outputs), recipe)
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     train = _extract(extractor, train_set, recipe, views, seed, directory / "train", True, verbose)
@@ -108,12 +108,28 @@ def build_cache(backbone, cut: str | None, train_set: ImageSet, val_set: ImageSe
     return FrozenCache(train, val, cut, seconds, rate)
 
 
+def _traced_once(model, recipe: Preprocessing):
+    """The extractor as one tf.function for every batch size (train views, last batch, val): each new
+    shape would otherwise cost a trace of the whole backbone, which dominated small data sets."""
+    import tensorflow as tf
+
+    function = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+                           input_signature=[tf.TensorSpec((None, *recipe.input_size, 3), tf.float32)])
+
+    def run(x):
+        out = function(tf.constant(x))
+        return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+
+    run.shapes = [tuple(o.shape[1:]) for o in model.outputs]
+    return run
+
+
 def _extract(extractor, images: ImageSet, recipe: Preprocessing, views: int, seed: int, stem: Path,
              training: bool, verbose: bool) -> CachedSplit:
     from numpy.lib.format import open_memmap
 
     n = len(images)
-    shapes = [tuple(o.shape[1:]) for o in extractor.outputs]
+    shapes = extractor.shapes
     features = open_memmap(f"{stem}_features.npy", "w+", np.float32, (n, views, *shapes[0]))
     boundary = open_memmap(f"{stem}_boundary.npy", "w+", np.float16, (n, views, *shapes[1])) if len(shapes) > 1 else None
     scale = np.ones((n, views), np.float32)
@@ -125,8 +141,7 @@ def _extract(extractor, images: ImageSet, recipe: Preprocessing, views: int, see
                 pixels = np.stack([view_stack(p, recipe.input_size, views, seed, int(i)) for p, i in zip(pixels, index)])
             else:
                 pixels = pixels[:, None]
-            out = extractor.predict_on_batch(recipe.normalize(pixels.reshape(-1, *pixels.shape[2:])))
-            out = out if isinstance(out, (list, tuple)) else [out]
+            out = extractor(recipe.normalize(pixels.reshape(-1, *pixels.shape[2:])))
             features[index] = np.asarray(out[0]).reshape(len(index), views, *shapes[0])
             if boundary is not None:
                 cut = np.asarray(out[1]).reshape(len(index), views, *shapes[1])
