@@ -110,8 +110,8 @@ def main() -> None:
     results = json.loads(args.json.read_text()) if args.json.is_file() else {"runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
         tmp = Path(tmp)
-        for strategy in args.strategies.split(","):
-            for tree in args.trees.split(","):
+        for strategy in filter(None, args.strategies.split(",")):  # --strategies "" : only --big
+            for tree in filter(None, args.trees.split(",")):
                 config = {"data": str(args.data), "out": str(tmp / f"{tree}-{strategy}"), "strategy": strategy}
                 if tree == "after":
                     config.update(json.loads(args.extra))
