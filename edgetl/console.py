@@ -8,7 +8,7 @@
   tables), for the duration of a command. ``edgetl --verbose`` leaves both alone.
 * ``say(message, enabled)``: one progress line on ``stderr`` (``enabled``: the command's ``verbose``),
   the one print helper of the library modules.
-* ``progress(total, description)``: a rich progress bar on stderr when it is a terminal (nothing
+* ``progress(total, description)``: a rich progress bar (with an ETA) on stderr when it is a terminal (nothing
   otherwise: logs and CI output stay plain lines).
 """
 
@@ -115,7 +115,8 @@ def progress(total: int, description: str, enabled: bool = True) -> Iterator[_Pr
         yield _Progress(None, None)
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     global _live
     if _live is not None:  # one bar at a time (a stage inside a stage keeps the outer bar)
@@ -123,7 +124,7 @@ def progress(total: int, description: str, enabled: bool = True) -> Iterator[_Pr
         return
     console = Console(file=_terminal if _terminal is not None else sys.stderr, force_terminal=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, redirect_stdout=False, redirect_stderr=False) as bar:
+                  TimeRemainingColumn(), console=console, transient=True, redirect_stdout=False, redirect_stderr=False) as bar:
         _live = console
         try:
             yield _Progress(bar, bar.add_task(description, total=total))

@@ -4,8 +4,9 @@ Layout: ``DATA/<class>/*.jpg`` (split here, stratified and seeded) or ``DATA/tra
 ``DATA/val/<class>`` (used as given). Undecodable files are skipped and reported once; a missing
 folder, an empty class or fewer than two classes is a ``UsageError``.
 
-Images are decoded with Pillow (the same code the runtime replays), held in memory as uint8 and fed
-through tf.data; augmentation (random crop and flip) lives here, never inside the saved model.
+Images are decoded with Pillow (the same code the runtime replays), streamed from disk in parallel
+(``streaming.py``) into tf.data; augmentation (random crop and flip) lives here, never inside the saved
+model.
 """
 
 from __future__ import annotations
@@ -153,19 +154,18 @@ def scan_unlabelled(root: str | Path) -> tuple[list[Path], list[tuple[Path, str]
 
 # -- arrays -----------------------------------------------------------------------------------------
 def load_pixels(paths: Sequence[Path], recipe: Preprocessing, training: bool = False) -> np.ndarray:
-    """Decode to uint8 N x H x W x 3: eval crops at the input size; training keeps a square canvas
-    at the resize size so random crops can be taken from it."""
-    if training and recipe.resize_shorter:
-        canvas = (recipe.resize_shorter, recipe.resize_shorter)
-    else:
-        canvas = None  # the recipe itself (shorter side to resize_shorter, centre crop): the runtime's path
-    out = np.empty((len(paths), *(canvas or recipe.input_size), 3), np.uint8)
-    for i, path in enumerate(paths):
-        try:
-            image = open_image(path, recipe.decode)
-        except ImageDecodeError as exc:  # changed since the scan, or over this recipe's pixel cap
-            raise UsageError(str(exc)) from None
-        out[i] = recipe.resize_and_crop(image, canvas)
+    """Decode to uint8 N x H x W x 3 (decoded in parallel, ``streaming.decoded``): eval crops at the
+    input size; training keeps a square canvas at the resize size so random crops can be taken from it.
+    For sets whose size the caller bounds (a batch, calibration); training streams instead."""
+    from .streaming import canvas_size, decoded
+
+    out = np.empty((len(paths), *(canvas_size(recipe, training) or recipe.input_size), 3), np.uint8)
+    skipped: list = []
+    for i, pixels in decoded(paths, recipe, training, skipped=skipped, warn=False):
+        out[i] = pixels
+    if skipped:  # changed since the scan, or over this recipe's pixel cap
+        path, reason = skipped[0]
+        raise UsageError(f"{path}: {reason}")
     return out
 
 
@@ -210,22 +210,51 @@ def tf_normaliser(recipe: Preprocessing):
 
 def make_dataset(images: ImageSet, recipe: Preprocessing, batch_size: int, training: bool, seed: int = 0,
                  pixels: np.ndarray | None = None):
-    """A cached, prefetched tf.data pipeline of (normalised image, label)."""
+    """A prefetched tf.data pipeline of (normalised image, label).
+
+    Without ``pixels`` the images stream from disk, decoded in parallel through the one decode path
+    (``streaming.decoded``), in a seeded shuffled order per epoch when training: memory holds a few
+    batches whatever the size of the data set. With ``pixels`` (a decoded array) it slices that."""
     import tensorflow as tf
 
-    if pixels is None:
-        pixels = load_pixels(images.paths, recipe, training)
     height, width = recipe.input_size
     normalise = tf_normaliser(recipe)
+    labels = np.asarray(images.labels, np.int32)
 
     def augment(image, label, pair):
         return normalise(random_crop_flip(image, (height, width), pair)), label
 
-    ds = tf.data.Dataset.from_tensor_slices((pixels, np.asarray(images.labels, np.int32))).cache()
+    if pixels is not None:
+        ds = tf.data.Dataset.from_tensor_slices((pixels, labels)).cache()
+        if training:
+            ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    else:
+        ds = _streamed(images, recipe, training, seed, labels)
     if training:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         ds = tf.data.Dataset.zip(ds, seed_pairs(seed)).map(lambda item, pair: augment(*item, pair),
                                                            num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = ds.map(lambda image, label: (normalise(image), label), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _streamed(images: ImageSet, recipe: Preprocessing, training: bool, seed: int, labels: np.ndarray):
+    """(uint8 image, label) decoded from disk on each pass; training passes go in a seeded order that
+    differs per epoch (numpy, so it does not depend on thread timing)."""
+    import tensorflow as tf
+
+    from .streaming import canvas_size, decoded
+
+    shape = (*(canvas_size(recipe, training) or recipe.input_size), 3)
+    passes = [0]
+
+    def generate():
+        order = None
+        if training:
+            order = np.random.default_rng([seed, passes[0]]).permutation(len(images))
+            passes[0] += 1
+        for index, pixels in decoded(images.paths, recipe, training, order=order):
+            yield pixels, labels[index]
+
+    signature = (tf.TensorSpec(shape, tf.uint8), tf.TensorSpec((), tf.int32))
+    return tf.data.Dataset.from_generator(generate, output_signature=signature)

@@ -66,6 +66,10 @@ def finetune(
     student: str = typer.Option("freeze", help="strategy distill: freeze (head, then the top --unfreeze-top layers) | features (head only)."),
     teacher_view: str = typer.Option("same", help="strategy distill: same (teacher sees each augmented view; pure KL) | fixed (teacher once per photo; KL + labels)."),
     mixup: float = typer.Option(1.0, help="strategy distill, --teacher-view same: mixup Beta(a, a) of the shared views (0 = off)."),
+    frozen_views: int = typer.Option(2, help="Views per photo run once through the frozen backbone and cached for head epochs and freeze's second phase (0: every photo every epoch)."),
+    label_smoothing: float = typer.Option(0.0, help="Label smoothing of the training loss."),
+    weight_decay: float = typer.Option(0.0, help="> 0: AdamW with this weight decay."),
+    patience: int = typer.Option(0, help="> 0: early stopping on val loss per phase, best epoch restored."),
 ):
     """Fine-tune a backbone with a new classification head on an image folder."""
     from ..training import FinetuneConfig
@@ -77,7 +81,8 @@ def finetune(
                             fine_tune_lr=fine_tune_lr, dropout=dropout, val_split=val_split, seed=seed,
                             input_size=input_size, teacher=teacher, temperature=temperature,
                             distill_weight=distill_weight, student=student, teacher_view=teacher_view,
-                            mixup=mixup)
+                            mixup=mixup, frozen_views=frozen_views, label_smoothing=label_smoothing,
+                            weight_decay=weight_decay, patience=patience)
     config.validate()  # bad arguments, a forbidden or unwritable --out: before TensorFlow and training
     load_tensorflow()
     from ..training import finetune as run_finetune

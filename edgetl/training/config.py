@@ -54,6 +54,18 @@ class FinetuneConfig:
     student: str = Strategy.FREEZE  # distill: features (head only) or freeze (then the top layers, as freeze)
     teacher_view: str = "same"  # distill: same (the student's augmented view) | fixed (teacher once per photo)
     mixup: float = 1.0  # distill with teacher_view same: Beta(a, a) mixup of the shared views; 0 = off
+    # Frozen work done once (cache.py): views of each training photo sent once through the frozen backbone
+    # (0: centre crop, 1: its mirror, 2..: seeded random crops) for every head-only epoch and freeze's
+    # second phase; 0 = decode and run every photo in every epoch (the way before the cache).
+    frozen_views: int = 2
+    label_smoothing: float = 0.0  # share of the target spread evenly over the classes
+    weight_decay: float = 0.0  # > 0: AdamW with this decoupled decay instead of Adam
+    patience: int = 0  # > 0: stop a phase when val loss has not improved for this many epochs; best restored
+
+    def fit_options(self) -> dict:
+        """The recipe knobs every training phase takes (``fit.train_phase``)."""
+        return {"label_smoothing": self.label_smoothing, "weight_decay": self.weight_decay,
+                "patience": self.patience}
 
     def validate(self) -> None:
         self.strategy = choose(Strategy, self.strategy, "strategy")
@@ -102,6 +114,11 @@ class FinetuneConfig:
             raise UsageError(f"--fine-tune-epochs must be >= 1, got {self.fine_tune_epochs}")
         if self.fine_tune_lr is not None and self.fine_tune_lr <= 0:
             raise UsageError(f"--fine-tune-lr must be > 0, got {self.fine_tune_lr}")
+        if self.frozen_views < 0 or self.patience < 0 or self.weight_decay < 0:
+            raise UsageError(f"--frozen-views, --patience and --weight-decay must be >= 0, got "
+                             f"{self.frozen_views}, {self.patience}, {self.weight_decay}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.input_size is not None:

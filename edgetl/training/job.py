@@ -20,6 +20,7 @@ and this orchestration.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,12 @@ from typing import Any
 from .. import zoo
 from ..choices import Strategy
 from ..console import say
-from ..data import ImageSet, load_pixels, load_splits, make_dataset
+from ..data import ImageSet, load_splits, make_dataset
 from ..errors import UsageError
 from ..metadata import ModelCard, atomic_directory, sha256_file, software_versions
 from ..preprocess import Preprocessing
 from .builders import build_classifier, build_stack, unfreeze
+from .cache import build_cache, cached_dataset, cut_layer, head_trainer, top_trainer
 from .config import BACKBONE_LAYER, LOGITS_LAYER, FinetuneConfig, TrainedModel
 from .distill import train_distilled
 from .fit import evaluate, train_phase
@@ -39,7 +41,10 @@ from .io import save_model_dir
 
 
 def finetune(config: FinetuneConfig) -> TrainedModel:
-    """Train, evaluate and write ``model.keras`` + ``edgetl.json`` + ``training.png`` atomically."""
+    """Train, evaluate and write ``model.keras`` + ``edgetl.json`` + ``training.png`` atomically.
+
+    Training runs inside the output's staging folder, so the frozen-feature cache (``cache.py``) lives
+    on disk there and vanishes with it, whatever happens."""
     import keras
 
     config.validate()
@@ -65,29 +70,76 @@ def finetune(config: FinetuneConfig) -> TrainedModel:
 
     say(f"{len(train_set)} training / {len(val_set)} validation images, classes "
         f"{train_set.classes}; strategy {config.strategy}", config.verbose)
-    train_ds = make_dataset(train_set, recipe, config.batch_size, True, config.seed,
-                            pixels=load_pixels(train_set.paths, recipe, training=True))
-    val_ds = make_dataset(val_set, recipe, config.batch_size, False) if len(val_set) else None
-
-    history: list[dict[str, float]] = []
-    teacher_info = None
-    unfrozen: list[str] = []
-    if config.strategy == Strategy.DISTILL:
-        teacher_info, unfrozen = train_distilled(config, model, train_set, val_set, recipe, history)
-    else:
-        train_phase(model, train_ds, val_ds, config.epochs, config.lr, "head", config.verbose, history)
-    if config.strategy in (Strategy.FREEZE, Strategy.FULL):
-        top, epochs, rate = config.second_phase(config.strategy)
-        unfrozen = unfreeze(base, top)
-        train_phase(model, train_ds, val_ds, epochs, rate, str(config.strategy), config.verbose, history)
-
-    metrics = evaluate(model, val_ds) if val_ds is not None else {}
-    card = model_card(config, train_set, val_set, recipe, history, metrics, unfrozen,
-                      time.perf_counter() - started, teacher=teacher_info or None)
+    val_ds = make_dataset(val_set, recipe, config.batch_size, False)
     with atomic_directory(config.out, inputs=config.inputs(), verb="finetune") as tmp:
+        history: list[dict[str, float]] = []
+        teacher_info, unfrozen = _train(config, model, base, train_set, val_set, recipe, val_ds, tmp, history)
+        # Plain cross-entropy whatever the training loss (label smoothing), for comparable val losses.
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        metrics = evaluate(model, val_ds)
+        card = model_card(config, train_set, val_set, recipe, history, metrics, unfrozen,
+                          time.perf_counter() - started, teacher=teacher_info or None)
         card = save_model_dir(tmp, model, card, history, title=f"{card.backbone} ({config.strategy})")
     say(f"wrote {config.out} (val accuracy {metrics.get('val_accuracy', float('nan')):.3f})", config.verbose)
     return TrainedModel(Path(config.out), model, card.to_dict(), history)
+
+
+def _train(config: FinetuneConfig, model, base, train_set: ImageSet, val_set: ImageSet, recipe: Preprocessing,
+           val_ds, staging: Path, history: list) -> tuple[dict | None, list[str]]:
+    """The phases of ``config.strategy``; head-only phases (and freeze's second one) train from the
+    frozen-feature cache unless ``frozen_views`` is 0. Returns (teacher info, unfrozen layer names)."""
+    if config.strategy == Strategy.DISTILL:
+        return train_distilled(config, model, train_set, val_set, recipe, history)
+    streamed = None  # built only for phases that need photos
+
+    def photos():
+        nonlocal streamed
+        streamed = streamed or make_dataset(train_set, recipe, config.batch_size, True, config.seed)
+        return streamed
+
+    if config.strategy == Strategy.STACK or not config.frozen_views:
+        train_phase(model, photos(), val_ds, config.epochs, config.lr, "head", config.verbose, history,
+                    images=len(train_set), **config.fit_options())
+        if config.strategy == Strategy.STACK:
+            return None, []
+        top, epochs, rate = config.second_phase(config.strategy)
+        if config.strategy == Strategy.FEATURES:
+            return None, []
+        unfrozen = unfreeze(base, top)
+        train_phase(model, photos(), val_ds, epochs, rate, str(config.strategy), config.verbose, history,
+                    images=len(train_set), **config.fit_options())
+        return None, unfrozen
+
+    top, epochs, rate = config.second_phase(config.strategy)
+    unfrozen, cut = [], None
+    if config.strategy == Strategy.FREEZE:
+        # Which layers will train decides where the cache cuts; they stay frozen for the head phase.
+        unfrozen = unfreeze(base, top)
+        cut = cut_layer(base, unfrozen[0]) if unfrozen else None
+        base.trainable = False
+    directory = staging / ".frozen-cache"
+    try:
+        cache = build_cache(base, cut, train_set, val_set, recipe, config.frozen_views, config.seed, directory,
+                            config.verbose)
+        head_val = cached_dataset(cache.val, "features", config.batch_size, False)
+        train_phase(head_trainer(model), cached_dataset(cache.train, "features", config.batch_size, True,
+                                                        config.seed),
+                    head_val, config.epochs, config.lr, "head", config.verbose, history,
+                    images=len(cache.train.rows), **config.fit_options())
+        if config.strategy == Strategy.FEATURES:
+            return None, []
+        unfrozen = unfreeze(base, top)
+        if cut:
+            trainer = top_trainer(model, base, cut)
+            train_ds = cached_dataset(cache.train, "boundary", config.batch_size, True, config.seed)
+            val = cached_dataset(cache.val, "boundary", config.batch_size, False)
+        else:  # full, or no single-edge cut below the trained layers: photos every epoch
+            trainer, train_ds, val = model, photos(), val_ds
+        train_phase(trainer, train_ds, val, epochs, rate, str(config.strategy), config.verbose, history,
+                    images=len(train_set), **config.fit_options())
+        return None, unfrozen
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)  # before the staging folder becomes the result
 
 
 def weights_source(weights: str, names: list[str]) -> dict[str, Any]:
