@@ -34,9 +34,10 @@ TINY_SIZE = 96
 # the other worker sat idle. Files start longest first instead (the longest-processing-time rule), by
 # their CPU time alone in one process (`/usr/bin/time pytest tests/test_x.py --durations=15`); files not
 # listed are short and follow in name order. Re-measure when a file grows past a few minutes.
-LONGEST_FIRST = ("test_export.py", "test_search.py", "test_prune.py", "test_pipeline.py", "test_safety.py",
-                 "test_bench.py", "test_hardening.py", "test_export_int8.py", "test_metadata.py", "test_accuracy.py",
-                 "test_targets.py", "test_qat.py")
+LONGEST_FIRST = ("test_export.py", "test_search.py", "test_prune.py", "test_pipeline.py", "test_foreign.py",
+                 "test_safety.py", "test_bench.py", "test_hardening.py", "test_hardening_npu_search.py",
+                 "test_export_int8.py", "test_stream.py", "test_metadata.py", "test_accuracy.py", "test_targets.py",
+                 "test_qat.py")
 
 
 def pytest_configure(config):
