@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .preprocess import _RESAMPLE, DecodeRules, Preprocessing
+from .preprocess import INTERPOLATIONS, DecodeRules, Preprocessing
 
 # name -> how pixels are made; mean/std on the ``scale``d range, ``crop_pct`` = crop / resize (timm).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -73,8 +73,8 @@ class StatedPreprocessing:
                 raise UsageError(f"{flag} must be a positive number of pixels, got {value}")
         if self.channel_order is not None and self.channel_order.upper() not in CHANNEL_ORDERS:
             raise UsageError(f"--channel-order must be RGB or BGR, got {self.channel_order!r}")
-        if self.interpolation is not None and self.interpolation not in _RESAMPLE:
-            raise UsageError(f"--interpolation must be one of {', '.join(_RESAMPLE)}, got {self.interpolation!r}")
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise UsageError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
 
     def _base(self) -> tuple[dict[str, Any] | None, Preprocessing | None]:
         """(preset entry, recipe from a JSON file): at most one of them."""
@@ -188,7 +188,7 @@ def _check_field(name: str, value: Any) -> str | None:
         if ok and name == "std" and min(value) <= 0:
             ok = False
         return None if ok else f"a list of 3 numbers{' > 0' if name == 'std' else ''} (0..255 units)"
-    choices = {"interpolation": tuple(_RESAMPLE), "channel_order": CHANNEL_ORDERS, "layout": LAYOUTS}.get(name)
+    choices = {"interpolation": INTERPOLATIONS, "channel_order": CHANNEL_ORDERS, "layout": LAYOUTS}.get(name)
     if choices:
         return None if value in choices else f"one of {', '.join(choices)}"
     return None

@@ -40,9 +40,9 @@ def source_model_dir(artifact: Artifact) -> Path | None:
 
 def check_reference(path: Path) -> None:
     if Path(path).suffix == ".onnx":  # an ONNX model (PyTorch, timm): ONNX Runtime FP32 is the reference
-        from ..exporting.sources.onnx_source import _check, _load
+        from ..exporting.sources.onnx_source import check_classifier, load_model
 
-        _check(_load(Path(path)), Path(path))
+        check_classifier(load_model(Path(path)), Path(path))
         return
     for name in (MODEL_FILE, MODEL_METADATA):
         if not (Path(path) / name).exists():
@@ -112,7 +112,7 @@ def onnx_reference_outputs(path: Path, cache: InputCache, runs: int, warmup: int
     an artifact exported from it (the file itself records none of them)."""
     import onnxruntime
 
-    from ..exporting.sources.onnx_source import _check, _load, to_layout
+    from ..exporting.sources.onnx_source import check_classifier, load_model, to_layout
     from ..runtime.backends import open_backend
 
     made = [a for a in artifacts if source_model_dir(a) == path.resolve()] or list(artifacts)
@@ -120,7 +120,7 @@ def onnx_reference_outputs(path: Path, cache: InputCache, runs: int, warmup: int
         raise UsageError(f"--reference {path}: no artifact to read its preprocessing and labels from")
     sidecar = made[0].sidecar
     recipe = Preprocessing.from_dict({**sidecar["preprocessing"], "layout": "NHWC"})
-    layout = "NCHW" if _check(_load(path), path)[0][1] == 3 else "NHWC"  # the file's own, whatever the artifact's
+    layout = "NCHW" if check_classifier(load_model(path), path)[0][1] == 3 else "NHWC"  # the file's own, whatever the artifact's
     backend = open_backend(path, "cpu")
     inputs = to_layout(cache.floats(recipe), layout)
     raw = np.concatenate([backend.run(inputs[i:i + 32]) for i in range(0, len(inputs), 32)]).astype(np.float32)

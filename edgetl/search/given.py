@@ -79,7 +79,7 @@ def validate(config) -> None:
     if sources.pick(config.model) == "onnx":  # its width is in the file: wrong labels fail before Ray
         from ..exporting.sources import foreign, onnx_source
 
-        _, out_dims = onnx_source._check(onnx_source._load(config.model), config.model)
+        _, out_dims = onnx_source.check_classifier(onnx_source.load_model(config.model), config.model)
         foreign.labels(export, out_dims[1])
 
 

@@ -28,7 +28,7 @@ from .foreign import ModelFacts
 MAX_OPSET = 21
 
 
-def _load(path: Path):
+def load_model(path: Path):
     import onnx
 
     if not path.is_file():
@@ -46,7 +46,7 @@ def _dims(value) -> list:
     return [d.dim_value if d.HasField("dim_value") else None for d in shape.shape.dim]
 
 
-def _check(model, path: Path) -> tuple[list, list]:
+def check_classifier(model, path: Path) -> tuple[list, list]:
     """(input dims, output dims) of a single-input, single 2-D output image classifier; else one line."""
     initializers = {init.name for init in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in initializers]
@@ -74,7 +74,7 @@ def _check(model, path: Path) -> tuple[list, list]:
 
 
 def validate(config) -> None:
-    _check(_load(config.model), config.model)
+    check_classifier(load_model(config.model), config.model)
     if any(d == "uint8" for d in config.input_dtypes):
         raise UsageError("--input-dtype uint8 is for Keras models; an ONNX model is exported with its float input")
     if config.qat_epochs or config.accuracy_aware:
@@ -93,7 +93,7 @@ def _npu_target(name: str) -> bool:
 
 
 def peek(config) -> ModelFacts:
-    in_dims, _ = _check(_load(config.model), config.model)
+    in_dims, _ = check_classifier(load_model(config.model), config.model)
     layout = "NCHW" if in_dims[1] == 3 else "NHWC"
     size = tuple(in_dims[2:4]) if layout == "NCHW" else tuple(in_dims[1:3])
     return ModelFacts(None if None in size else size, layout)
@@ -103,8 +103,8 @@ def load(config):
     from .. import sources
     from ..keras_graph import SourceModel
 
-    model = _load(config.model)
-    _, out_dims = _check(model, config.model)
+    model = load_model(config.model)
+    _, out_dims = check_classifier(model, config.model)
     facts = peek(config)
     names = foreign.labels(config, int(out_dims[1]))
     output = model.graph.output[0].name
