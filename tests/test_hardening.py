@@ -17,16 +17,10 @@ import numpy as np
 import pytest
 
 from edgetl.cli import main
+from checks import one_line
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "edgetl" / "schemas" / "bench.schema.json"
-
-
-def _one_line(err: str) -> str:
-    err = err.strip()
-    assert "Traceback" not in err, err
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +65,12 @@ def test_unwritable_out_is_one_line_before_any_work(verb, tiny_model_dir, u8_art
     finally:
         locked.chmod(0o755)
     assert done.returncode == 2, done.stderr
-    err = _one_line(done.stderr)
+    err = one_line(done.stderr)
     assert f"--out {out} cannot be written: {locked}: Permission denied" in err
     assert not out.exists()
 
 
-def test_os_error_mid_write_is_one_line(small_data, tmp_path, capfd):
+def test_os_error_mid_write_isone_line(small_data, tmp_path, capfd):
     """A file-size limit (EFBIG; ENOSPC and EACCES take the same path) hit while model.keras is
     written after training: one line, exit 2, nothing left at --out."""
     from edgetl.writable import describe_os_error
@@ -116,7 +110,7 @@ def test_broken_model_metadata_names_file_and_field(content, message, tiny_model
                  ["bench", str(u8_artifacts), "--data", str(small_data), "--out", str(tmp_path / "b"),
                   "--reference", str(tiny_model_copy)]):
         assert main(args) == 2, args
-        err = _one_line(capsys.readouterr().err)
+        err = one_line(capsys.readouterr().err)
         assert message in err and str(tiny_model_copy / "edgetl.json") in err
     assert not any((tmp_path / name).exists() for name in "epb")
 
@@ -126,7 +120,7 @@ def test_prune_without_training_data_record_asks_for_data(tiny_model_copy, tmp_p
     del meta["dataset"]
     (tiny_model_copy / "edgetl.json").write_text(json.dumps(meta))
     assert main(["prune", str(tiny_model_copy), "--out", str(tmp_path / "p"), "--epochs", "0"]) == 2
-    assert "records no training data (dataset.root); pass --data" in _one_line(capsys.readouterr().err)
+    assert "records no training data (dataset.root); pass --data" in one_line(capsys.readouterr().err)
 
 
 # -- 8. finetune arguments ------------------------------------------------------------------------------
@@ -149,7 +143,7 @@ def test_prune_without_training_data_record_asks_for_data(tiny_model_copy, tmp_p
 def test_finetune_bad_arguments_fail_before_training(args, message, small_data, tmp_path, capsys):
     assert main(["finetune", str(small_data), "--out", str(tmp_path / "m"), *args]) == 2
     captured = capsys.readouterr()
-    assert message in _one_line(captured.err) and "epoch 1/" not in captured.err
+    assert message in one_line(captured.err) and "epoch 1/" not in captured.err
     assert not (tmp_path / "m").exists()
 
 
@@ -159,7 +153,7 @@ def test_finetune_out_file_and_val_split_zero_with_a_pre_split_folder(small_data
     existing = tmp_path / "notes.txt"
     existing.write_text("keep me")
     assert main(["finetune", str(small_data), "--out", str(existing), "--epochs", "1"]) == 2
-    assert f"--out {existing} is an existing file, not a folder" in _one_line(capsys.readouterr().err)
+    assert f"--out {existing} is an existing file, not a folder" in one_line(capsys.readouterr().err)
     assert existing.read_text() == "keep me"
     # DATA/{train,val}: the split is the folder's, so --val-split 0 is fine (nothing to validate).
     split = tmp_path / "split"
@@ -175,7 +169,7 @@ def test_export_out_current_directory_fails_up_front(out, tiny_model_dir, tmp_pa
     cwd.mkdir(parents=True)
     monkeypatch.chdir(cwd)
     assert main(["export", str(tiny_model_dir), "--out", out, "-f", "tflite"]) == 2
-    err = _one_line(capsys.readouterr().err)
+    err = one_line(capsys.readouterr().err)
     assert f"--out {out} is the current directory (or holds it)" in err and "--out ./edgetl-out" in err
     assert list(cwd.iterdir()) == [] and [p.name for p in cwd.parent.iterdir()] == ["here"]
 
@@ -184,14 +178,14 @@ def test_export_out_current_directory_fails_up_front(out, tiny_model_dir, tmp_pa
 def test_messages_name_the_real_problem(tiny_model_copy, u8_artifacts, small_data, tmp_path, capsys):
     (tiny_model_copy / "edgetl.json").rename(tmp_path / "saved.json")
     assert main(["prune", str(tiny_model_copy), "--out", str(tmp_path / "p")]) == 2
-    err = _one_line(capsys.readouterr().err)
+    err = one_line(capsys.readouterr().err)
     assert "no edgetl.json (not a model directory written by" in err and "--input-size" not in err
 
     (tmp_path / "saved.json").rename(tiny_model_copy / "edgetl.json")
     report = tmp_path / "report.txt"
     report.write_text("x")
     assert main(["bench", str(u8_artifacts), "--data", str(small_data), "--out", str(report)]) == 2
-    err = _one_line(capsys.readouterr().err)
+    err = one_line(capsys.readouterr().err)
     assert "is an existing file, not a folder" in err and "--overwrite" not in err
 
     keras_file = tiny_model_copy / "model.keras"
@@ -199,7 +193,7 @@ def test_messages_name_the_real_problem(tiny_model_copy, u8_artifacts, small_dat
     for args in (["export", str(tiny_model_copy), "--out", str(tmp_path / "e")],
                  ["prune", str(tiny_model_copy), "--out", str(tmp_path / "p"), "--epochs", "0"]):
         assert main(args) == 2
-        err = _one_line(capsys.readouterr().err)
+        err = one_line(capsys.readouterr().err)
         assert f"{keras_file}: not a valid Keras file (truncated, or not a .keras zip archive)" in err
         assert "File not found" not in err
 
@@ -369,7 +363,7 @@ def _export_on_a_full_disk(tmp_path: Path, size: str, model: Path, *args: str):
     return done, out
 
 
-def test_full_disk_inside_the_tflite_converter_is_one_line(runtime_model_dir, small_data, tmp_path):
+def test_full_disk_inside_the_tflite_converter_isone_line(runtime_model_dir, small_data, tmp_path):
     """TensorFlow's converter writes a SavedModel first and swallows that write's error (then fails with
     an unrelated TypeError): a real full disk (a 64 KiB tmpfs holding --out, the converter's scratch
     with it) gives one line naming --out and nothing left there."""
@@ -382,7 +376,7 @@ def test_full_disk_inside_the_tflite_converter_is_one_line(runtime_model_dir, sm
 
 
 @pytest.mark.parametrize("fmt, modes, size", [("openvino", "fp32", "64k"), ("onnx", "fp32,int8", "100k")])
-def test_full_disk_inside_native_writers_is_one_line(runtime_model_dir, small_data, tmp_path, fmt, modes, size):
+def test_full_disk_inside_native_writers_isone_line(runtime_model_dir, small_data, tmp_path, fmt, modes, size):
     """OpenVINO's save_model (``RuntimeError: basic_ios::clear``) and ONNX Runtime's optimiser (a
     truncated model, then a protobuf error) lose errno: a full disk there is still one line."""
     done, out = _export_on_a_full_disk(tmp_path, size, runtime_model_dir, "-f", fmt, "-q", modes, "--calib",
@@ -394,7 +388,7 @@ def test_full_disk_inside_native_writers_is_one_line(runtime_model_dir, small_da
     assert err[-1] == "[]"
 
 
-def test_file_size_limit_inside_the_converter_is_one_line(runtime_model_dir, small_data, tmp_path, capfd):
+def test_file_size_limit_inside_the_converter_isone_line(runtime_model_dir, small_data, tmp_path, capfd):
     """The same hidden failure from a file-size limit (EFBIG, ``ulimit -f``), in this process."""
     out = tmp_path / "artifacts"
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -492,7 +486,7 @@ def test_bench_reports_unusable_sidecars_and_runtime_failures_per_artifact(u8_ar
     # Nothing usable at all: the same one line, exit 1, and nothing written.
     alone = tmp_path / "alone"
     assert main(["bench", str(arts / "a_unreadable.onnx"), "--data", str(small_data), "--out", str(alone)]) == 1
-    assert reasons["a_unreadable.onnx"] in _one_line(capsys.readouterr().err) and not alone.exists()
+    assert reasons["a_unreadable.onnx"] in one_line(capsys.readouterr().err) and not alone.exists()
 
 
 def test_embedded_description_is_read_by_each_formats_runtime_backend(cnn_artifacts, monkeypatch, tmp_path):

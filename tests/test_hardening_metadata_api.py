@@ -15,13 +15,7 @@ import pytest
 from edgetl.cli import main
 from edgetl.errors import UsageError
 from edgetl.metadata import read_json, sidecar_path, write_json
-
-
-def _one_line(err: str) -> str:
-    err = err.strip()
-    assert "Traceback" not in err, err
-    assert len(err.splitlines()) == 1, err
-    return err
+from checks import one_line
 
 
 def _copy(artifact: Path, dst: Path, name: str | None = None) -> Path:
@@ -93,7 +87,7 @@ def onnx_copy(cnn_artifacts, tmp_path_factory) -> Path:
 def test_predict_names_the_file_and_the_bad_field(field, value, message, onnx_copy, cnn_artifacts, tmp_path, capsys):
     artifact = _edit(_copy(onnx_copy, tmp_path), _set(field, value))
     assert main(["predict", str(artifact), str(cnn_artifacts.images[0])]) == 2
-    err = _one_line(capsys.readouterr().err)
+    err = one_line(capsys.readouterr().err)
     assert err.startswith(f"edgetl: error: {sidecar_path(artifact)}: ") and message in err, err
 
 
@@ -118,7 +112,7 @@ def test_labels_with_control_characters_are_refused_in_a_model_card(runtime_mode
     card["labels"] = [card["labels"][0], "bees\u2028extra"]
     write_json(model / "edgetl.json", card)
     assert main(["export", str(model), "--out", str(tmp_path / "out")]) == 2
-    err = _one_line(capsys.readouterr().err)
+    err = one_line(capsys.readouterr().err)
     assert f"{model / 'edgetl.json'}: field 'labels[1]' holds a control character or line break" in err
     assert not (tmp_path / "out").exists()
 
@@ -162,11 +156,11 @@ def test_npu_compiled_artifacts_say_so_on_a_cpu(cnn_artifacts, sample_subset, tm
         EdgeModel.load(compiled)
     assert str(raised.value) == why
     assert main(["predict", str(compiled), str(cnn_artifacts.images[0])]) == 2  # predict
-    assert _one_line(capsys.readouterr().err) == f"edgetl: error: {why}"
+    assert one_line(capsys.readouterr().err) == f"edgetl: error: {why}"
     data = sample_subset(2)
     alone = tmp_path / "alone"  # bench of that artifact alone: the same line, nothing written
     assert main(["bench", str(compiled), "--data", str(data), "--out", str(alone)]) == 2
-    assert _one_line(capsys.readouterr().err) == f"edgetl: error: {why}" and not alone.exists()
+    assert one_line(capsys.readouterr().err) == f"edgetl: error: {why}" and not alone.exists()
     plain = _copy(cnn_artifacts.paths["tflite_uint8"], arts)  # beside a CPU artifact: listed as not benched
     out = tmp_path / "report"
     assert main(["bench", str(arts), "--data", str(data), "--out", str(out), "--runs", "2", "--warmup", "0",
@@ -235,7 +229,7 @@ def test_python_api_inputs_raise_usage_error(cnn_artifacts):
 def test_numeric_options_refuse_nan_and_infinities(args, sample_subset, runtime_model_dir, tmp_path, capsys):
     paths = {"DATA": str(sample_subset(2)), "MODEL": str(runtime_model_dir), "OUT": str(tmp_path / "out")}
     assert main([paths.get(a, a) for a in args]) == 2
-    err = _one_line(capsys.readouterr().err)
+    err = one_line(capsys.readouterr().err)
     flag, value = args[-2], args[-1].split(",")[-1]
     assert flag in err and "finite number" in err and value.lower() in err.lower(), err
     assert not (tmp_path / "out").exists()

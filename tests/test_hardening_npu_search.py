@@ -20,15 +20,9 @@ import pytest
 
 from edgetl.cli import main
 from edgetl.errors import UsageError
+from checks import one_line
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _one_line(err: str) -> str:
-    err = err.strip()
-    assert "Traceback" not in err, err
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 # -- Ethos-U: Vela's system configs and memory modes -----------------------------------------------------
@@ -101,7 +95,7 @@ def test_target_options_fail_in_one_line_before_tensorflow(args, code, message, 
         pytest.importorskip("ethosu.vela")
     out = tmp_path / "out"
     assert main(["export", str(runtime_model_dir), "--out", str(out), "--calib", str(sample_subset(2)), *args]) == code
-    err = _one_line(capsys.readouterr().err)
+    err = one_line(capsys.readouterr().err)
     assert message in err and not out.exists()
 
 
@@ -149,7 +143,7 @@ def test_search_space_files_are_small_regular_json(sample_subset, tmp_path, caps
                            (deep, f"--space {deep} is not valid JSON (nested too deeply)")):
         started = time.monotonic()
         assert _search(data, out, "--space", str(space)) == 2
-        assert message in _one_line(capsys.readouterr().err) and time.monotonic() - started < 10
+        assert message in one_line(capsys.readouterr().err) and time.monotonic() - started < 10
     assert not out.exists()
 
 
@@ -159,11 +153,11 @@ def test_search_names_targets_outputs_and_data_before_ray(sample_subset, runtime
 
     data, out = sample_subset(5), tmp_path / "out"
     assert _search(data, out, "--backbones", "efficientnet_lite0,nosuchnet") == 2
-    assert "unknown backbone 'nosuchnet'; choose one of: efficientnet_b0" in _one_line(capsys.readouterr().err)
+    assert "unknown backbone 'nosuchnet'; choose one of: efficientnet_b0" in one_line(capsys.readouterr().err)
     missing = next((n for n in ("gpu:cuda", "npu:intel") if not targets.get(n).availability().available), None)
     if missing:  # a target this machine has no device for, and no other: exit 3 naming it
         assert _search(data, out, "--target", missing) == 3
-        assert f"edgetl: error: {missing} is not available here" in _one_line(capsys.readouterr().err)
+        assert f"edgetl: error: {missing} is not available here" in one_line(capsys.readouterr().err)
     # the output of another verb is refused as every verb refuses an output that is not its own
     model = tmp_path / "model"
     shutil.copytree(runtime_model_dir, model)
@@ -174,7 +168,7 @@ def test_search_names_targets_outputs_and_data_before_ray(sample_subset, runtime
             (folder / "bench.json").write_text("{}")
         before = sorted(p.name for p in folder.iterdir())
         assert _search(data, folder) == 2
-        err = _one_line(capsys.readouterr().err)
+        err = one_line(capsys.readouterr().err)
         assert f"--out {folder} holds {what}, not a search's" in err, err
         assert sorted(p.name for p in folder.iterdir()) == before
     # unusable images, one class: exit 2 and no --out left behind
@@ -188,7 +182,7 @@ def test_search_names_targets_outputs_and_data_before_ray(sample_subset, runtime
         (single / "ants" / src.name).write_bytes(src.read_bytes())
     for folder, message in ((corrupt, "class folder(s) with no usable image"), (single, "needs at least two class")):
         assert _search(folder, out) == 2
-        assert message in _one_line(capsys.readouterr().err) and not out.exists()
+        assert message in one_line(capsys.readouterr().err) and not out.exists()
 
 
 def test_search_address_of_another_server_is_one_line_in_seconds(sample_subset, tmp_path, capsys):
@@ -203,7 +197,7 @@ def test_search_address_of_another_server_is_one_line_in_seconds(sample_subset, 
     finally:
         server.shutdown()
         server.server_close()
-    err = _one_line(capsys.readouterr().err)
+    err = one_line(capsys.readouterr().err)
     assert f"--address {address}: a server answers there but it is not a Ray head" in err
     assert seconds < 15 and not (tmp_path / "out").exists()
 
@@ -251,7 +245,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
-def test_search_sigterm_exits_143_with_one_line(sample_subset, tmp_path):
+def test_search_sigterm_exits_143_withone_line(sample_subset, tmp_path):
     """SIGTERM while Ray runs the fine-tunes: ray.init replaced edgetl's handler (exit 1, no message) and
     Ray's native signal check wraps the exception in a SystemError. Now: 143 with the line `export`
     prints, and the stages already written stay (a rerun resumes)."""
@@ -266,10 +260,10 @@ def test_search_sigterm_exits_143_with_one_line(sample_subset, tmp_path):
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 143, err
-    assert _one_line(err) == "edgetl: terminated (SIGTERM); nothing half-written was left"
+    assert one_line(err) == "edgetl: terminated (SIGTERM); nothing half-written was left"
 
 
-def test_ctrl_c_exits_130_with_one_line(cnn_artifacts):
+def test_ctrl_c_exits_130_withone_line(cnn_artifacts):
     """Ctrl-C: typer turns it into Exit(130), which click returns (non-standalone mode) instead of raising,
     so edgetl exited 130 without a word (search, and every other verb). Here predict blocks reading an
     image from a pipe that never ends, and SIGINT arrives there."""
@@ -285,7 +279,7 @@ def test_ctrl_c_exits_130_with_one_line(cnn_artifacts):
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
-    assert _one_line(err) == "edgetl: interrupted; nothing half-written was left"
+    assert one_line(err) == "edgetl: interrupted; nothing half-written was left"
 
 
 def test_qat_graph_keeps_ops_called_with_constants():
