@@ -157,3 +157,36 @@ def test_search_front_and_winner_use_anchor_latency_and_the_top1_interval():
     # a trial without a ratio (an old bench): every trial falls back to the absolute p50
     rows[2]["latency_vs_anchor"] = None
     assert [key for key, _ in trial_objectives(rows)][1] == "latency_p50_ms"
+
+
+# Ties and zero vectors: the agreement rule export parity and the bench share.
+def test_parity_ties_and_zero_vectors():
+    from edgetl.exporting.parity import compare, describe
+    from edgetl.metrics import agreement_rows
+    from edgetl.metrics import compare as same_space_compare
+
+    rng = np.random.default_rng(0)
+    # A degenerate model: every logit ~1e-10, an INT8 artifact off by ~3e-10. No class is preferred.
+    reference = (rng.normal(size=(12, 2)) * 1e-10).astype(np.float32)
+    artifact = (reference + rng.normal(size=reference.shape) * 2e-10).astype(np.float32)
+    assert (reference.argmax(1) != artifact.argmax(1)).sum() >= 3  # the plain argmax rule disagrees
+    parity = compare(reference, artifact, "int8", 0.98)
+    assert parity["top1_agreement"] == 1.0 and parity["cosine"] == 1.0 and parity["passed"]
+    assert parity["max_abs_diff"] < 1e-9
+    assert describe(parity).startswith("agreement 1.000 (12/12)")
+    bench = same_space_compare(reference, artifact)
+    assert bench["top1_agreement"] == 1.0 and bench["cosine_mean"] == bench["cosine_min"] == 1.0
+
+    # Real logits: a swapped clear decision still disagrees; a near-tie (1e-5 of a range of 8) agrees.
+    reference = np.array([[4.0, -4.0], [1.0, 1.0 + 8e-5], [0.5, -0.5]], np.float32)
+    artifact = np.array([[-4.0, 4.0], [1.0, 1.0], [0.5, -0.5]], np.float32)
+    parity = compare(reference, artifact, "int8", 0.98)
+    assert parity["top1_agreement"] == pytest.approx(2 / 3) and not parity["passed"]
+    assert same_space_compare(reference, artifact)["top1_agreement"] == pytest.approx(2 / 3)
+    # A NaN row never agrees (and nulls the cosine mean); a zero vector against a real one has cosine 0.
+    outputs = np.array([[np.nan, 0.0], [0.0, 0.0]], np.float32)
+    reference = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    agree, cosine = agreement_rows(reference, outputs)
+    assert agree.tolist() == [False, True] and np.isnan(cosine[0]) and cosine[1] == 0.0
+    result = same_space_compare(reference, outputs)
+    assert result["top1_agreement"] == 0.5 and result["cosine_mean"] is None

@@ -247,39 +247,6 @@ def _recipe(sidecar):
     return Preprocessing.from_dict(sidecar["preprocessing"])
 
 
-# -- 12. ties and zero vectors -------------------------------------------------------------------------------
-def test_parity_ties_and_zero_vectors():
-    from edgetl.exporting.parity import compare, describe
-    from edgetl.metrics import agreement_rows
-    from edgetl.metrics import compare as same_space_compare
-
-    rng = np.random.default_rng(0)
-    # A degenerate model: every logit ~1e-10, an INT8 artifact off by ~3e-10. No class is preferred.
-    reference = (rng.normal(size=(12, 2)) * 1e-10).astype(np.float32)
-    artifact = (reference + rng.normal(size=reference.shape) * 2e-10).astype(np.float32)
-    assert (reference.argmax(1) != artifact.argmax(1)).sum() >= 3  # the plain argmax rule disagrees
-    parity = compare(reference, artifact, "int8", 0.98)
-    assert parity["top1_agreement"] == 1.0 and parity["cosine"] == 1.0 and parity["passed"]
-    assert parity["max_abs_diff"] < 1e-9
-    assert describe(parity).startswith("agreement 1.000 (12/12)")
-    bench = same_space_compare(reference, artifact)
-    assert bench["top1_agreement"] == 1.0 and bench["cosine_mean"] == bench["cosine_min"] == 1.0
-
-    # Real logits: a swapped clear decision still disagrees; a near-tie (1e-5 of a range of 8) agrees.
-    reference = np.array([[4.0, -4.0], [1.0, 1.0 + 8e-5], [0.5, -0.5]], np.float32)
-    artifact = np.array([[-4.0, 4.0], [1.0, 1.0], [0.5, -0.5]], np.float32)
-    parity = compare(reference, artifact, "int8", 0.98)
-    assert parity["top1_agreement"] == pytest.approx(2 / 3) and not parity["passed"]
-    assert same_space_compare(reference, artifact)["top1_agreement"] == pytest.approx(2 / 3)
-    # A NaN row never agrees (and nulls the cosine mean); a zero vector against a real one has cosine 0.
-    outputs = np.array([[np.nan, 0.0], [0.0, 0.0]], np.float32)
-    reference = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
-    agree, cosine = agreement_rows(reference, outputs)
-    assert agree.tolist() == [False, True] and np.isnan(cosine[0]) and cosine[1] == 0.0
-    result = same_space_compare(reference, outputs)
-    assert result["top1_agreement"] == 0.5 and result["cosine_mean"] is None
-
-
 # -- 15. bench bounds and partial failure --------------------------------------------------------------------
 def test_bench_caps_batches_bounds_the_overhead_check_and_reports_a_corrupt_artifact(
         u8_artifacts, small_data, tmp_path, capsys, monkeypatch):
@@ -328,79 +295,6 @@ def test_bench_caps_batches_bounds_the_overhead_check_and_reports_a_corrupt_arti
                  str(again), "--runs", "2", "--warmup", "0", "--batch-sizes", "1", "--no-overhead-check"]) == 0
     report = json.loads((again / "bench.json").read_text())
     assert report["harness_overhead"] is None and report["failed"] == []
-
-
-# -- leftovers of issue 12: full disk inside converters, per-artifact bench failures --------------------------
-def _tmpfs_prefix(mount_point: Path, size: str) -> list[str] | None:
-    """A command prefix that runs the rest with a ``size`` tmpfs mounted on ``mount_point`` (a private
-    mount namespace of an unprivileged user namespace: no root needed, nothing mounted outside it);
-    None where the kernel or util-linux does not allow it."""
-    if not shutil.which("unshare"):
-        return None
-    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "mount", "-t", "tmpfs",
-                            "-o", f"size={size}", "tmpfs", str(mount_point)], capture_output=True)
-    if probe.returncode != 0:
-        return None
-    script = 'mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@"'
-    return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", size, str(mount_point)]
-
-
-def _export_on_a_full_disk(tmp_path: Path, size: str, model: Path, *args: str):
-    """``edgetl export MODEL --out DISK/artifacts ARGS`` with a ``size`` tmpfs on DISK (skips where no tmpfs
-    can be mounted); (the finished process, its --out). Its stderr ends with what was left on DISK."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    prefix = _tmpfs_prefix(disk, size)
-    if prefix is None:
-        pytest.skip("cannot mount a tmpfs here (no unprivileged user namespaces)")
-    out = disk / "artifacts"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "DISK": str(disk)}
-    script = ("import os, sys; from edgetl.cli import main; code = main(sys.argv[1:]); "
-              "print(sorted(os.listdir(os.environ['DISK'])), file=sys.stderr); sys.exit(code)")
-    done = subprocess.run([*prefix, sys.executable, "-c", script, "export", str(model), "--out", str(out), *args],
-                          env=env, capture_output=True, text=True, timeout=300)
-    return done, out
-
-
-def test_full_disk_inside_the_tflite_converter_isone_line(runtime_model_dir, small_data, tmp_path):
-    """TensorFlow's converter writes a SavedModel first and swallows that write's error (then fails with
-    an unrelated TypeError): a real full disk (a 64 KiB tmpfs holding --out, the converter's scratch
-    with it) gives one line naming --out and nothing left there."""
-    done, out = _export_on_a_full_disk(tmp_path, "64k", runtime_model_dir, "-f", "tflite", "--check", str(small_data))
-    err = [line for line in done.stderr.strip().splitlines() if not line.startswith("parity images:")]
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
-    assert err[-2] == f"edgetl: error: {out}: No space left on device (the disk is full)"
-    assert err[-1] == "[]"  # what was left on that disk, seen from inside the namespace: nothing
-
-
-@pytest.mark.parametrize("fmt, modes, size", [("openvino", "fp32", "64k"), ("onnx", "fp32,int8", "100k")])
-def test_full_disk_inside_native_writers_isone_line(runtime_model_dir, small_data, tmp_path, fmt, modes, size):
-    """OpenVINO's save_model (``RuntimeError: basic_ios::clear``) and ONNX Runtime's optimiser (a
-    truncated model, then a protobuf error) lose errno: a full disk there is still one line."""
-    done, out = _export_on_a_full_disk(tmp_path, size, runtime_model_dir, "-f", fmt, "-q", modes, "--calib",
-                                       str(small_data), "--calib-size", "8", "--check", str(small_data))
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr and "ERROR" not in done.stderr
-    err = done.stderr.strip().splitlines()
-    assert err[-2] == f"edgetl: error: {out}: No space left on device (the disk is full)"
-    assert err[-1] == "[]"
-
-
-def test_file_size_limit_inside_the_converter_isone_line(runtime_model_dir, small_data, tmp_path, capfd):
-    """The same hidden failure from a file-size limit (EFBIG, ``ulimit -f``), in this process."""
-    out = tmp_path / "artifacts"
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (48 << 10, hard))  # the tiny CNN's SavedModel is ~130 KB
-    try:
-        code = main(["export", str(runtime_model_dir), "--out", str(out), "-f", "tflite", "--check", str(small_data)])
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    err = capfd.readouterr().err.strip().splitlines()
-    assert code == 2 and not any("Traceback" in line for line in err)
-    assert err[-1] == f"edgetl: error: {out}: File too large (a file-size limit, ulimit -f)"
-    assert list(tmp_path.iterdir()) == []
 
 
 def _fails_beyond_batch_one(src: Path, dst: Path) -> Path:
