@@ -6,6 +6,7 @@ here outside edgetl, each through export (ONNX, OpenVINO, TFLite; FP32 and INT8)
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,15 @@ def _export(model, out: Path, calib: Path, *flags) -> Path:
 def torch_export(sample_subset, tmp_path_factory) -> Path:
     if not TORCH_ONNX.exists():
         pytest.skip(f"{TORCH_ONNX} is missing; run tools/make_foreign_models.py")
-    pytest.importorskip("onnx2tf", reason="TFLite from ONNX needs onnx2tf (pip install --no-deps onnx2tf)")
-    return _export(TORCH_ONNX, tmp_path_factory.mktemp("torch") / "out", sample_subset(10), "--preprocess",
-                   "torchvision")
+    if not _importable("onnx2tf"):  # found, not imported: its import changes the process (edgetl undoes it)
+        pytest.skip("TFLite from ONNX needs onnx2tf (pip install --no-deps onnx2tf)")
+    limit = sys.getrecursionlimit()
+    out = _export(TORCH_ONNX, tmp_path_factory.mktemp("torch") / "out", sample_subset(10), "--preprocess",
+                  "torchvision")
+    # onnx2tf sets the recursion limit to the C int maximum on import; with it, a deep recursion later in the
+    # process (the hostile --space JSON of the hardening tests) overflowed the C stack and killed the worker.
+    assert sys.getrecursionlimit() == limit
+    return out
 
 
 @pytest.fixture(scope="module")

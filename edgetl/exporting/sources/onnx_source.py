@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+import sys
 import tempfile
 import weakref
 from pathlib import Path
@@ -24,6 +25,7 @@ from ...errors import UsageError
 from . import foreign
 from .foreign import ModelFacts
 
+CONVERTER_RECURSION_LIMIT = 10_000  # deep graphs walked recursively by onnx2tf; Python 3.11 frames are cheap
 # Highest default-domain opset the converters here read (onnx2tf and OpenVINO 2026 lag ORT a little).
 MAX_OPSET = 21
 
@@ -149,11 +151,18 @@ def tf_graph(source):
     folder = Path(tempfile.mkdtemp(prefix="edgetl-onnx2tf-"))
     weakref.finalize(source, shutil.rmtree, str(folder), True)
     saved = folder / "saved_model"
+    # onnx2tf sets Python's recursion limit to the C int maximum when imported: left so, any deep
+    # recursion later in this process (a hostile JSON file, a deep graph) overflows the C stack and kills
+    # the process instead of raising RecursionError. Its conversion gets a raised but finite limit.
+    limit = sys.getrecursionlimit()
     try:
         import onnx2tf
     except ImportError:
         raise UsageError("TFLite from an ONNX model needs onnx2tf: pip install 'edgetl[onnx-in]'") from None
+    finally:
+        sys.setrecursionlimit(limit)
     try:
+        sys.setrecursionlimit(max(limit, CONVERTER_RECURSION_LIMIT))
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             onnx2tf.convert(input_onnx_file_path=str(source.path), output_folder_path=str(saved),
                             non_verbose=True, output_signaturedefs=True, copy_onnx_input_output_names_to_tflite=True,
@@ -163,6 +172,8 @@ def tf_graph(source):
     except Exception as exc:
         raise UsageError(f"{source.path}: onnx2tf cannot convert this model "
                          f"({str(exc).splitlines()[0][:150]})") from None
+    finally:
+        sys.setrecursionlimit(limit)
     height, width = source.recipe.input_size
     inputs = keras.Input((height, width, 3), name="image")
     outputs = keras.layers.TFSMLayer(str(saved), call_endpoint="serving_default")(inputs)
