@@ -270,7 +270,7 @@ def write_markdown(report) -> None:
         lines.append(f"| {run['worker_nodes']} | {run['seconds']} | {run['stages_built']} | {run['trials']['done']} | "
                      f"{', '.join(f'{k}: {v}' for k, v in run['stages_per_node'].items())} | {run['load_before']} | "
                      f"{run['speedup_vs_first']:.2f}x |")
-    lines += ["", f"Machine: {report['machine']['cpus']} CPUs, shared with other engineers' jobs while this ran. "
+    lines += ["", f"Machine: {report['machine']['cpus']} CPUs; its load average is recorded with each run. "
               + (report["note"] or ""), ""]
     # Only this tool's section of the file is replaced; other sections (the target search) stay.
     write_section(ROOT / "tools" / "RESULTS-search.md", BEGIN, END, "\n".join([BEGIN, *lines, END]),
